@@ -1,0 +1,525 @@
+//! [`Context`] and [`CancelHandle`]: the `alloc` API.
+
+use crate::after::AfterFunc;
+use crate::cause::Cause;
+use crate::done::{Done, DoneOwned, Run};
+use crate::error::Error;
+use crate::node::{AfterFuncInner, NodeRef};
+use crate::time::{default_timer, Instant, Timer};
+use crate::value::{self, Key, Values};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use core::future::Future;
+use core::time::Duration;
+
+/// A node in a cancellation tree: Go's `context.Context`.
+///
+/// A context is done when it is cancelled (through its [`CancelHandle`]),
+/// when any ancestor is, or when the earliest deadline on its path to the root
+/// passes. It also carries request-scoped values under typed [`Key`]s.
+/// Cloning is cheap (one reference-count increment) and every clone is the
+/// same context.
+///
+/// ```
+/// use ctxcore::{Context, Error, Key};
+/// use std::time::Duration;
+///
+/// static REQUEST_ID: Key<u64> = Key::new("request_id");
+///
+/// let (request, cancel_request) = Context::background().with_cancel();
+/// let request = request.with_value(&REQUEST_ID, 7);
+/// let (query, _cancel_query) = request.with_timeout(Duration::from_secs(5));
+///
+/// assert_eq!(query.value(&REQUEST_ID), Some(&7));
+/// assert!(query.deadline().is_some());
+///
+/// cancel_request.cancel_with("client went away");
+/// assert_eq!(query.err(), Some(Error::Canceled));
+/// assert_eq!(query.cause().unwrap().to_string(), "client went away");
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    /// The cancellation node; `None` for a context that can never be done.
+    node: Option<NodeRef>,
+    /// Values, nearest first.
+    values: Option<Values>,
+}
+
+/// Cancels its context: explicitly, or when dropped (Go's `defer cancel()`
+/// made automatic). `detach` gives that up.
+///
+/// ```
+/// use ctxcore::Context;
+///
+/// let (ctx, handle) = Context::background().with_cancel();
+/// drop(handle);
+/// assert!(ctx.is_done());
+///
+/// let (ctx, handle) = Context::background().with_cancel();
+/// handle.detach();
+/// assert!(!ctx.is_done());
+/// ```
+pub struct CancelHandle {
+    node: Option<NodeRef>,
+}
+
+impl Context {
+    /// The root of every tree: never done, no deadline, no values. Allocates
+    /// nothing. Its descendants' deadlines use the default timer (the `std`
+    /// timer thread with feature `std`).
+    ///
+    /// ```
+    /// let ctx = ctxcore::Context::background();
+    /// assert!(!ctx.is_done());
+    /// assert_eq!(ctx.err(), None);
+    /// assert_eq!(ctx.deadline(), None);
+    /// ```
+    pub const fn background() -> Context {
+        Context { node: None, values: None }
+    }
+
+    /// The same as [`Context::background`], to mark plumbing that is not
+    /// finished yet.
+    ///
+    /// ```
+    /// assert!(!ctxcore::Context::todo().is_done());
+    /// ```
+    pub const fn todo() -> Context {
+        Context::background()
+    }
+
+    /// A root that is never done and whose descendants read time and arm
+    /// deadlines on `timer`.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// static CLOCK: ManualClock = ManualClock::new();
+    /// let root = Context::with_timer(&CLOCK);
+    /// let (ctx, _h) = root.with_timeout(Duration::from_millis(10));
+    /// CLOCK.advance(Duration::from_millis(10));
+    /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// ```
+    pub fn with_timer(timer: &'static dyn Timer) -> Context {
+        Context { node: Some(NodeRef::new_root(Some(timer))), values: None }
+    }
+
+    fn timer(&self) -> Option<&'static dyn Timer> {
+        match &self.node {
+            Some(n) => n.node().timer(),
+            None => default_timer(),
+        }
+    }
+
+    fn child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
+        let node = NodeRef::new_child(self.node.as_ref(), default_timer(), deadline, cause);
+        let ctx = Context { node: Some(node.clone()), values: self.values.clone() };
+        (ctx, CancelHandle { node: Some(node) })
+    }
+
+    /// A child cancelled by its handle or by any ancestor. Costs one
+    /// allocation.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    ///
+    /// let (parent, cancel_parent) = Context::background().with_cancel();
+    /// let (child, _cancel_child) = parent.with_cancel();
+    /// cancel_parent.cancel();
+    /// assert!(child.is_done());
+    /// ```
+    pub fn with_cancel(&self) -> (Context, CancelHandle) {
+        self.child(None, None)
+    }
+
+    /// A child that is done with [`Error::DeadlineExceeded`] at `deadline`
+    /// (or earlier, if an ancestor's deadline is earlier).
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error, Instant};
+    ///
+    /// let (ctx, _h) = Context::background().with_deadline(Instant::ZERO); // already past
+    /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// ```
+    pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
+        self.child(Some(deadline), None)
+    }
+
+    /// As [`with_deadline`](Self::with_deadline); when the deadline fires,
+    /// [`cause`](Self::cause) reports `cause`.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Instant};
+    /// let (ctx, _h) = Context::background().with_deadline_cause(Instant::ZERO, "too slow");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "too slow");
+    /// ```
+    pub fn with_deadline_cause(&self, deadline: Instant, cause: impl Into<Cause>) -> (Context, CancelHandle) {
+        self.child(Some(deadline), Some(cause.into()))
+    }
+
+    /// `with_deadline(now + timeout)`, saturating: never panics, even for
+    /// `Duration::MAX`. Without any timer (no `std`, no `with_timer` root)
+    /// there is no clock, and the child has no deadline.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use std::time::Duration;
+    ///
+    /// let (ctx, _h) = Context::background().with_timeout(Duration::MAX);
+    /// assert!(!ctx.is_done());
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
+        let deadline = self.timer().map(|t| t.now().saturating_add(timeout));
+        self.child(deadline, None)
+    }
+
+    /// As [`with_timeout`](Self::with_timeout), reporting `cause` when the
+    /// timeout fires.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use std::time::Duration;
+    /// let (ctx, _h) = Context::background().with_timeout_cause(Duration::ZERO, "budget spent");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "budget spent");
+    /// ```
+    pub fn with_timeout_cause(&self, timeout: Duration, cause: impl Into<Cause>) -> (Context, CancelHandle) {
+        let deadline = self.timer().map(|t| t.now().saturating_add(timeout));
+        self.child(deadline, Some(cause.into()))
+    }
+
+    /// A context that carries `value` under `key`, and otherwise is this
+    /// context (same cancellation, deadline and other values). One allocation.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Key};
+    /// static TENANT: Key<String> = Key::new("tenant");
+    /// let ctx = Context::background().with_value(&TENANT, "acme".to_string());
+    /// let inner = ctx.with_value(&TENANT, "shadow".to_string());
+    /// assert_eq!(inner.value(&TENANT).map(String::as_str), Some("shadow"));
+    /// assert_eq!(ctx.value(&TENANT).map(String::as_str), Some("acme"));
+    /// ```
+    pub fn with_value<T: Send + Sync + 'static>(&self, key: &'static Key<T>, value: T) -> Context {
+        Context { node: self.node.clone(), values: Some(value::push(self.values.as_ref(), key, value)) }
+    }
+
+    /// The value under `key` on the nearest context that set it.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Key};
+    /// static K: Key<u8> = Key::new("k");
+    /// assert_eq!(Context::background().value(&K), None);
+    /// ```
+    pub fn value<T: Send + Sync + 'static>(&self, key: &'static Key<T>) -> Option<&T> {
+        value::lookup(self.values.as_ref(), key)
+    }
+
+    /// A context with this one's values but no cancellation and no deadline
+    /// (Go's `WithoutCancel`). It keeps the tree's timer for its own
+    /// descendants' deadlines.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Key};
+    /// static K: Key<u8> = Key::new("k");
+    /// let (ctx, h) = Context::background().with_value(&K, 1).with_cancel();
+    /// let detached = ctx.without_cancel();
+    /// h.cancel();
+    /// assert!(ctx.is_done());
+    /// assert!(!detached.is_done());
+    /// assert_eq!(detached.value(&K), Some(&1));
+    /// ```
+    pub fn without_cancel(&self) -> Context {
+        let timer = self.timer();
+        let node = match (timer, default_timer()) {
+            (Some(t), Some(d)) if core::ptr::addr_eq(t as *const dyn Timer, d as *const dyn Timer) => None,
+            (None, _) => None,
+            (Some(t), _) => Some(NodeRef::new_root(Some(t))),
+        };
+        Context { node, values: self.values.clone() }
+    }
+
+    /// A context that is done as soon as any of `parents` is, with that
+    /// parent's error and cause (`AbortSignal.any`, linked tokens). Its
+    /// deadline is the earliest of the parents'; its values are the first
+    /// parent's. With no parent that can be done, it is never done.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    ///
+    /// let (shutdown, stop_all) = Context::background().with_cancel();
+    /// let (request, _stop_request) = Context::background().with_cancel();
+    /// let either = Context::any([&request, &shutdown]);
+    /// stop_all.cancel_with("shutting down");
+    /// assert_eq!(either.err(), Some(Error::Canceled));
+    /// assert_eq!(either.cause().unwrap().to_string(), "shutting down");
+    /// ```
+    pub fn any<'a, I>(parents: I) -> Context
+    where
+        I: IntoIterator<Item = &'a Context>,
+    {
+        let mut values = None;
+        let mut first = true;
+        let mut nodes: Vec<&NodeRef> = Vec::new();
+        for p in parents {
+            if first {
+                values = p.values.clone();
+                first = false;
+            }
+            if let Some(n) = &p.node {
+                if !nodes.iter().any(|m| m.ptr_eq(n)) {
+                    nodes.push(n);
+                }
+            }
+        }
+        let node = if nodes.is_empty() { None } else { Some(NodeRef::new_any(&nodes)) };
+        Context { node, values }
+    }
+
+    /// Runs `f` once this context is done: at once (on this thread) if it
+    /// already is, otherwise on the thread that cancels it. Returns a handle
+    /// whose [`AfterFunc::stop`] can prevent the call. Like Go, `f` keeps the
+    /// context alive until it has run or been stopped.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use std::sync::mpsc;
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let (ctx, handle) = Context::background().with_cancel();
+    /// ctx.after_func(move || tx.send("cleaned up").unwrap());
+    /// handle.cancel();
+    /// assert_eq!(rx.try_recv(), Ok("cleaned up"));
+    /// ```
+    pub fn after_func<F>(&self, f: F) -> AfterFunc
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        match &self.node {
+            Some(n) => AfterFunc::registered(AfterFuncInner::register(n, Box::new(f))),
+            None => AfterFunc::never(),
+        }
+    }
+
+    /// Whether the context is done. One atomic load on a live context
+    /// without a deadline (plus a clock read with one).
+    ///
+    /// ```
+    /// let (ctx, h) = ctxcore::Context::background().with_cancel();
+    /// assert!(!ctx.is_done());
+    /// h.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        match &self.node {
+            Some(n) => n.node().is_done(),
+            None => false,
+        }
+    }
+
+    /// `None` while live; then why it is done. Exact: reports
+    /// [`Error::DeadlineExceeded`] as soon as the clock passes the deadline.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// h.cancel();
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// ```
+    pub fn err(&self) -> Option<Error> {
+        self.node.as_ref().and_then(|n| n.node().err())
+    }
+
+    /// The cause given to the cancellation that won (inherited from the
+    /// ancestor that was cancelled); the [`Error`] itself when none was given;
+    /// `None` while live.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// h.cancel();
+    /// assert_eq!(ctx.cause().unwrap().as_error(), Some(Error::Canceled));
+    /// ```
+    pub fn cause(&self) -> Option<Cause> {
+        self.node.as_ref().and_then(|n| n.node().cause())
+    }
+
+    /// The earliest deadline on the path to the root, if any.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Instant};
+    /// let t = Instant::from_nanos(u64::MAX / 2);
+    /// let (ctx, _h) = Context::background().with_deadline(t);
+    /// let (child, _h2) = ctx.with_deadline(Instant::MAX);
+    /// assert_eq!(child.deadline(), Some(t));
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        self.node.as_ref().and_then(|n| n.node().deadline())
+    }
+
+    /// A future that completes with the [`Error`] once the context is done.
+    /// Waiting allocates nothing: the waiter lives inside the future. It is a
+    /// `FusedFuture`; on a context that can never be done it never completes.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// h.cancel();
+    /// assert_eq!(futures::executor::block_on(ctx.done()), Error::Canceled);
+    /// ```
+    pub fn done(&self) -> Done<'_> {
+        Done::new(self.node.as_ref())
+    }
+
+    /// [`done`](Self::done) as a `'static` future that owns a clone of the
+    /// context, for spawning.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// let waiting = std::thread::spawn({
+    ///     let done = ctx.done_owned();
+    ///     move || futures::executor::block_on(done)
+    /// });
+    /// h.cancel();
+    /// assert_eq!(waiting.join().unwrap(), Error::Canceled);
+    /// ```
+    pub fn done_owned(&self) -> DoneOwned {
+        DoneOwned::new(self.node.clone())
+    }
+
+    /// Runs `fut` until it completes (`Ok(output)`) or the context is done
+    /// (`Err(error)`, and `fut` is dropped at once). The future owns a clone of
+    /// the context, so it is `'static` and `Send` when `fut` is.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    ///
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// assert_eq!(futures::executor::block_on(ctx.run(async { 5 })), Ok(5));
+    /// h.cancel();
+    /// let never = futures::future::pending::<()>();
+    /// assert_eq!(futures::executor::block_on(ctx.run(never)), Err(Error::Canceled));
+    /// ```
+    pub fn run<F: Future>(&self, fut: F) -> Run<F> {
+        Run::new(self.done_owned(), fut)
+    }
+
+    /// Blocks this thread until the context is done; returns the error.
+    /// Blocks forever on a context that can never be done.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    /// use std::time::Duration;
+    /// let (ctx, _h) = Context::background().with_timeout(Duration::from_millis(5));
+    /// assert_eq!(ctx.wait_blocking(), Error::DeadlineExceeded);
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn wait_blocking(&self) -> Error {
+        crate::done::block_on_done(self.done(), None).unwrap_or(Error::Canceled)
+    }
+
+    /// Blocks until the context is done (`Some(error)`) or `timeout` passes
+    /// (`None`). Never panics, even for `Duration::MAX`.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use std::time::Duration;
+    /// let (ctx, _h) = Context::background().with_cancel();
+    /// assert_eq!(ctx.wait_blocking_timeout(Duration::from_millis(1)), None);
+    /// ```
+    #[cfg(feature = "std")]
+    pub fn wait_blocking_timeout(&self, timeout: Duration) -> Option<Error> {
+        crate::done::block_on_done(self.done(), Some(timeout))
+    }
+}
+
+impl Default for Context {
+    /// [`Context::background`].
+    fn default() -> Self {
+        Context::background()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Context");
+        match &self.node {
+            None => d.field("cancellable", &false),
+            Some(_) => d.field("err", &self.err()),
+        };
+        if let Some(dl) = self.deadline() {
+            d.field("deadline", &dl);
+        }
+        struct Keys<'a>(&'a Option<Values>);
+        impl fmt::Debug for Keys<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut l = f.debug_list();
+                value::names(self.0.as_ref(), |n| {
+                    l.entry(&n);
+                });
+                l.finish()
+            }
+        }
+        if self.values.is_some() {
+            d.field("values", &Keys(&self.values));
+        }
+        d.finish()
+    }
+}
+
+impl CancelHandle {
+    /// Cancels the context with [`Error::Canceled`]. Only the first
+    /// cancellation counts; later ones change nothing.
+    ///
+    /// ```
+    /// let (ctx, h) = ctxcore::Context::background().with_cancel();
+    /// h.cancel();
+    /// h.cancel(); // no-op
+    /// assert!(ctx.is_done());
+    /// ```
+    pub fn cancel(&self) {
+        if let Some(n) = &self.node {
+            n.node().cancel(Error::Canceled, None);
+        }
+    }
+
+    /// Cancels with a cause that [`Context::cause`] reports (if this
+    /// cancellation wins).
+    ///
+    /// ```
+    /// let (ctx, h) = ctxcore::Context::background().with_cancel();
+    /// h.cancel_with("shutdown");
+    /// h.cancel_with("ignored");
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "shutdown");
+    /// ```
+    pub fn cancel_with(&self, cause: impl Into<Cause>) {
+        if let Some(n) = &self.node {
+            n.node().cancel(Error::Canceled, Some(cause.into()));
+        }
+    }
+
+    /// Whether the context is done (for any reason).
+    pub fn is_done(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| n.node().is_done())
+    }
+
+    /// Gives up cancel-on-drop: the context then lives until an ancestor is
+    /// cancelled or its deadline passes.
+    pub fn detach(mut self) {
+        self.node = None;
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle").field("done", &self.is_done()).finish()
+    }
+}

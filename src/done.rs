@@ -1,0 +1,219 @@
+//! Waiting for a context: [`Done`], [`DoneOwned`], [`Run`].
+
+use crate::error::Error;
+use crate::node::{NodeRef, Waiter};
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context as TaskContext, Poll};
+use futures_core::future::FusedFuture;
+
+/// The future returned by [`Context::done`](crate::Context::done).
+///
+/// It embeds its waiter, so waiting allocates nothing; once polled it is
+/// linked into the context's waiter list and must stay where it is, so it is
+/// `!Unpin`:
+///
+/// ```compile_fail
+/// fn assert_unpin<T: Unpin>(_: T) {}
+/// let ctx = ctxcore::Context::background();
+/// assert_unpin(ctx.done());
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct Done<'a> {
+    // Declared first: dropped (unlinked) while the node is still alive.
+    waiter: Waiter,
+    node: Option<&'a NodeRef>,
+    terminated: bool,
+}
+
+impl<'a> Done<'a> {
+    pub(crate) fn new(node: Option<&'a NodeRef>) -> Self {
+        Done { waiter: Waiter::new(), node, terminated: false }
+    }
+}
+
+fn poll_node(waiter: Pin<&mut Waiter>, node: Option<&NodeRef>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+    let Some(node) = node else { return Poll::Pending };
+    // SAFETY: the future that owns `waiter` also keeps `node` alive for longer
+    // (field order: the waiter drops first) and always passes the same node.
+    match unsafe { waiter.poll_wait(node.node(), cx) } {
+        Poll::Ready(()) => Poll::Ready(node.node().err().unwrap_or(Error::Canceled)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl Future for Done<'_> {
+    type Output = Error;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        // SAFETY: structural pinning of `waiter`; nothing is moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: `waiter` is pinned because `self` is.
+        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+        let r = poll_node(waiter, this.node, cx);
+        if r.is_ready() {
+            this.terminated = true;
+        }
+        r
+    }
+}
+
+impl FusedFuture for Done<'_> {
+    fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+}
+
+impl fmt::Debug for Done<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Done").field("registered", &self.waiter.registered()).finish_non_exhaustive()
+    }
+}
+
+/// The `'static` future returned by
+/// [`Context::done_owned`](crate::Context::done_owned): like [`Done`], but it
+/// owns a clone of the context.
+#[must_use = "futures do nothing unless polled"]
+pub struct DoneOwned {
+    waiter: Waiter,
+    node: Option<NodeRef>,
+    terminated: bool,
+}
+
+impl DoneOwned {
+    pub(crate) fn new(node: Option<NodeRef>) -> Self {
+        DoneOwned { waiter: Waiter::new(), node, terminated: false }
+    }
+}
+
+impl Future for DoneOwned {
+    type Output = Error;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        // SAFETY: structural pinning of `waiter`; nothing is moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: `waiter` is pinned because `self` is.
+        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+        let r = poll_node(waiter, this.node.as_ref(), cx);
+        if r.is_ready() {
+            this.terminated = true;
+        }
+        r
+    }
+}
+
+impl FusedFuture for DoneOwned {
+    fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+}
+
+impl fmt::Debug for DoneOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DoneOwned").field("registered", &self.waiter.registered()).finish_non_exhaustive()
+    }
+}
+
+/// The future returned by [`Context::run`](crate::Context::run).
+#[must_use = "futures do nothing unless polled"]
+pub struct Run<F> {
+    done: DoneOwned,
+    fut: Option<F>,
+}
+
+impl<F> Run<F> {
+    pub(crate) fn new(done: DoneOwned, fut: F) -> Self {
+        Run { done, fut: Some(fut) }
+    }
+}
+
+impl<F: Future> Future for Run<F> {
+    type Output = Result<F::Output, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning of both fields; `fut` is only dropped in
+        // place (`Pin::set`), never moved.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: as above.
+        let mut done = unsafe { Pin::new_unchecked(&mut this.done) };
+        // SAFETY: as above.
+        let mut fut = unsafe { Pin::new_unchecked(&mut this.fut) };
+        if fut.is_none() {
+            // Finished before: behave as a fused future would.
+            return Poll::Pending;
+        }
+        // Cancellation first: a done context never polls `fut` again.
+        if let Some(node) = &done.node {
+            if let Some(err) = node.node().err() {
+                fut.set(None);
+                return Poll::Ready(Err(err));
+            }
+        }
+        if let Some(f) = fut.as_mut().as_pin_mut() {
+            if let Poll::Ready(out) = f.poll(cx) {
+                fut.set(None);
+                return Poll::Ready(Ok(out));
+            }
+        }
+        match done.as_mut().poll(cx) {
+            Poll::Ready(err) => {
+                fut.set(None);
+                Poll::Ready(Err(err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<F: Future> FusedFuture for Run<F> {
+    fn is_terminated(&self) -> bool {
+        self.fut.is_none()
+    }
+}
+
+impl<F> fmt::Debug for Run<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Run").field("finished", &self.fut.is_none()).finish_non_exhaustive()
+    }
+}
+
+/// Blocks the thread on `done`, up to `timeout`.
+#[cfg(feature = "std")]
+pub(crate) fn block_on_done(done: Done<'_>, timeout: Option<core::time::Duration>) -> Option<Error> {
+    extern crate std;
+    use alloc::sync::Arc;
+    use std::task::Wake;
+    use std::thread::{self, Thread};
+
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    let waker = Arc::new(Unpark(thread::current())).into();
+    let mut cx = TaskContext::from_waker(&waker);
+    let mut done = core::pin::pin!(done);
+    loop {
+        if let Poll::Ready(err) = done.as_mut().poll(&mut cx) {
+            return Some(err);
+        }
+        match (timeout, end) {
+            (None, _) => thread::park(),
+            (Some(_), None) => thread::park(), // timeout too large to represent: forever
+            (Some(_), Some(end)) => {
+                let now = std::time::Instant::now();
+                if now >= end {
+                    return None;
+                }
+                thread::park_timeout(end - now);
+            }
+        }
+    }
+}

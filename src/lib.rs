@@ -1,0 +1,75 @@
+//! Go's `context` for Rust, for every place Rust runs: cancellation trees,
+//! deadlines, cancellation causes, typed request-scoped values and
+//! after-cancel callbacks, for any executor, plain threads and firmware.
+//!
+//! ```
+//! use ctxcore::{Context, Error, Key};
+//! use std::time::Duration;
+//!
+//! static TRACE_ID: Key<u64> = Key::new("trace_id");
+//!
+//! let (request, cancel) = Context::background().with_cancel();
+//! let request = request.with_value(&TRACE_ID, 42);
+//! let (query, _query_handle) = request.with_timeout(Duration::from_secs(1));
+//! query.after_func(|| println!("query context done"));
+//!
+//! cancel.cancel_with("client went away");
+//! assert_eq!(query.err(), Some(Error::Canceled));
+//! assert_eq!(query.cause().unwrap().to_string(), "client went away");
+//! assert_eq!(query.value(&TRACE_ID), Some(&42));
+//! ```
+//!
+//! The core is an atomic state word per context plus intrusive lists of
+//! children and waiters (see `docs/design.md`): `is_done` is one atomic load,
+//! waiting allocates nothing, cancellation is iterative and wakes tasks only
+//! after releasing its locks.
+//!
+//! # Features
+//!
+//! - `std` (default): implies `alloc`; the timer thread ([`StdTimer`]),
+//!   [`Instant::now`], blocking waits.
+//! - `alloc`: [`Context`] and everything built on heap nodes.
+//! - `portable-atomic`: atomics for targets without compare-and-swap.
+//! - `critical-section`: the lock also masks interrupts, so cancelling from
+//!   an interrupt handler cannot deadlock.
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+mod cause;
+mod error;
+mod list;
+mod node;
+mod sync;
+pub mod time;
+mod value;
+
+#[cfg(feature = "alloc")]
+mod after;
+#[cfg(feature = "alloc")]
+mod context;
+#[cfg(feature = "alloc")]
+mod done;
+
+pub use cause::Cause;
+pub use error::Error;
+pub use time::{Clock, Instant, Timer};
+pub use value::Key;
+
+#[cfg(feature = "alloc")]
+pub use after::AfterFunc;
+#[cfg(feature = "alloc")]
+pub use context::{CancelHandle, Context};
+#[cfg(feature = "alloc")]
+pub use done::{Done, DoneOwned, Run};
+#[cfg(feature = "alloc")]
+pub use time::ManualClock;
+#[cfg(feature = "std")]
+pub use time::StdTimer;

@@ -1,0 +1,1196 @@
+//! The raw node layer: one atomic state word per context, an intrusive list of
+//! children and an intrusive list of waiters. All of the crate's unsafe code
+//! about lifetimes lives here (the list surgery itself is in `list.rs`).
+//!
+//! Nothing in this file allocates except the `alloc`-only constructors
+//! ([`NodeRef`], after-func entries and `Context::any` links).
+//!
+//! # States
+//!
+//! A node is *live* until one `cancel` wins, which sets `DONE` (and
+//! `DEADLINE_ERR` for a deadline) in `state` under the node's lock. `DONE` is
+//! never cleared. See `docs/design.md` for the diagram.
+//!
+//! # Invariants
+//!
+//! 1. **Lock scope.** `children`, `waiters`, the `link` of every element in
+//!    them, and `cause` while the node is live are guarded by the node's own
+//!    `lock` (list.rs invariant 1). At most one node lock is held at a time by
+//!    any code path; the timer's lock is a leaf taken with no node lock held,
+//!    except nothing: `claim` under the timer lock only touches `refs`.
+//! 2. **Done is final and published last.** `DONE` is set with a Release RMW
+//!    while the lock is held, after `cause` is written; after that `cause` is
+//!    immutable until the node is freed, so a reader that observed `DONE` with
+//!    Acquire may read `cause` without the lock.
+//! 3. **No entries after done.** A node whose state has `DONE` never gains a
+//!    child or a waiter: registration checks `DONE` under the lock. So a
+//!    canceller that drains both lists under the lock (possibly in several
+//!    lock sections) drains them for good.
+//! 4. **Parents outlive children.** A node retains its parent (and an `any`
+//!    node retains every parent) for its whole life, so `parent`, the deadline
+//!    parent and every ancestor are valid for as long as the node is.
+//! 5. **Reference counts.** `refs` counts owners: contexts, handles, waiting
+//!    futures' contexts, after-func entries, children (invariant 4) and
+//!    retained work-list entries. A node is unlinked from its parent, from its
+//!    timer and from every `any` parent, and only then freed, when `refs` drops
+//!    to zero. Code that holds only a *list* pointer to a node (a parent's
+//!    children list, a timer, an `any` link) may use it only while holding
+//!    that list's lock, and may keep it past the lock only after
+//!    `try_retain` succeeded under the lock.
+//! 6. **Work list.** A canceller that pops a child (or wins `QUEUED` on an
+//!    `any` node) owns that node's free `link.next` (list.rs invariant 4) and
+//!    one reference to it until it has processed it.
+//! 7. **Timer entries.** A node with `OWNS_DEADLINE` has armed at most one
+//!    entry on its timer. `disarm` runs before the node is freed; the timer
+//!    serialises `claim` with `disarm` (the `Timer` safety contract), so a
+//!    claimed entry's node is retained and a disarmed entry is never claimed.
+//! 8. **Waiter entries.** An entry in `waiters` is pinned (its container is
+//!    `!Unpin` and pinned, or heap-allocated and owned by the list) and is
+//!    unlinked under the node's lock before its memory is released: a waiting
+//!    future unlinks itself in `Drop`; a heap entry's list reference is given
+//!    up only by whoever unlinks it.
+//! 9. **Callbacks outside locks.** Wakers are woken, after-funcs run, causes
+//!    and entries dropped and nodes released only after the lock is dropped
+//!    (they go through a [`Batch`] of 32 tasks).
+//!
+//! # Lock order
+//!
+//! There is none to get wrong: no path holds two node locks at once, and the
+//! timer's lock is taken only with no node lock held. Cancellation of a
+//! subtree takes each node's lock in turn. So no cycle of waiting exists, and a
+//! cancel may run from any thread, a waker, an after-func or a drop.
+//!
+//! With the `critical-section` feature each lock section also masks
+//! interrupts, so an interrupt handler that cancels can never spin on a lock
+//! held by the code it interrupted. Without it, cancelling from an interrupt
+//! handler on a single core can deadlock if the interrupted code holds the same
+//! node's lock.
+
+#![allow(clippy::missing_safety_doc)]
+
+use crate::cause::Cause;
+use crate::error::Error;
+use crate::list::{Link, List};
+use crate::sync::{fence, AtomicU32, AtomicUsize, LockGuard, Ordering, RawLock, UnsafeCell};
+use crate::time::{Instant, Timer};
+use core::marker::PhantomPinned;
+use core::pin::Pin;
+use core::ptr::{self, NonNull};
+use core::task::{Context as TaskContext, Poll, Waker};
+
+#[cfg(feature = "alloc")]
+use alloc::{boxed::Box, sync::Arc, vec::Vec};
+
+/// The node is done (final).
+pub(crate) const DONE: u32 = 1 << 0;
+/// With `DONE`: the error is `DeadlineExceeded` (else `Canceled`).
+pub(crate) const DEADLINE_ERR: u32 = 1 << 1;
+/// Immutable: the node has an effective deadline.
+pub(crate) const HAS_DEADLINE: u32 = 1 << 2;
+/// Immutable: the node's deadline is its own (earlier than its parent's); it
+/// may have a timer entry.
+pub(crate) const OWNS_DEADLINE: u32 = 1 << 3;
+/// An `any` node is in some canceller's work list.
+pub(crate) const QUEUED: u32 = 1 << 4;
+/// Immutable: the node is an `any` node (no tree parent; `any` links).
+pub(crate) const ANY: u32 = 1 << 5;
+
+const MAX_REFS: usize = usize::MAX / 2;
+
+/// One context node.
+#[repr(C)]
+pub(crate) struct Node {
+    /// Sibling link in the parent's `children` (first field: a `*const Link`
+    /// is a `*const Node`).
+    ///
+    /// # Safety
+    /// Guarded by the parent's lock (invariant 1); owned by a canceller while
+    /// in a work list (invariant 6).
+    link: Link,
+    state: AtomicU32,
+    refs: AtomicUsize,
+    lock: RawLock,
+    /// Tree parent; null for a root or an `any` node. Immutable (invariant 4).
+    parent: *const Node,
+    /// # Safety
+    /// Guarded by `lock`.
+    children: List,
+    /// # Safety
+    /// Guarded by `lock`.
+    waiters: List,
+    /// The cause of the winning cancellation; before that, the cause to report
+    /// if this node's own deadline fires.
+    ///
+    /// # Safety
+    /// Guarded by `lock` while live; immutable once `DONE` (invariant 2).
+    cause: UnsafeCell<Option<Cause>>,
+    /// Effective deadline (`Instant::MAX` if none). Immutable.
+    deadline: Instant,
+    /// The tree's timer. Immutable.
+    timer: Option<&'static dyn Timer>,
+    /// `Context::any` links. Immutable after construction.
+    #[cfg(feature = "alloc")]
+    any: Option<NonNull<AnyLinks>>,
+}
+
+// SAFETY: every mutable field is atomic or guarded by `lock` (invariant 1) or
+// immutable after publication; raw pointers point at nodes kept alive by
+// invariant 4.
+unsafe impl Send for Node {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Node {}
+
+/// What kind of container an entry in a node's `waiters` list is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EntryKind {
+    /// A [`Waiter`] inside a pinned future.
+    Waker,
+    /// A heap [`AfterFuncInner`], referenced by the list.
+    #[cfg(feature = "alloc")]
+    AfterFunc,
+    /// An [`AnyLink`] owned by an `any` node.
+    #[cfg(feature = "alloc")]
+    AnyLink,
+}
+
+/// The head of every container in a `waiters` list.
+#[repr(C)]
+struct Entry {
+    link: Link,
+    kind: EntryKind,
+}
+
+impl Entry {
+    #[cfg(not(loom))]
+    const fn new(kind: EntryKind) -> Self {
+        Entry { link: Link::new(), kind }
+    }
+
+    #[cfg(loom)]
+    fn new(kind: EntryKind) -> Self {
+        Entry { link: Link::new(), kind }
+    }
+}
+
+/// Deferred work to run with no lock held (invariant 9).
+enum Task {
+    Wake(Waker),
+    #[cfg(feature = "alloc")]
+    Run(Box<dyn FnOnce() + Send>, Arc<AfterFuncInner>),
+    #[cfg(feature = "alloc")]
+    Release(NonNull<Node>),
+}
+
+const BATCH: usize = 32;
+
+/// Up to 32 tasks collected under a lock and run after it is dropped.
+struct Batch {
+    tasks: [Option<Task>; BATCH],
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch { tasks: [const { None }; BATCH], len: 0 }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    fn push(&mut self, task: Task) {
+        debug_assert!(!self.is_full());
+        self.tasks[self.len] = Some(task);
+        self.len += 1;
+    }
+
+    /// Runs every task. Must be called with no lock held (invariant 9).
+    fn run(&mut self) {
+        let n = core::mem::replace(&mut self.len, 0);
+        for slot in &mut self.tasks[..n] {
+            match slot.take() {
+                Some(Task::Wake(w)) => w.wake(),
+                #[cfg(feature = "alloc")]
+                Some(Task::Run(f, entry)) => {
+                    drop(entry);
+                    f()
+                }
+                #[cfg(feature = "alloc")]
+                Some(Task::Release(node)) => {
+                    // SAFETY: the task owns one reference (invariant 5).
+                    unsafe { release(node) }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Only reached with tasks left if a callback panicked: still wake the
+        // rest so nobody waits forever, but run no more user callbacks.
+        let n = core::mem::replace(&mut self.len, 0);
+        for slot in &mut self.tasks[..n] {
+            if let Some(Task::Wake(w)) = slot.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Retained nodes still to cancel, threaded through their free links
+/// (invariant 6).
+struct WorkList {
+    head: *const Node,
+}
+
+impl WorkList {
+    fn push(&mut self, node: *const Node) {
+        // SAFETY: the caller owns `node`'s free link and a reference
+        // (invariant 6).
+        unsafe { (*node).link.set_work_next(self.head as *const Link) };
+        self.head = node;
+    }
+
+    fn pop(&mut self) -> Option<*const Node> {
+        let n = self.head;
+        if n.is_null() {
+            return None;
+        }
+        // SAFETY: `n` is in this work list, so we own its free link
+        // (invariant 6).
+        self.head = unsafe { (*n).link.work_next() } as *const Node;
+        Some(n)
+    }
+}
+
+impl Node {
+    /// A live node. Its flags must be final before it is shared.
+    fn new(
+        parent: *const Node,
+        flags: u32,
+        deadline: Instant,
+        deadline_cause: Option<Cause>,
+        timer: Option<&'static dyn Timer>,
+    ) -> Self {
+        Node {
+            link: Link::new(),
+            state: AtomicU32::new(flags),
+            refs: AtomicUsize::new(1),
+            lock: RawLock::new(),
+            parent,
+            children: List::new(),
+            waiters: List::new(),
+            cause: UnsafeCell::new(deadline_cause),
+            deadline,
+            timer,
+            #[cfg(feature = "alloc")]
+            any: None,
+        }
+    }
+
+    /// One Acquire load: whether `DONE` is set (deadline not consulted).
+    #[inline]
+    pub(crate) fn is_done_flag(&self) -> bool {
+        self.state.load(Ordering::Acquire) & DONE != 0
+    }
+
+    /// Whether the node is done, firing its deadline if the clock has passed
+    /// it (property 5: exact when observed).
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        let s = self.state.load(Ordering::Acquire);
+        if s & DONE != 0 {
+            return true;
+        }
+        s & HAS_DEADLINE != 0 && self.check_deadline()
+    }
+
+    /// The effective deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        (self.deadline != Instant::MAX).then_some(self.deadline)
+    }
+
+    pub(crate) fn timer(&self) -> Option<&'static dyn Timer> {
+        self.timer
+    }
+
+    /// The error this node is done with, if it is done.
+    pub(crate) fn err(&self) -> Option<Error> {
+        self.done_source().map(|n| n.err_of_done())
+    }
+
+    /// The cause of the winning cancellation, if done.
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        self.done_source().map(|n| n.cause_of_done())
+    }
+
+    /// Error of a node known to be done.
+    fn err_of_done(&self) -> Error {
+        if self.state.load(Ordering::Acquire) & DEADLINE_ERR != 0 {
+            Error::DeadlineExceeded
+        } else {
+            Error::Canceled
+        }
+    }
+
+    /// Cause of a node known to be done (Acquire-observed `DONE`).
+    fn cause_of_done(&self) -> Cause {
+        debug_assert!(self.is_done_flag());
+        // SAFETY: `DONE` was observed with Acquire, so `cause` is immutable
+        // and its write is visible (invariant 2).
+        let c = self.cause.with(|p| unsafe { (*p).clone() });
+        c.unwrap_or_else(|| Cause::from_error(self.err_of_done()))
+    }
+
+    /// The node whose error and cause this node reports, if it is done.
+    fn done_source(&self) -> Option<&Node> {
+        let s = self.state.load(Ordering::Acquire);
+        if s & DONE != 0 {
+            return Some(self);
+        }
+        if s & HAS_DEADLINE == 0 || !self.check_deadline() {
+            return None;
+        }
+        // The deadline owner is done now; its cancellation may still be on
+        // its way down to us. Report the nearest done node on the way up.
+        let mut n: &Node = self;
+        loop {
+            if n.is_done_flag() {
+                return Some(n);
+            }
+            match n.deadline_parent() {
+                Some(p) => n = p,
+                None => return Some(n),
+            }
+        }
+    }
+
+    /// The node whose deadline this node inherits from, if any.
+    fn deadline_parent(&self) -> Option<&Node> {
+        #[cfg(feature = "alloc")]
+        if let Some(any) = self.any {
+            // SAFETY: `any` is immutable after construction and freed only
+            // with the node; its deadline parent is retained (invariant 4).
+            return unsafe { any.as_ref().deadline_parent.as_ref() };
+        }
+        // SAFETY: the parent outlives this node (invariant 4).
+        unsafe { self.parent.as_ref() }
+    }
+
+    /// If the clock has passed the deadline, cancels the node that owns it
+    /// (so the whole subtree follows) and returns true.
+    #[cold]
+    fn check_deadline(&self) -> bool {
+        let Some(timer) = self.timer else { return false };
+        if timer.now() < self.deadline {
+            return false;
+        }
+        let mut owner: &Node = self;
+        while let Some(p) = owner.deadline_parent() {
+            if p.deadline > owner.deadline {
+                break;
+            }
+            owner = p;
+        }
+        owner.cancel_inner(Error::DeadlineExceeded, None, true);
+        true
+    }
+
+    /// Increments `refs` unless it is zero (the node is being freed).
+    fn try_retain(&self) -> bool {
+        let mut cur = self.refs.load(Ordering::Relaxed);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            if cur >= MAX_REFS {
+                // Never overflow: leak instead (a node with 2^63 owners).
+                return true;
+            }
+            match self.refs.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Increments `refs`; the caller already owns a reference.
+    fn retain(&self) {
+        let old = self.refs.fetch_add(1, Ordering::Relaxed);
+        if old >= MAX_REFS {
+            // Saturate: undo and let the count stay pinned (the node leaks
+            // rather than being freed early).
+            self.refs.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Cancels this node and its subtree. Returns true iff this call won.
+    /// The caller keeps the node alive for the duration.
+    pub(crate) fn cancel(&self, err: Error, cause: Option<Cause>) -> bool {
+        self.cancel_inner(err, cause, false)
+    }
+
+    fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
+        let mut batch = Batch::new();
+        let mut work = WorkList { head: ptr::null() };
+        let guard = self.lock.lock();
+        if self.is_done_flag() {
+            drop(guard);
+            drop(cause);
+            return false;
+        }
+        // SAFETY: we hold the lock and the node is live (invariant 1).
+        let displaced = unsafe { self.set_done(err, cause, own_deadline) };
+        self.drain(guard, &mut batch, &mut work);
+        drop(displaced);
+        self.after_done();
+        while let Some(node) = work.pop() {
+            // SAFETY: the work list holds a reference (invariant 6).
+            let n = unsafe { &*node };
+            let guard = n.lock.lock();
+            if !n.is_done_flag() {
+                let (err, cause) = n.inherited();
+                // SAFETY: we hold the lock and the node is live.
+                let displaced = unsafe { n.set_done(err, cause, false) };
+                n.drain(guard, &mut batch, &mut work);
+                drop(displaced);
+                n.after_done();
+            } else {
+                drop(guard);
+            }
+            // SAFETY: we owned one reference through the work list.
+            unsafe { release_node(node) };
+        }
+        batch.run();
+        true
+    }
+
+    /// Error and cause to inherit from the done node that cancels this one.
+    fn inherited(&self) -> (Error, Option<Cause>) {
+        let src: Option<&Node> = {
+            #[cfg(feature = "alloc")]
+            {
+                if let Some(any) = self.any {
+                    // SAFETY: immutable after construction; parents retained
+                    // (invariant 4).
+                    let links = unsafe { any.as_ref() };
+                    links.links.iter().map(|l| l.parent.node()).find(|p| p.is_done_flag())
+                } else {
+                    // SAFETY: invariant 4.
+                    unsafe { self.parent.as_ref() }
+                }
+            }
+            #[cfg(not(feature = "alloc"))]
+            {
+                // SAFETY: invariant 4.
+                unsafe { self.parent.as_ref() }
+            }
+        };
+        match src {
+            Some(p) if p.is_done_flag() => {
+                // SAFETY: `DONE` observed with Acquire (invariant 2).
+                let cause = p.cause.with(|c| unsafe { (*c).clone() });
+                (p.err_of_done(), cause)
+            }
+            _ => (Error::Canceled, None),
+        }
+    }
+
+    /// Writes the cause and publishes `DONE`. Returns a displaced cause, to be
+    /// dropped after unlocking.
+    ///
+    /// # Safety
+    /// The lock is held and the node is live.
+    unsafe fn set_done(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> Option<Cause> {
+        let displaced = if own_deadline && cause.is_none() {
+            None
+        } else {
+            // SAFETY: the caller holds the lock and the node is live
+            // (invariant 1).
+            self.cause.with_mut(|p| unsafe { core::mem::replace(&mut *p, cause) })
+        };
+        let bits = match err {
+            Error::Canceled => DONE,
+            Error::DeadlineExceeded => DONE | DEADLINE_ERR,
+        };
+        self.state.fetch_or(bits, Ordering::Release);
+        displaced
+    }
+
+    /// Empties both lists of a done node whose lock `guard` holds; releases
+    /// the lock. Children go to `work`; waiters to `batch`, which is flushed
+    /// (with the lock dropped) whenever it fills.
+    fn drain<'a>(&'a self, mut guard: LockGuard<'a>, batch: &mut Batch, work: &mut WorkList) {
+        loop {
+            if batch.is_full() {
+                drop(guard);
+                batch.run();
+                guard = self.lock.lock();
+            }
+            // SAFETY: we hold the lock (invariant 1).
+            let e = unsafe { self.waiters.pop_front() } as *const Entry;
+            if e.is_null() {
+                break;
+            }
+            // SAFETY: a popped entry is valid until its owner learns it is
+            // unlinked, which needs this lock (invariant 8).
+            unsafe { self.take_entry(e, batch, work) };
+        }
+        loop {
+            // SAFETY: we hold the lock (invariant 1).
+            let c = unsafe { self.children.pop_front() } as *const Node;
+            if c.is_null() {
+                break;
+            }
+            // SAFETY: a linked child is valid while we hold the parent lock
+            // (invariant 5); if it is being freed it no longer finds itself
+            // linked and will not touch its link again.
+            if unsafe { (*c).try_retain() } {
+                work.push(c);
+            }
+        }
+        drop(guard);
+    }
+
+    /// Moves what a popped waiter entry needs into the batch or work list.
+    ///
+    /// # Safety
+    /// `e` was just popped from `self.waiters` under the lock, still held.
+    unsafe fn take_entry(&self, e: *const Entry, batch: &mut Batch, work: &mut WorkList) {
+        // SAFETY: the caller guarantees `e` is valid (invariant 8).
+        let kind = unsafe { (*e).kind };
+        match kind {
+            EntryKind::Waker => {
+                let w = e as *const Waiter;
+                // SAFETY: the waker slot is guarded by our lock (invariant 1).
+                if let Some(waker) = unsafe { (*w).waker.with_mut(|p| (*p).take()) } {
+                    batch.push(Task::Wake(waker));
+                }
+            }
+            #[cfg(feature = "alloc")]
+            EntryKind::AfterFunc => {
+                let a = e as *const AfterFuncInner;
+                // SAFETY: the list owned one `Arc` reference (invariant 8),
+                // now ours; the func slot is guarded by our lock.
+                let entry = unsafe { Arc::from_raw(a) };
+                let f = entry.func.with_mut(|p| unsafe { (*p).take() });
+                match f {
+                    Some(f) => batch.push(Task::Run(f, entry)),
+                    None => batch.push(Task::Run(Box::new(|| {}), entry)),
+                }
+            }
+            #[cfg(feature = "alloc")]
+            EntryKind::AnyLink => {
+                let l = e as *const AnyLink;
+                // SAFETY: the link is owned by its `any` node, which frees it
+                // only after unlinking it under this lock (invariant 8).
+                let target = unsafe { (*l).target };
+                // SAFETY: the target is valid while its link is reachable under
+                // our lock (invariant 5).
+                let t = unsafe { &*target };
+                if t.try_retain() {
+                    let prev = t.state.fetch_or(QUEUED, Ordering::AcqRel);
+                    if prev & (QUEUED | DONE) == 0 {
+                        work.push(target);
+                    } else {
+                        // SAFETY: we hold a reference just taken.
+                        batch.push(Task::Release(unsafe { NonNull::new_unchecked(target as *mut Node) }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up the node's timer entry once it is done.
+    fn after_done(&self) {
+        if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+            if let Some(t) = self.timer {
+                t.disarm(&TimerEntry { node: NonNull::from(self), deadline: self.deadline });
+            }
+        }
+    }
+}
+
+/// Drops one reference; frees the node (and walks up to parents whose last
+/// reference that was) when it reaches zero.
+///
+/// # Safety
+/// The caller owns one reference to `node`.
+unsafe fn release_node(node: *const Node) {
+    #[cfg(feature = "alloc")]
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        release(NonNull::new_unchecked(node as *mut Node))
+    }
+    #[cfg(not(feature = "alloc"))]
+    // SAFETY: forwarded from the caller; without `alloc` every node is owned
+    // by a pinned owner that waits for `refs` to drop to its own reference.
+    unsafe {
+        (*node).refs.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// # Safety
+/// The caller owns one reference to the heap node `node`.
+#[cfg(feature = "alloc")]
+unsafe fn release(node: NonNull<Node>) {
+    let mut cur = node;
+    loop {
+        // SAFETY: we own a reference, so the node is valid.
+        let n = unsafe { cur.as_ref() };
+        let old = n.refs.fetch_sub(1, Ordering::Release);
+        if old != 1 {
+            if old > MAX_REFS {
+                // Saturated: never free.
+                n.refs.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        fence(Ordering::Acquire);
+        // Last reference: unhook the node from everything that can still
+        // reach it by a list pointer (invariant 5), then free it.
+        n.after_done_or_drop();
+        let parent = n.parent;
+        if let Some(p) = NonNull::new(parent as *mut Node) {
+            // SAFETY: the parent outlives us (invariant 4).
+            let p = unsafe { p.as_ref() };
+            let g = p.lock.lock();
+            // SAFETY: we hold the parent's lock (invariant 1).
+            unsafe {
+                if n.link.is_linked() {
+                    p.children.remove(&n.link);
+                }
+            }
+            drop(g);
+        }
+        let any = n.any;
+        if let Some(any) = any {
+            // SAFETY: immutable; parents retained until the box is dropped.
+            let links = unsafe { any.as_ref() };
+            for l in links.links.iter() {
+                let p = l.parent.node();
+                let g = p.lock.lock();
+                // SAFETY: we hold that parent's lock (invariant 1); the link
+                // is ours (invariant 8).
+                unsafe {
+                    if l.entry.link.is_linked() {
+                        p.waiters.remove(&l.entry.link);
+                    }
+                }
+                drop(g);
+            }
+        }
+        // SAFETY: refs is zero and nothing can reach the node any more; it was
+        // allocated by `Box::into_raw` in `NodeRef::alloc`.
+        drop(unsafe { Box::from_raw(cur.as_ptr()) });
+        if let Some(any) = any {
+            // SAFETY: allocated by `Box::into_raw` in `NodeRef::new_any`;
+            // nothing links to it any more. Dropping it releases the parents.
+            drop(unsafe { Box::from_raw(any.as_ptr()) });
+        }
+        match NonNull::new(parent as *mut Node) {
+            Some(p) => cur = p,
+            None => return,
+        }
+    }
+}
+
+impl Node {
+    /// On the last reference: disarm the timer entry (it may still be armed).
+    fn after_done_or_drop(&self) {
+        self.after_done();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Timers
+
+/// A deadline registered with a [`Timer`]: which node to fire, and when.
+///
+/// Entries compare and hash by `(deadline, node address)`, which is unique
+/// among armed entries, so a timer can keep them in an ordered map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimerEntry {
+    deadline: Instant,
+    node: NonNull<Node>,
+}
+
+// SAFETY: the entry is only a key plus a pointer used under the timer's
+// protocol (invariant 7); the node itself is `Send + Sync`.
+unsafe impl Send for TimerEntry {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for TimerEntry {}
+
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node").field("state", &self.state.load(Ordering::Relaxed)).finish_non_exhaustive()
+    }
+}
+
+impl TimerEntry {
+    /// When the entry is due.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// A key unique among armed entries, ordered by deadline.
+    pub fn key(&self) -> (Instant, usize) {
+        (self.deadline, self.node.as_ptr() as usize)
+    }
+
+    /// Takes the entry out of the timer: returns a [`TimerFiring`] to fire
+    /// *after* releasing the timer's lock, or `None` if the context is being
+    /// freed (it will `disarm` as soon as the lock is free).
+    ///
+    /// Call only under the timer's lock, at most once per `arm` (the
+    /// [`Timer`] safety contract).
+    pub fn claim(&self) -> Option<TimerFiring> {
+        // SAFETY: under the timer's lock an armed entry's node is valid: it
+        // disarms under the same lock before it is freed (invariant 7).
+        let node = unsafe { self.node.as_ref() };
+        node.try_retain().then_some(TimerFiring { node: self.node })
+    }
+}
+
+/// A claimed timer entry, holding its context alive: call [`fire`](Self::fire)
+/// outside the timer's lock.
+#[derive(Debug)]
+pub struct TimerFiring {
+    node: NonNull<Node>,
+}
+
+// SAFETY: holds one reference to a `Send + Sync` node (invariant 5).
+unsafe impl Send for TimerFiring {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for TimerFiring {}
+
+impl TimerFiring {
+    /// Cancels the context with `DeadlineExceeded` (and its deadline cause),
+    /// waking its waiters and running its after-funcs on this thread.
+    pub fn fire(self) {
+        // SAFETY: we own a reference (claimed).
+        let node = unsafe { self.node.as_ref() };
+        node.cancel_inner(Error::DeadlineExceeded, None, true);
+        // `Drop` releases the reference.
+    }
+}
+
+impl Drop for TimerFiring {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference (claimed).
+        unsafe { release_node(self.node.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+
+/// The waiter that a `done()` future embeds: no allocation per wait.
+#[repr(C)]
+pub(crate) struct Waiter {
+    entry: Entry,
+    /// # Safety
+    /// Guarded by the lock of the node it waits on (invariant 1).
+    waker: UnsafeCell<Option<Waker>>,
+    /// The node this waiter may be linked into (set on first registration).
+    node: *const Node,
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the waker slot is guarded by the node's lock; `node` is only
+// dereferenced while the owner keeps the node alive (`poll_wait` contract).
+unsafe impl Send for Waiter {}
+// SAFETY: as for `Send`; `&Waiter` exposes nothing.
+unsafe impl Sync for Waiter {}
+
+impl Waiter {
+    pub(crate) fn new() -> Self {
+        Waiter { entry: Entry::new(EntryKind::Waker), waker: UnsafeCell::new(None), node: ptr::null(), _pin: PhantomPinned }
+    }
+
+    /// Polls for `node` being done; registers the waker if not.
+    ///
+    /// # Safety
+    /// `node` stays valid until this waiter is dropped, and every call on this
+    /// waiter passes the same node.
+    pub(crate) unsafe fn poll_wait(self: Pin<&mut Self>, node: &Node, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if node.is_done() {
+            return Poll::Ready(());
+        }
+        // SAFETY: we never move out of the pinned waiter.
+        let this = unsafe { self.get_unchecked_mut() };
+        this.node = node;
+        let guard = node.lock.lock();
+        if node.is_done_flag() {
+            drop(guard);
+            return Poll::Ready(());
+        }
+        let mut old = None;
+        // SAFETY: we hold the node's lock (invariants 1, 8); the waiter is
+        // pinned and unlinks itself in `Drop` (invariant 8).
+        unsafe {
+            this.waker.with_mut(|p| match &mut *p {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => old = slot.replace(cx.waker().clone()),
+            });
+            if !this.entry.link.is_linked() {
+                // The container pointer (not `&this.entry.link`) keeps the
+                // provenance of the whole waiter for the canceller's cast back.
+                node.waiters.push_back(this as *mut Waiter as *const Link);
+            }
+        }
+        drop(guard);
+        drop(old);
+        Poll::Pending
+    }
+
+    /// Whether the waiter might be linked (it registered at least once).
+    pub(crate) fn registered(&self) -> bool {
+        !self.node.is_null()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.node.is_null() {
+            return;
+        }
+        // SAFETY: `poll_wait`'s contract keeps the node valid until now.
+        let node = unsafe { &*self.node };
+        let guard = node.lock.lock();
+        // SAFETY: we hold the node's lock (invariant 1).
+        let waker = unsafe {
+            if self.entry.link.is_linked() {
+                node.waiters.remove(&self.entry.link);
+            }
+            self.waker.with_mut(|p| (*p).take())
+        };
+        drop(guard);
+        drop(waker);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Heap nodes (feature `alloc`)
+
+/// An owning, counted reference to a heap node.
+#[cfg(feature = "alloc")]
+pub(crate) struct NodeRef {
+    ptr: NonNull<Node>,
+}
+
+// SAFETY: a counted reference to a `Send + Sync` node (invariant 5).
+#[cfg(feature = "alloc")]
+unsafe impl Send for NodeRef {}
+// SAFETY: as for `Send`.
+#[cfg(feature = "alloc")]
+unsafe impl Sync for NodeRef {}
+
+#[cfg(feature = "alloc")]
+impl Clone for NodeRef {
+    fn clone(&self) -> Self {
+        self.node().retain();
+        NodeRef { ptr: self.ptr }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for NodeRef {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference.
+        unsafe { release(self.ptr) }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl NodeRef {
+    #[inline]
+    pub(crate) fn node(&self) -> &Node {
+        // SAFETY: we own a reference, so the node is alive (invariant 5).
+        unsafe { self.ptr.as_ref() }
+    }
+
+    pub(crate) fn ptr_eq(&self, other: &NodeRef) -> bool {
+        self.ptr == other.ptr
+    }
+
+    fn alloc(node: Node) -> NodeRef {
+        NodeRef { ptr: NonNull::from(Box::leak(Box::new(node))) }
+    }
+
+    /// A root that is never cancelled, carrying a timer for its descendants.
+    pub(crate) fn new_root(timer: Option<&'static dyn Timer>) -> NodeRef {
+        Self::alloc(Node::new(ptr::null(), 0, Instant::MAX, None, timer))
+    }
+
+    /// A child of `parent` (or a new root if `None`), with an optional own
+    /// deadline and deadline cause.
+    pub(crate) fn new_child(
+        parent: Option<&NodeRef>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+        deadline_cause: Option<Cause>,
+    ) -> NodeRef {
+        let (parent_ptr, parent_deadline, timer) = match parent {
+            Some(p) => {
+                p.node().retain();
+                (p.ptr.as_ptr() as *const Node, p.node().deadline, p.node().timer)
+            }
+            None => (ptr::null(), Instant::MAX, fallback_timer),
+        };
+        let own = deadline.unwrap_or(Instant::MAX);
+        let owns = own < parent_deadline;
+        let eff = if owns { own } else { parent_deadline };
+        let mut flags = 0;
+        if eff != Instant::MAX {
+            flags |= HAS_DEADLINE;
+        }
+        if owns {
+            flags |= OWNS_DEADLINE;
+        }
+        let cause = if owns { deadline_cause } else { None };
+        let child = Self::alloc(Node::new(parent_ptr, flags, eff, cause, timer));
+        if let Some(p) = parent {
+            let pn = p.node();
+            let guard = pn.lock.lock();
+            if pn.is_done_flag() {
+                drop(guard);
+                // Born done: nobody else can see the child yet.
+                let (err, cause) = child.node().inherited();
+                child.node().cancel(err, cause);
+                return child;
+            }
+            // SAFETY: we hold the parent's lock; the child is new, pinned on
+            // the heap and unlinked (invariants 1, 2 of list.rs).
+            unsafe { pn.children.push_back(child.ptr.as_ptr() as *const Link) };
+            drop(guard);
+        }
+        if owns {
+            child.arm();
+        }
+        child
+    }
+
+    /// Arms the node's own deadline, or fires it if already passed.
+    fn arm(&self) {
+        let n = self.node();
+        match n.timer {
+            Some(t) => {
+                if t.now() >= n.deadline {
+                    n.cancel_inner(Error::DeadlineExceeded, None, true);
+                } else if !n.is_done_flag() {
+                    t.arm(TimerEntry { node: self.ptr, deadline: n.deadline });
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A node done when the first of `parents` is done.
+    pub(crate) fn new_any(parents: &[&NodeRef]) -> NodeRef {
+        debug_assert!(!parents.is_empty());
+        let dl_parent = parents.iter().min_by_key(|p| p.node().deadline).copied().unwrap_or(parents[0]);
+        let deadline = dl_parent.node().deadline;
+        let timer = if deadline != Instant::MAX { dl_parent.node().timer } else { parents[0].node().timer };
+        let flags = ANY | if deadline != Instant::MAX { HAS_DEADLINE } else { 0 };
+        let node = Self::alloc(Node::new(ptr::null(), flags, deadline, None, timer));
+        let mut links = Vec::with_capacity(parents.len());
+        for p in parents {
+            links.push(AnyLink {
+                entry: Entry::new(EntryKind::AnyLink),
+                target: node.ptr.as_ptr(),
+                parent: (*p).clone(),
+            });
+        }
+        let any = NonNull::from(Box::leak(Box::new(AnyLinks {
+            deadline_parent: dl_parent.ptr.as_ptr(),
+            links,
+        })));
+        // SAFETY: the node is not shared yet; we are its only owner, so this
+        // write of an immutable-after-construction field races with nothing.
+        unsafe { (*node.ptr.as_ptr()).any = Some(any) };
+        let mut born_done = false;
+        // SAFETY: just allocated; the links do not move (the Vec is never
+        // touched again until the node is freed).
+        let links = unsafe { &any.as_ref().links };
+        for l in links.iter() {
+            let p = l.parent.node();
+            let guard = p.lock.lock();
+            if p.is_done_flag() {
+                born_done = true;
+                drop(guard);
+                break;
+            }
+            // SAFETY: we hold the parent's lock; the link is pinned in the
+            // boxed Vec and unlinked (invariant 8).
+            unsafe { p.waiters.push_back(l as *const AnyLink as *const Link) };
+            drop(guard);
+        }
+        if born_done {
+            let (err, cause) = node.node().inherited();
+            node.node().cancel(err, cause);
+        }
+        node
+    }
+}
+
+/// `Context::any` links, owned by the `any` node.
+#[cfg(feature = "alloc")]
+struct AnyLinks {
+    /// The parent with the earliest deadline (retained through `links`).
+    deadline_parent: *const Node,
+    links: Vec<AnyLink>,
+}
+
+/// One parent of an `any` node: an entry in that parent's `waiters`.
+#[cfg(feature = "alloc")]
+#[repr(C)]
+struct AnyLink {
+    entry: Entry,
+    target: *const Node,
+    parent: NodeRef,
+}
+
+// ---------------------------------------------------------------------------
+// After-funcs (feature `alloc`)
+
+/// A registered after-func: an entry in a node's `waiters` list.
+#[cfg(feature = "alloc")]
+#[repr(C)]
+pub(crate) struct AfterFuncInner {
+    entry: Entry,
+    /// Present iff the entry is linked and has not run or been stopped.
+    ///
+    /// # Safety
+    /// Guarded by the lock of `node` (invariant 1).
+    func: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    node: NodeRef,
+}
+
+// SAFETY: `func` is guarded by the node's lock; the entry is otherwise
+// immutable.
+#[cfg(feature = "alloc")]
+unsafe impl Send for AfterFuncInner {}
+// SAFETY: as for `Send`.
+#[cfg(feature = "alloc")]
+unsafe impl Sync for AfterFuncInner {}
+
+#[cfg(feature = "alloc")]
+impl AfterFuncInner {
+    /// Registers `f` to run once `node` is done; runs it at once (on this
+    /// thread) if it already is, and returns `None` then.
+    pub(crate) fn register(node: &NodeRef, f: Box<dyn FnOnce() + Send>) -> Option<Arc<AfterFuncInner>> {
+        if node.node().is_done() {
+            f();
+            return None;
+        }
+        let inner = Arc::new(AfterFuncInner {
+            entry: Entry::new(EntryKind::AfterFunc),
+            func: UnsafeCell::new(Some(f)),
+            node: node.clone(),
+        });
+        let n = node.node();
+        let guard = n.lock.lock();
+        if n.is_done_flag() {
+            drop(guard);
+            // SAFETY: not linked, so nobody else can see `func`.
+            let f = inner.func.with_mut(|p| unsafe { (*p).take() });
+            drop(inner);
+            if let Some(f) = f {
+                f();
+            }
+            return None;
+        }
+        let list_ref = Arc::into_raw(inner.clone());
+        // SAFETY: we hold the lock; the entry is pinned in its `Arc`, and the
+        // list now owns the reference `list_ref` (invariant 8).
+        unsafe { n.waiters.push_back(list_ref as *const Link) };
+        drop(guard);
+        Some(inner)
+    }
+
+    /// Stops the after-func; true iff this call kept it from running.
+    pub(crate) fn stop(this: &Arc<AfterFuncInner>) -> bool {
+        let n = this.node.node();
+        let guard = n.lock.lock();
+        // SAFETY: we hold the lock (invariant 1); `func` present means the
+        // entry is linked and the list owns one reference (invariant 8).
+        let taken = unsafe {
+            match this.func.with_mut(|p| (*p).take()) {
+                Some(f) => {
+                    n.waiters.remove(&this.entry.link);
+                    Some((f, Arc::from_raw(Arc::as_ptr(this))))
+                }
+                None => None,
+            }
+        };
+        drop(guard);
+        taken.is_some()
+    }
+}
+
+#[cfg(all(test, feature = "std", not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_size_is_documented() {
+        // docs/design.md reports this figure; keep them in step.
+        let size = core::mem::size_of::<Node>();
+        assert!(size <= 144, "Node grew to {size} bytes");
+    }
+
+    #[test]
+    fn state_bits_are_distinct() {
+        let all = [DONE, DEADLINE_ERR, HAS_DEADLINE, OWNS_DEADLINE, QUEUED, ANY];
+        let mut acc = 0;
+        for b in all {
+            assert_eq!(acc & b, 0);
+            acc |= b;
+        }
+    }
+
+    #[test]
+    fn refcount_frees_on_last_release() {
+        let root = NodeRef::new_root(None);
+        let child = NodeRef::new_child(Some(&root), None, None, None);
+        assert_eq!(root.node().refs.load(Ordering::Relaxed), 2);
+        let c2 = child.clone();
+        assert_eq!(child.node().refs.load(Ordering::Relaxed), 2);
+        drop(child);
+        drop(c2);
+        assert_eq!(root.node().refs.load(Ordering::Relaxed), 1);
+        // SAFETY: single-threaded test, we hold the lock.
+        let _g = root.node().lock.lock();
+        assert!(unsafe { root.node().children.is_empty() });
+    }
+
+    #[test]
+    fn cancel_once_wins() {
+        let root = NodeRef::new_child(None, None, None, None);
+        assert!(root.node().cancel(Error::Canceled, Some(Cause::from("first"))));
+        assert!(!root.node().cancel(Error::Canceled, Some(Cause::from("second"))));
+        assert_eq!(root.node().cause().unwrap().as_str(), Some("first"));
+    }
+
+    #[test]
+    fn deep_chain_cancels_and_drops_without_recursion() {
+        // 100k levels would overflow any recursive implementation.
+        let depth = if cfg!(miri) { 200 } else { 100_000 };
+        let root = NodeRef::new_child(None, None, None, None);
+        let mut last = root.clone();
+        let mut all = Vec::new();
+        for _ in 0..depth {
+            let c = NodeRef::new_child(Some(&last), None, None, None);
+            all.push(c.clone());
+            last = c;
+        }
+        drop(all);
+        root.node().cancel(Error::Canceled, None);
+        assert!(last.node().is_done());
+        drop(root);
+        drop(last);
+    }
+}

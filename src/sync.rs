@@ -1,0 +1,153 @@
+//! One shim for every primitive the core synchronises with.
+//!
+//! The same code runs natively (core atomics), on targets without
+//! compare-and-swap (`portable-atomic`), under loom's model checker
+//! (`--cfg loom`) and under Miri. Nothing outside this module names
+//! `core::sync::atomic` or `loom` directly.
+//!
+//! # The lock
+//!
+//! [`RawLock`] is the only lock in the crate. Its default implementation is a
+//! test-and-test-and-set spin lock; with the `critical-section` feature it
+//! additionally enters a critical section for as long as it is held, which makes
+//! it safe to take from an interrupt handler on a single core (the interrupted
+//! code cannot be inside the lock while the handler runs, because interrupts are
+//! masked while the lock is held). See `docs/design.md`, "Locks".
+
+#![allow(dead_code)]
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize};
+
+#[cfg(all(not(loom), feature = "portable-atomic"))]
+pub(crate) use portable_atomic::{fence, AtomicBool, AtomicU32, AtomicUsize};
+
+#[cfg(all(not(loom), not(feature = "portable-atomic")))]
+pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize};
+
+pub(crate) use core::sync::atomic::Ordering;
+
+/// An `UnsafeCell` with loom's closure-based access API.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// An `UnsafeCell` with loom's closure-based access API, so that the same
+/// code can run under loom (which tracks every access) and natively.
+#[cfg(not(loom))]
+#[derive(Debug)]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T: ?Sized>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    #[inline]
+    pub(crate) const fn new(value: T) -> Self {
+        UnsafeCell(core::cell::UnsafeCell::new(value))
+    }
+}
+
+#[cfg(not(loom))]
+impl<T: ?Sized> UnsafeCell<T> {
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// Spin-loop hint; under loom it yields to the model's scheduler so that a
+/// spinning thread lets the lock holder make progress.
+#[inline(always)]
+pub(crate) fn spin_hint(spins: &mut u32) {
+    #[cfg(loom)]
+    {
+        let _ = spins;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(loom))]
+    {
+        *spins = spins.saturating_add(1);
+        #[cfg(feature = "std")]
+        if *spins > 64 {
+            extern crate std;
+            std::thread::yield_now();
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The crate's one lock: a test-and-test-and-set spin lock (plus a critical
+/// section with the `critical-section` feature).
+///
+/// It guards only short, bounded sections that never run user code: list
+/// surgery, taking a waker out of a slot, writing a cause. It is never held
+/// while waking a task, running a callback or dropping user data.
+#[derive(Debug)]
+pub(crate) struct RawLock {
+    locked: AtomicBool,
+}
+
+/// Proof that a [`RawLock`] is held; unlocks on drop.
+#[must_use]
+pub(crate) struct LockGuard<'a> {
+    lock: &'a RawLock,
+    #[cfg(feature = "critical-section")]
+    restore: critical_section::RestoreState,
+}
+
+impl RawLock {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        RawLock { locked: AtomicBool::new(false) }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        RawLock { locked: AtomicBool::new(false) }
+    }
+
+    #[inline]
+    pub(crate) fn lock(&self) -> LockGuard<'_> {
+        #[cfg(feature = "critical-section")]
+        // SAFETY: (sync.rs invariant CS) the matching `release` runs in
+        // `LockGuard::drop`, with the state returned here, in LIFO order because
+        // guards are scoped values that are never leaked by this crate.
+        let restore = unsafe { critical_section::acquire() };
+        let mut spins = 0u32;
+        loop {
+            if self
+                .locked
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+            while self.locked.load(Ordering::Relaxed) {
+                spin_hint(&mut spins);
+            }
+        }
+        LockGuard {
+            lock: self,
+            #[cfg(feature = "critical-section")]
+            restore,
+        }
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+        #[cfg(feature = "critical-section")]
+        // SAFETY: (sync.rs invariant CS) `restore` came from the `acquire` in
+        // `RawLock::lock` for this very guard, and guards drop in LIFO order.
+        unsafe {
+            critical_section::release(self.restore)
+        };
+    }
+}

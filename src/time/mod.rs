@@ -1,0 +1,195 @@
+//! Time: [`Instant`], the [`Clock`] and [`Timer`] traits, and the timer
+//! backends.
+//!
+//! A context tree reads its clock and arms its deadlines through one
+//! [`Timer`], chosen at the root: [`Context::with_timer`] makes a root on any
+//! timer, and [`Context::background`] uses the default one (the `std` timer
+//! thread with the `std` feature). Every descendant uses its root's timer.
+//!
+//! [`Context::with_timer`]: crate::Context::with_timer
+//! [`Context::background`]: crate::Context::background
+
+use core::fmt;
+use core::ops::{Add, Sub};
+use core::time::Duration;
+
+#[cfg(feature = "alloc")]
+mod manual;
+#[cfg(feature = "std")]
+mod std_timer;
+
+#[cfg(feature = "alloc")]
+pub use manual::ManualClock;
+#[cfg(feature = "std")]
+pub use std_timer::StdTimer;
+
+pub use crate::node::{TimerEntry, TimerFiring};
+
+/// A point in time: nanoseconds since an epoch chosen by the clock that made it.
+///
+/// `Instant`s from different clocks are not comparable in meaning (they are in
+/// type). Arithmetic saturates: `Instant::MAX + anything == Instant::MAX`, and
+/// no operation panics.
+///
+/// ```
+/// use ctxcore::Instant;
+/// use core::time::Duration;
+///
+/// let t = Instant::from_nanos(5);
+/// assert_eq!(t + Duration::from_nanos(10), Instant::from_nanos(15));
+/// assert_eq!(Instant::MAX + Duration::MAX, Instant::MAX);
+/// assert_eq!(t.saturating_duration_since(Instant::from_nanos(9)), Duration::ZERO);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The clock's epoch.
+    pub const ZERO: Instant = Instant(0);
+    /// The latest representable instant (about 584 years after the epoch);
+    /// a deadline here never fires.
+    pub const MAX: Instant = Instant(u64::MAX);
+
+    /// An instant `nanos` nanoseconds after the epoch.
+    pub const fn from_nanos(nanos: u64) -> Self {
+        Instant(nanos)
+    }
+
+    /// Nanoseconds since the epoch.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, saturating at [`Instant::MAX`].
+    pub const fn saturating_add(self, d: Duration) -> Self {
+        let n = d.as_nanos();
+        let n = if n > u64::MAX as u128 { u64::MAX } else { n as u64 };
+        Instant(self.0.saturating_add(n))
+    }
+
+    /// `self - d`, saturating at [`Instant::ZERO`].
+    pub const fn saturating_sub(self, d: Duration) -> Self {
+        let n = d.as_nanos();
+        let n = if n > u64::MAX as u128 { u64::MAX } else { n as u64 };
+        Instant(self.0.saturating_sub(n))
+    }
+
+    /// `self + d`, or `None` past [`Instant::MAX`].
+    pub const fn checked_add(self, d: Duration) -> Option<Self> {
+        let n = d.as_nanos();
+        if n > u64::MAX as u128 {
+            return None;
+        }
+        match self.0.checked_add(n as u64) {
+            Some(v) => Some(Instant(v)),
+            None => None,
+        }
+    }
+
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub const fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// Reads the default clock: the one [`Context::background`]'s
+    /// descendants use for `with_timeout`.
+    ///
+    /// [`Context::background`]: crate::Context::background
+    #[cfg(feature = "std")]
+    pub fn now() -> Self {
+        StdTimer::global().now()
+    }
+}
+
+impl fmt::Debug for Instant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Instant::MAX {
+            f.write_str("Instant::MAX")
+        } else {
+            write!(f, "Instant({:?})", Duration::from_nanos(self.0))
+        }
+    }
+}
+
+impl Add<Duration> for Instant {
+    type Output = Instant;
+    /// Saturating.
+    fn add(self, d: Duration) -> Instant {
+        self.saturating_add(d)
+    }
+}
+
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    /// Saturating.
+    fn sub(self, d: Duration) -> Instant {
+        self.saturating_sub(d)
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    /// Saturating: zero if `rhs` is later.
+    fn sub(self, rhs: Instant) -> Duration {
+        self.saturating_duration_since(rhs)
+    }
+}
+
+/// A source of [`Instant`]s. Must be monotonic (never go backwards).
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> Instant;
+}
+
+/// A clock that can also wake deadline contexts on time.
+///
+/// The timer only has to *wake*: a context reports
+/// [`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded) as soon as
+/// [`Clock::now`] has passed its deadline, whether the timer fired or not.
+///
+/// # Safety
+///
+/// Implementations must uphold the entry protocol (node.rs invariant 7):
+///
+/// 1. `arm` and `disarm` and every call of [`TimerEntry::claim`] on an armed
+///    entry are serialised by one lock of the timer (they never run
+///    concurrently for the same entry).
+/// 2. After `disarm(e)` returns, the timer never again touches an entry equal
+///    to `e` (same [`TimerEntry::key`]) unless it is armed again.
+/// 3. `claim` is called at most once per `arm`, and the timer forgets the
+///    entry when it does; the [`TimerFiring`] it returns is then fired (or
+///    dropped) *outside* that lock.
+///
+/// ```
+/// use ctxcore::{Context, ManualClock};
+/// use core::time::Duration;
+///
+/// static CLOCK: ManualClock = ManualClock::new();
+/// let root = Context::with_timer(&CLOCK);
+/// let (ctx, _h) = root.with_timeout(Duration::from_secs(3600));
+/// assert!(!ctx.is_done());
+/// CLOCK.advance(Duration::from_secs(3600));
+/// assert!(ctx.is_done());
+/// ```
+pub unsafe trait Timer: Clock {
+    /// Schedules `entry` to be claimed and fired at (or after)
+    /// `entry.deadline()`.
+    fn arm(&self, entry: TimerEntry);
+    /// Forgets `entry` if it is still armed. Must be cheap (it runs whenever a
+    /// deadline context is cancelled or freed).
+    fn disarm(&self, entry: &TimerEntry);
+}
+
+/// The timer used by [`Context::background`](crate::Context::background)'s
+/// descendants: the process-wide [`StdTimer`] with the `std` feature, none
+/// without it.
+pub(crate) fn default_timer() -> Option<&'static dyn Timer> {
+    #[cfg(feature = "std")]
+    {
+        Some(StdTimer::global())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        None
+    }
+}
