@@ -44,13 +44,17 @@ enum State {
 impl AfterFunc {
     pub(crate) fn registered(inner: Option<Arc<AfterFuncInner>>) -> Self {
         match inner {
-            Some(i) => AfterFunc { state: State::Registered(i) },
+            Some(i) => AfterFunc {
+                state: State::Registered(i),
+            },
             None => AfterFunc { state: State::Ran },
         }
     }
 
     pub(crate) fn never() -> Self {
-        AfterFunc { state: State::Never(AtomicBool::new(false)) }
+        AfterFunc {
+            state: State::Never(AtomicBool::new(false)),
+        }
     }
 
     /// Stops the callback from running. Returns true iff this call prevented

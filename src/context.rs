@@ -76,7 +76,10 @@ impl Context {
     /// assert_eq!(ctx.deadline(), None);
     /// ```
     pub const fn background() -> Context {
-        Context { node: None, values: None }
+        Context {
+            node: None,
+            values: None,
+        }
     }
 
     /// The same as [`Context::background`], to mark plumbing that is not
@@ -103,7 +106,10 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     /// ```
     pub fn with_timer(timer: &'static dyn Timer) -> Context {
-        Context { node: Some(NodeRef::new_root(Some(timer))), values: None }
+        Context {
+            node: Some(NodeRef::new_root(Some(timer))),
+            values: None,
+        }
     }
 
     fn timer(&self) -> Option<&'static dyn Timer> {
@@ -115,7 +121,10 @@ impl Context {
 
     fn child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
         let node = NodeRef::new_child(self.node.as_ref(), default_timer(), deadline, cause);
-        let ctx = Context { node: Some(node.clone()), values: self.values.clone() };
+        let ctx = Context {
+            node: Some(node.clone()),
+            values: self.values.clone(),
+        };
         (ctx, CancelHandle { node: Some(node) })
     }
 
@@ -201,7 +210,10 @@ impl Context {
     /// assert_eq!(ctx.value(&TENANT).map(String::as_str), Some("acme"));
     /// ```
     pub fn with_value<T: Send + Sync + 'static>(&self, key: &'static Key<T>, value: T) -> Context {
-        Context { node: self.node.clone(), values: Some(value::push(self.values.as_ref(), key, value)) }
+        Context {
+            node: self.node.clone(),
+            values: Some(value::push(self.values.as_ref(), key, value)),
+        }
     }
 
     /// The value under `key` on the nearest context that set it.
@@ -236,7 +248,10 @@ impl Context {
             (None, _) => None,
             (Some(t), _) => Some(NodeRef::new_root(Some(t))),
         };
-        Context { node, values: self.values.clone() }
+        Context {
+            node,
+            values: self.values.clone(),
+        }
     }
 
     /// A context that is done as soon as any of `parents` is, with that
@@ -272,7 +287,11 @@ impl Context {
                 }
             }
         }
-        let node = if nodes.is_empty() { None } else { Some(NodeRef::new_any(&nodes)) };
+        let node = if nodes.is_empty() {
+            None
+        } else {
+            Some(NodeRef::new_any(&nodes))
+        };
         Context { node, values }
     }
 

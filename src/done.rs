@@ -29,7 +29,11 @@ pub struct Done<'a> {
 
 impl<'a> Done<'a> {
     pub(crate) fn new(node: Option<&'a NodeRef>) -> Self {
-        Done { waiter: Waiter::new(), node, terminated: false }
+        Done {
+            waiter: Waiter::new(),
+            node,
+            terminated: false,
+        }
     }
 }
 
@@ -67,7 +71,9 @@ impl FusedFuture for Done<'_> {
 
 impl fmt::Debug for Done<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Done").field("registered", &self.waiter.registered()).finish_non_exhaustive()
+        f.debug_struct("Done")
+            .field("registered", &self.waiter.registered())
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +89,11 @@ pub struct DoneOwned {
 
 impl DoneOwned {
     pub(crate) fn new(node: Option<NodeRef>) -> Self {
-        DoneOwned { waiter: Waiter::new(), node, terminated: false }
+        DoneOwned {
+            waiter: Waiter::new(),
+            node,
+            terminated: false,
+        }
     }
 }
 
@@ -111,7 +121,9 @@ impl FusedFuture for DoneOwned {
 
 impl fmt::Debug for DoneOwned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DoneOwned").field("registered", &self.waiter.registered()).finish_non_exhaustive()
+        f.debug_struct("DoneOwned")
+            .field("registered", &self.waiter.registered())
+            .finish_non_exhaustive()
     }
 }
 
@@ -174,7 +186,9 @@ impl<F: Future> FusedFuture for Run<F> {
 
 impl<F> fmt::Debug for Run<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Run").field("finished", &self.fut.is_none()).finish_non_exhaustive()
+        f.debug_struct("Run")
+            .field("finished", &self.fut.is_none())
+            .finish_non_exhaustive()
     }
 }
 

@@ -123,12 +123,18 @@ unsafe impl Sync for List {}
 impl List {
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Self {
-        List { head: UnsafeCell::new(ptr::null()), tail: UnsafeCell::new(ptr::null()) }
+        List {
+            head: UnsafeCell::new(ptr::null()),
+            tail: UnsafeCell::new(ptr::null()),
+        }
     }
 
     #[cfg(loom)]
     pub(crate) fn new() -> Self {
-        List { head: UnsafeCell::new(ptr::null()), tail: UnsafeCell::new(ptr::null()) }
+        List {
+            head: UnsafeCell::new(ptr::null()),
+            tail: UnsafeCell::new(ptr::null()),
+        }
     }
 
     /// Whether the list is empty.
@@ -222,7 +228,10 @@ mod tests {
     }
 
     fn elem(v: u32) -> Elem {
-        Elem { link: Link::new(), value: v }
+        Elem {
+            link: Link::new(),
+            value: v,
+        }
     }
 
     unsafe fn collect(list: &List) -> std::vec::Vec<u32> {

@@ -163,12 +163,18 @@ struct Entry {
 impl Entry {
     #[cfg(not(loom))]
     const fn new(kind: EntryKind) -> Self {
-        Entry { link: Link::new(), kind }
+        Entry {
+            link: Link::new(),
+            kind,
+        }
     }
 
     #[cfg(loom)]
     fn new(kind: EntryKind) -> Self {
-        Entry { link: Link::new(), kind }
+        Entry {
+            link: Link::new(),
+            kind,
+        }
     }
 }
 
@@ -191,7 +197,10 @@ struct Batch {
 
 impl Batch {
     fn new() -> Self {
-        Batch { tasks: [const { None }; BATCH], len: 0 }
+        Batch {
+            tasks: [const { None }; BATCH],
+            len: 0,
+        }
     }
 
     fn is_full(&self) -> bool {
@@ -409,7 +418,10 @@ impl Node {
                 // Never overflow: leak instead (a node with 2^63 owners).
                 return true;
             }
-            match self.refs.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .refs
+                .compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
@@ -607,7 +619,10 @@ impl Node {
     fn after_done(&self) {
         if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
             if let Some(t) = self.timer {
-                t.disarm(&TimerEntry { node: NonNull::from(self), deadline: self.deadline });
+                t.disarm(&TimerEntry {
+                    node: NonNull::from(self),
+                    deadline: self.deadline,
+                });
             }
         }
     }
@@ -725,7 +740,9 @@ unsafe impl Sync for TimerEntry {}
 
 impl core::fmt::Debug for Node {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Node").field("state", &self.state.load(Ordering::Relaxed)).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
@@ -807,7 +824,12 @@ unsafe impl Sync for Waiter {}
 
 impl Waiter {
     pub(crate) fn new() -> Self {
-        Waiter { entry: Entry::new(EntryKind::Waker), waker: UnsafeCell::new(None), node: ptr::null(), _pin: PhantomPinned }
+        Waiter {
+            entry: Entry::new(EntryKind::Waker),
+            waker: UnsafeCell::new(None),
+            node: ptr::null(),
+            _pin: PhantomPinned,
+        }
     }
 
     /// Polls for `node` being done; registers the waker if not.
@@ -917,7 +939,9 @@ impl NodeRef {
     }
 
     fn alloc(node: Node) -> NodeRef {
-        NodeRef { ptr: NonNull::from(Box::leak(Box::new(node))) }
+        NodeRef {
+            ptr: NonNull::from(Box::leak(Box::new(node))),
+        }
     }
 
     /// A root that is never cancelled, carrying a timer for its descendants.
@@ -981,7 +1005,10 @@ impl NodeRef {
                 if t.now() >= n.deadline {
                     n.cancel_inner(Error::DeadlineExceeded, None, true);
                 } else if !n.is_done_flag() {
-                    t.arm(TimerEntry { node: self.ptr, deadline: n.deadline });
+                    t.arm(TimerEntry {
+                        node: self.ptr,
+                        deadline: n.deadline,
+                    });
                 }
             }
             None => {}
@@ -991,9 +1018,17 @@ impl NodeRef {
     /// A node done when the first of `parents` is done.
     pub(crate) fn new_any(parents: &[&NodeRef]) -> NodeRef {
         debug_assert!(!parents.is_empty());
-        let dl_parent = parents.iter().min_by_key(|p| p.node().deadline).copied().unwrap_or(parents[0]);
+        let dl_parent = parents
+            .iter()
+            .min_by_key(|p| p.node().deadline)
+            .copied()
+            .unwrap_or(parents[0]);
         let deadline = dl_parent.node().deadline;
-        let timer = if deadline != Instant::MAX { dl_parent.node().timer } else { parents[0].node().timer };
+        let timer = if deadline != Instant::MAX {
+            dl_parent.node().timer
+        } else {
+            parents[0].node().timer
+        };
         let flags = ANY | if deadline != Instant::MAX { HAS_DEADLINE } else { 0 };
         let node = Self::alloc(Node::new(ptr::null(), flags, deadline, None, timer));
         let mut links = Vec::with_capacity(parents.len());

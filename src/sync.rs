@@ -103,12 +103,16 @@ pub(crate) struct LockGuard<'a> {
 impl RawLock {
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Self {
-        RawLock { locked: AtomicBool::new(false) }
+        RawLock {
+            locked: AtomicBool::new(false),
+        }
     }
 
     #[cfg(loom)]
     pub(crate) fn new() -> Self {
-        RawLock { locked: AtomicBool::new(false) }
+        RawLock {
+            locked: AtomicBool::new(false),
+        }
     }
 
     #[inline]

@@ -35,7 +35,10 @@ pub struct Key<T> {
 impl<T> Key<T> {
     /// A key; `name` is for debugging only and need not be unique.
     pub const fn new(name: &'static str) -> Self {
-        Key { name, _type: PhantomData }
+        Key {
+            name,
+            _type: PhantomData,
+        }
     }
 
     /// The name given to [`Key::new`].
@@ -69,7 +72,12 @@ pub(crate) type Values = Arc<ValueNode<dyn Any + Send + Sync>>;
 
 #[cfg(feature = "alloc")]
 pub(crate) fn push<T: Send + Sync + 'static>(parent: Option<&Values>, key: &'static Key<T>, value: T) -> Values {
-    Arc::new(ValueNode { parent: parent.cloned(), key: key.id(), name: key.name, value })
+    Arc::new(ValueNode {
+        parent: parent.cloned(),
+        key: key.id(),
+        name: key.name,
+        value,
+    })
 }
 
 #[cfg(feature = "alloc")]

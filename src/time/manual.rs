@@ -55,7 +55,11 @@ impl ManualClock {
 
     /// A clock at `now`.
     pub const fn starting_at(now: Instant) -> Self {
-        ManualClock { now: AtomicU64::new(now.as_nanos()), lock: RawLock::new(), entries: UnsafeCell::new(BTreeMap::new()) }
+        ManualClock {
+            now: AtomicU64::new(now.as_nanos()),
+            lock: RawLock::new(),
+            entries: UnsafeCell::new(BTreeMap::new()),
+        }
     }
 
     /// Moves time forward by `d` (saturating) and fires every deadline that
@@ -111,7 +115,10 @@ impl Default for ManualClock {
 
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManualClock").field("now", &self.now()).field("armed", &self.armed()).finish()
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .field("armed", &self.armed())
+            .finish()
     }
 }
 

@@ -47,7 +47,10 @@ impl StdTimer {
         static GLOBAL: OnceLock<StdTimer> = OnceLock::new();
         GLOBAL.get_or_init(|| StdTimer {
             base: std::time::Instant::now(),
-            state: Mutex::new(State { entries: BTreeMap::new(), thread_running: false }),
+            state: Mutex::new(State {
+                entries: BTreeMap::new(),
+                thread_running: false,
+            }),
             wake: Condvar::new(),
         })
     }
@@ -98,7 +101,10 @@ impl StdTimer {
                     state = self.wake.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 None => {
-                    let (s, res) = self.wake.wait_timeout(state, IDLE_EXIT).unwrap_or_else(|e| e.into_inner());
+                    let (s, res) = self
+                        .wake
+                        .wait_timeout(state, IDLE_EXIT)
+                        .unwrap_or_else(|e| e.into_inner());
                     state = s;
                     if res.timed_out() && state.entries.is_empty() {
                         state.thread_running = false;
@@ -112,7 +118,10 @@ impl StdTimer {
 
 impl fmt::Debug for StdTimer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StdTimer").field("now", &self.now()).field("armed", &self.armed()).finish()
+        f.debug_struct("StdTimer")
+            .field("now", &self.now())
+            .field("armed", &self.armed())
+            .finish()
     }
 }
 
@@ -134,7 +143,9 @@ unsafe impl Timer for StdTimer {
         if !state.thread_running {
             let this: &'static StdTimer = StdTimer::global();
             if core::ptr::eq(this, self) {
-                let spawned = std::thread::Builder::new().name("ctxcore-timer".into()).spawn(move || this.run());
+                let spawned = std::thread::Builder::new()
+                    .name("ctxcore-timer".into())
+                    .spawn(move || this.run());
                 // If the thread cannot start, deadlines are still exact when
                 // observed; only wake-ups are lost until the next arm retries.
                 state.thread_running = spawned.is_ok();
