@@ -73,7 +73,7 @@ pub use after::AfterFunc;
 pub use context::{CancelHandle, Context};
 #[cfg(feature = "alloc")]
 pub use done::{Done, DoneOwned, Run};
-#[cfg(feature = "alloc")]
+#[cfg(all(feature = "alloc", not(loom)))]
 pub use time::ManualClock;
 #[cfg(feature = "std")]
 pub use time::StdTimer;

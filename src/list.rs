@@ -234,6 +234,12 @@ mod tests {
         }
     }
 
+    /// The element's link, with the provenance of the whole element (so the
+    /// list's pointer can be cast back to `Elem`, as the core does).
+    fn l(e: &Elem) -> *const Link {
+        e as *const Elem as *const Link
+    }
+
     unsafe fn collect(list: &List) -> std::vec::Vec<u32> {
         let mut out = std::vec::Vec::new();
         // SAFETY: test is single threaded; elements outlive the list use.
@@ -255,22 +261,22 @@ mod tests {
         unsafe {
             assert!(list.is_empty());
             for e in [&a, &b, &c, &d] {
-                list.push_back(&e.link);
+                list.push_back(l(e));
             }
             assert_eq!(collect(&list), [1, 2, 3, 4]);
-            list.remove(&c.link);
+            list.remove(l(&c));
             assert!(!c.link.is_linked());
             assert_eq!(collect(&list), [1, 2, 4]);
-            list.remove(&a.link);
+            list.remove(l(&a));
             assert_eq!(collect(&list), [2, 4]);
-            list.remove(&d.link);
+            list.remove(l(&d));
             assert_eq!(collect(&list), [2]);
-            list.push_back(&c.link);
+            list.push_back(l(&c));
             assert_eq!(collect(&list), [2, 3]);
             let first = list.pop_front();
             assert_eq!((*(first as *const Elem)).value, 2);
             assert!(!b.link.is_linked());
-            assert_eq!(list.pop_front(), &c.link as *const Link);
+            assert_eq!(list.pop_front(), l(&c));
             assert!(list.pop_front().is_null());
             assert!(list.is_empty());
         }
@@ -292,11 +298,11 @@ mod tests {
             unsafe {
                 match (seed >> 8) % 3 {
                     0 if !elems[i].link.is_linked() => {
-                        list.push_back(&elems[i].link);
+                        list.push_back(l(&elems[i]));
                         model.push_back(i as u32);
                     }
                     1 if elems[i].link.is_linked() => {
-                        list.remove(&elems[i].link);
+                        list.remove(l(&elems[i]));
                         model.retain(|&v| v != i as u32);
                     }
                     2 => {

@@ -13,12 +13,12 @@ use core::fmt;
 use core::ops::{Add, Sub};
 use core::time::Duration;
 
-#[cfg(feature = "alloc")]
+#[cfg(all(feature = "alloc", not(loom)))]
 mod manual;
 #[cfg(feature = "std")]
 mod std_timer;
 
-#[cfg(feature = "alloc")]
+#[cfg(all(feature = "alloc", not(loom)))]
 pub use manual::ManualClock;
 #[cfg(feature = "std")]
 pub use std_timer::StdTimer;

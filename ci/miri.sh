@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Unit and conformance tests under Miri, with strict provenance, then a
+# second pass under the Tree Borrows model. Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+rustup component add miri rust-src --toolchain nightly >/dev/null
+cargo +nightly miri setup >/dev/null 2>&1 || cargo +nightly miri setup
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/miri"
+# Tests that need real time or many threads are #[cfg_attr(miri, ignore)].
+TESTS=(--lib)
+for t in conformance alloc_budget; do
+  [ -f "tests/$t.rs" ] && TESTS+=(--test "$t")
+done
+base="-Zmiri-strict-provenance -Zmiri-symbolic-alignment-check"
+echo "== miri (stacked borrows): ${TESTS[*]}"
+MIRIFLAGS="$base ${MIRIFLAGS:-}" timeout "${MIRI_TIMEOUT:-900}" cargo +nightly miri test "${TESTS[@]}"
+echo "== miri (tree borrows): ${TESTS[*]}"
+MIRIFLAGS="$base -Zmiri-tree-borrows ${MIRIFLAGS:-}" timeout "${MIRI_TIMEOUT:-900}" cargo +nightly miri test "${TESTS[@]}"

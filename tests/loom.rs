@@ -1,0 +1,132 @@
+//! loom models of every concurrent protocol in the core.
+//!
+//! Run with `ci/loom.sh` (`RUSTFLAGS="--cfg loom" cargo test --release --test loom`).
+//! Each model explores every interleaving (up to the preemption bound) of two
+//! threads racing on one node, and checks the outcome.
+#![cfg(loom)]
+
+use ctxcore::{Context, Error};
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+/// A child attached while its parent is being cancelled ends up done, either
+/// by being born done or by the parent's propagation.
+#[test]
+fn cancel_vs_child_attach() {
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let p2 = parent.clone();
+        let t = thread::spawn(move || {
+            let (child, h) = p2.with_cancel();
+            h.detach();
+            child
+        });
+        handle.cancel();
+        let child = t.join().unwrap();
+        assert!(child.is_done());
+        assert_eq!(child.err(), Some(Error::Canceled));
+    });
+}
+
+/// A child dropped while its parent cancels: no use-after-free, no leak
+/// (loom checks that every `Arc`-like allocation it tracks is freed; Miri and
+/// the alloc-budget test cover the node memory).
+#[test]
+fn cancel_vs_child_drop() {
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let (child, child_handle) = parent.with_cancel();
+        let (grandchild, gh) = child.with_cancel();
+        gh.detach();
+        let t = thread::spawn(move || {
+            drop(child_handle);
+            drop(child);
+        });
+        handle.cancel();
+        t.join().unwrap();
+        assert!(grandchild.is_done());
+        assert!(parent.is_done());
+    });
+}
+
+/// A task waiting on `done()` is always woken by a concurrent cancel (loom
+/// reports a deadlock if the wake-up were lost).
+#[test]
+fn waiter_registration_vs_cancel() {
+    loom::model(|| {
+        let (ctx, handle) = Context::background().with_cancel();
+        let c2 = ctx.clone();
+        let t = thread::spawn(move || loom::future::block_on(c2.done()));
+        handle.cancel_with("stop");
+        assert_eq!(t.join().unwrap(), Error::Canceled);
+    });
+}
+
+/// A waiter on a grandchild is woken when the root is cancelled from another
+/// thread, through the iterative propagation.
+#[test]
+fn waiter_on_descendant_vs_root_cancel() {
+    loom::model(|| {
+        let (root, handle) = Context::background().with_cancel();
+        let (child, _ch) = root.with_cancel();
+        let (leaf, _lh) = child.with_cancel();
+        let t = thread::spawn(move || loom::future::block_on(leaf.done()));
+        handle.cancel();
+        assert_eq!(t.join().unwrap(), Error::Canceled);
+    });
+}
+
+/// `AfterFunc::stop` racing the cancellation: exactly one of "stop returned
+/// true" and "f ran" happens.
+#[test]
+fn after_func_stop_vs_fire() {
+    loom::model(|| {
+        let (ctx, handle) = Context::background().with_cancel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let af = ctx.after_func(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        let t = thread::spawn(move || handle.cancel());
+        let stopped = af.stop();
+        t.join().unwrap();
+        let ran = runs.load(Ordering::SeqCst);
+        assert_eq!(ran + usize::from(stopped), 1, "ran={ran} stopped={stopped}");
+        assert!(!af.stop());
+    });
+}
+
+/// Two cancels with different causes: exactly one wins, and the node and its
+/// child both report the winner's cause.
+#[test]
+fn concurrent_cancels_one_cause_wins() {
+    loom::model(|| {
+        let (ctx, handle) = Context::background().with_cancel();
+        let (child, _ch) = ctx.with_cancel();
+        let handle = Arc::new(handle);
+        let h2 = handle.clone();
+        let t = thread::spawn(move || h2.cancel_with("a"));
+        handle.cancel_with("b");
+        t.join().unwrap();
+        let cause = ctx.cause().unwrap().as_str().unwrap();
+        assert!(cause == "a" || cause == "b");
+        assert_eq!(child.cause().unwrap().as_str(), Some(cause));
+    });
+}
+
+/// `Context::any` with both parents cancelled at once: done once, with one
+/// of the two causes.
+#[test]
+fn any_vs_two_cancels() {
+    loom::model(|| {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let either = Context::any([&a, &b]);
+        let t = thread::spawn(move || ha.cancel_with("a"));
+        hb.cancel_with("b");
+        t.join().unwrap();
+        let cause = either.cause().unwrap().as_str().unwrap();
+        assert!(cause == "a" || cause == "b");
+    });
+}
