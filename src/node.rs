@@ -587,6 +587,7 @@ impl Node {
                 // SAFETY: the list owned one `Arc` reference (invariant 8),
                 // now ours; the func slot is guarded by our lock.
                 let entry = unsafe { Arc::from_raw(a) };
+                // SAFETY: the func slot is guarded by our lock (invariant 1).
                 let f = entry.func.with_mut(|p| unsafe { (*p).take() });
                 match f {
                     Some(f) => batch.push(Task::Run(f, entry)),
@@ -1000,18 +1001,15 @@ impl NodeRef {
     /// Arms the node's own deadline, or fires it if already passed.
     fn arm(&self) {
         let n = self.node();
-        match n.timer {
-            Some(t) => {
-                if t.now() >= n.deadline {
-                    n.cancel_inner(Error::DeadlineExceeded, None, true);
-                } else if !n.is_done_flag() {
-                    t.arm(TimerEntry {
-                        node: self.ptr,
-                        deadline: n.deadline,
-                    });
-                }
+        if let Some(t) = n.timer {
+            if t.now() >= n.deadline {
+                n.cancel_inner(Error::DeadlineExceeded, None, true);
+            } else if !n.is_done_flag() {
+                t.arm(TimerEntry {
+                    node: self.ptr,
+                    deadline: n.deadline,
+                });
             }
-            None => {}
         }
     }
 
@@ -1197,8 +1195,8 @@ mod tests {
         drop(child);
         drop(c2);
         assert_eq!(root.node().refs.load(Ordering::Relaxed), 1);
-        // SAFETY: single-threaded test, we hold the lock.
         let _g = root.node().lock.lock();
+        // SAFETY: we hold the lock.
         assert!(unsafe { root.node().children.is_empty() });
     }
 

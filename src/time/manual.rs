@@ -141,8 +141,7 @@ unsafe impl Timer for ManualClock {
     fn disarm(&self, entry: &TimerEntry) {
         let guard = self.lock.lock();
         // SAFETY: we hold `lock`.
-        let removed = unsafe { (*self.entries.get()).remove(&entry.key()) };
+        let _removed = unsafe { (*self.entries.get()).remove(&entry.key()) };
         drop(guard);
-        drop(removed);
     }
 }

@@ -157,8 +157,7 @@ unsafe impl Timer for StdTimer {
 
     fn disarm(&self, entry: &TimerEntry) {
         let mut state = self.lock();
-        let removed = state.entries.remove(&entry.key());
+        let _removed = state.entries.remove(&entry.key());
         drop(state);
-        drop(removed);
     }
 }
