@@ -67,7 +67,6 @@ fn main() {
     // A worker thread racing its work against the deadline.
     let worker = {
         let db_query = db_query.clone();
-        let t = t;
         thread::spawn(move || {
             println!(
                 "{}  db worker waits (deadline {:?} away)",
