@@ -112,6 +112,15 @@ impl Context {
         }
     }
 
+    /// A context over an existing node (a static root).
+    #[cfg(not(loom))]
+    pub(crate) fn from_node(node: NodeRef) -> Context {
+        Context {
+            node: Some(node),
+            values: None,
+        }
+    }
+
     fn timer(&self) -> Option<&'static dyn Timer> {
         match &self.node {
             Some(n) => n.node().timer(),

@@ -32,6 +32,14 @@
 //! - `portable-atomic`: atomics for targets without compare-and-swap.
 //! - `critical-section`: the lock also masks interrupts, so cancelling from
 //!   an interrupt handler cannot deadlock.
+//! - `tokio`: [`TokioTimer`], deadlines on a tokio runtime's timer and clock
+//!   (follows `tokio::time::pause`).
+//! - `embassy-time` (with `alloc`): [`EmbassyTimer`], deadlines on
+//!   `embassy_time`, driven by a task you spawn.
+//!
+//! A tree's timer is chosen at its root: [`Context::background`] uses the
+//! `std` timer thread; [`Context::with_timer`] takes any [`Timer`]
+//! ([`ManualClock`] for deterministic tests). See `docs/timers.md`.
 
 #![no_std]
 #![deny(
@@ -51,6 +59,8 @@ mod cause;
 mod error;
 mod list;
 mod node;
+#[cfg(not(loom))]
+mod root;
 mod sync;
 pub mod time;
 mod value;
@@ -64,6 +74,8 @@ mod done;
 
 pub use cause::Cause;
 pub use error::Error;
+#[cfg(not(loom))]
+pub use root::{StaticContext, StaticDone};
 pub use time::{Clock, Instant, Timer};
 pub use value::Key;
 
@@ -73,7 +85,11 @@ pub use after::AfterFunc;
 pub use context::{CancelHandle, Context};
 #[cfg(feature = "alloc")]
 pub use done::{Done, DoneOwned, Run};
+#[cfg(all(feature = "embassy-time", feature = "alloc"))]
+pub use time::EmbassyTimer;
 #[cfg(all(feature = "alloc", not(loom)))]
 pub use time::ManualClock;
 #[cfg(feature = "std")]
 pub use time::StdTimer;
+#[cfg(feature = "tokio")]
+pub use time::TokioTimer;

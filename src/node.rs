@@ -67,6 +67,9 @@
 //! node's lock.
 
 #![allow(clippy::missing_safety_doc)]
+// Without `alloc` the heap paths (`any` links, after-funcs, freeing) are
+// compiled out, leaving some flags and helpers unused.
+#![cfg_attr(not(feature = "alloc"), allow(dead_code, unused_imports, unused_variables))]
 
 use crate::cause::Cause;
 use crate::error::Error;
@@ -293,6 +296,27 @@ impl Node {
             waiters: List::new(),
             cause: UnsafeCell::new(deadline_cause),
             deadline,
+            timer,
+            #[cfg(feature = "alloc")]
+            any: None,
+        }
+    }
+
+    /// A live root for a `static`: never freed (its own reference is never
+    /// released), so it may be borrowed for `'static` and wrapped in a
+    /// `NodeRef` (invariant 5: the count never reaches zero).
+    #[cfg(not(loom))]
+    pub(crate) const fn new_static(timer: Option<&'static dyn Timer>) -> Self {
+        Node {
+            link: Link::new(),
+            state: AtomicU32::new(0),
+            refs: AtomicUsize::new(1),
+            lock: RawLock::new(),
+            parent: ptr::null(),
+            children: List::new(),
+            waiters: List::new(),
+            cause: UnsafeCell::new(None),
+            deadline: Instant::MAX,
             timer,
             #[cfg(feature = "alloc")]
             any: None,
@@ -937,6 +961,15 @@ impl NodeRef {
 
     pub(crate) fn ptr_eq(&self, other: &NodeRef) -> bool {
         self.ptr == other.ptr
+    }
+
+    /// A counted reference to a node in a `static` (never freed: its own
+    /// reference is never released).
+    pub(crate) fn from_static(node: &'static Node) -> NodeRef {
+        node.retain();
+        NodeRef {
+            ptr: NonNull::from(node),
+        }
     }
 
     fn alloc(node: Node) -> NodeRef {

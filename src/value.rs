@@ -1,5 +1,6 @@
 //! Request-scoped values under private, typed keys.
 
+#[cfg(feature = "alloc")]
 use core::any::Any;
 use core::fmt;
 use core::marker::PhantomData;
@@ -46,6 +47,7 @@ impl<T> Key<T> {
         self.name
     }
 
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
     pub(crate) fn id(&'static self) -> usize {
         self as *const Self as usize
     }

@@ -13,11 +13,19 @@ use core::fmt;
 use core::ops::{Add, Sub};
 use core::time::Duration;
 
+#[cfg(all(feature = "embassy-time", feature = "alloc"))]
+mod embassy;
 #[cfg(all(feature = "alloc", not(loom)))]
 mod manual;
 #[cfg(feature = "std")]
 mod std_timer;
+#[cfg(feature = "tokio")]
+mod tokio;
 
+#[cfg(feature = "tokio")]
+pub use self::tokio::TokioTimer;
+#[cfg(all(feature = "embassy-time", feature = "alloc"))]
+pub use embassy::EmbassyTimer;
 #[cfg(all(feature = "alloc", not(loom)))]
 pub use manual::ManualClock;
 #[cfg(feature = "std")]
@@ -183,6 +191,7 @@ pub unsafe trait Timer: Clock {
 /// The timer used by [`Context::background`](crate::Context::background)'s
 /// descendants: the process-wide [`StdTimer`] with the `std` feature, none
 /// without it.
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
 pub(crate) fn default_timer() -> Option<&'static dyn Timer> {
     #[cfg(feature = "std")]
     {

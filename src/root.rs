@@ -1,0 +1,160 @@
+//! [`StaticContext`]: a heap-free root that lives in a `static`.
+
+use crate::cause::Cause;
+use crate::error::Error;
+use crate::node::{Node, Waiter};
+use crate::time::Timer;
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context as TaskContext, Poll};
+use futures_core::future::FusedFuture;
+
+/// A cancellation root in a `static`: `const`-constructible, needs no
+/// allocator, and can be cancelled from anywhere — any thread, any task, and
+/// (with the `critical-section` feature) an interrupt handler.
+///
+/// It uses the same node, state machine and waiter list as [`Context`]:
+/// waiting on [`done`](Self::done) allocates nothing, and with the `alloc`
+/// feature [`context`](Self::context) hangs a whole heap tree under it.
+///
+/// ```
+/// use ctxcore::{Error, StaticContext};
+///
+/// static SHUTDOWN: StaticContext = StaticContext::new();
+///
+/// assert!(!SHUTDOWN.is_done());
+/// SHUTDOWN.cancel_with("power loss"); // e.g. from an interrupt handler
+/// assert_eq!(SHUTDOWN.err(), Some(Error::Canceled));
+/// assert_eq!(SHUTDOWN.cause().unwrap().as_str(), Some("power loss"));
+/// assert_eq!(futures::executor::block_on(SHUTDOWN.done()), Error::Canceled);
+/// ```
+///
+/// [`Context`]: crate::Context
+pub struct StaticContext {
+    node: Node,
+}
+
+impl StaticContext {
+    /// A live root without a timer (its heap descendants' deadlines use the
+    /// default timer, if any).
+    pub const fn new() -> Self {
+        StaticContext {
+            node: Node::new_static(None),
+        }
+    }
+
+    /// A live root whose heap descendants read time and arm deadlines on
+    /// `timer`.
+    pub const fn with_timer(timer: &'static dyn Timer) -> Self {
+        StaticContext {
+            node: Node::new_static(Some(timer)),
+        }
+    }
+
+    /// Cancels the root (and everything under it) with [`Error::Canceled`].
+    /// The first cancellation wins; later ones change nothing.
+    pub fn cancel(&self) {
+        self.node.cancel(Error::Canceled, None);
+    }
+
+    /// Cancels with a cause (for example `Cause::from("reason")`, which never
+    /// allocates).
+    pub fn cancel_with(&self, cause: impl Into<Cause>) {
+        self.node.cancel(Error::Canceled, Some(cause.into()));
+    }
+
+    /// Whether the root is done: one atomic load.
+    #[inline]
+    pub fn is_done(&self) -> bool {
+        self.node.is_done()
+    }
+
+    /// Why the root is done, if it is.
+    pub fn err(&self) -> Option<Error> {
+        self.node.err()
+    }
+
+    /// The cause of the winning cancellation, if done.
+    pub fn cause(&self) -> Option<Cause> {
+        self.node.cause()
+    }
+
+    /// A future that completes once the root is done; allocates nothing.
+    pub fn done(&'static self) -> StaticDone {
+        StaticDone {
+            waiter: Waiter::new(),
+            node: &self.node,
+            terminated: false,
+        }
+    }
+
+    /// A [`Context`](crate::Context) for this root, to build a heap tree under
+    /// it (`with_cancel`, `with_timeout`, values...). Allocates nothing itself.
+    ///
+    /// ```
+    /// use ctxcore::StaticContext;
+    /// static ROOT: StaticContext = StaticContext::new();
+    /// let (child, _h) = ROOT.context().with_cancel();
+    /// # assert!(!child.is_done());
+    /// ```
+    #[cfg(feature = "alloc")]
+    pub fn context(&'static self) -> crate::Context {
+        crate::Context::from_node(crate::node::NodeRef::from_static(&self.node))
+    }
+}
+
+impl Default for StaticContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for StaticContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticContext").field("err", &self.err()).finish()
+    }
+}
+
+/// The future returned by [`StaticContext::done`]; its waiter is embedded,
+/// so waiting allocates nothing.
+#[must_use = "futures do nothing unless polled"]
+pub struct StaticDone {
+    waiter: Waiter,
+    node: &'static Node,
+    terminated: bool,
+}
+
+impl Future for StaticDone {
+    type Output = Error;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+        // SAFETY: structural pinning of `waiter`; nothing is moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: `waiter` is pinned because `self` is.
+        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
+        // SAFETY: the node is in a `static`, so it outlives the waiter, and it
+        // is always the same node (node.rs invariant 8).
+        match unsafe { waiter.poll_wait(this.node, cx) } {
+            Poll::Ready(()) => {
+                this.terminated = true;
+                Poll::Ready(this.node.err().unwrap_or(Error::Canceled))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl FusedFuture for StaticDone {
+    fn is_terminated(&self) -> bool {
+        self.terminated
+    }
+}
+
+impl fmt::Debug for StaticDone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticDone")
+            .field("terminated", &self.terminated)
+            .finish_non_exhaustive()
+    }
+}
