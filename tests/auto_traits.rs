@@ -1,0 +1,55 @@
+//! The auto traits DESIGN.md promises, pinned down at compile time.
+
+use ctxcore::{
+    AfterFunc, CancelHandle, Cause, Context, Done, DoneOwned, Error, Instant, Key, Run, StaticContext, StaticDone,
+};
+
+fn send<T: Send>() {}
+fn sync<T: Sync>() {}
+fn static_<T: 'static>() {}
+fn clone<T: Clone>() {}
+fn copy_eq<T: Copy + Eq + core::fmt::Debug + core::fmt::Display + core::error::Error>() {}
+fn instant<T: Copy + Eq + Ord + core::hash::Hash + core::fmt::Debug>() {}
+fn fused<T: futures_core::future::FusedFuture>() {}
+
+#[test]
+fn auto_traits_hold() {
+    send::<Context>();
+    sync::<Context>();
+    static_::<Context>();
+    clone::<Context>();
+    send::<CancelHandle>();
+    sync::<CancelHandle>();
+    send::<AfterFunc>();
+    sync::<AfterFunc>();
+    send::<Done<'static>>();
+    send::<DoneOwned>();
+    static_::<DoneOwned>();
+    send::<Run<core::future::Ready<u8>>>();
+    static_::<Run<core::future::Ready<u8>>>();
+    fused::<Done<'static>>();
+    fused::<DoneOwned>();
+    fused::<StaticDone>();
+    send::<StaticDone>();
+    sync::<StaticContext>();
+    send::<Cause>();
+    sync::<Cause>();
+    clone::<Cause>();
+    copy_eq::<Error>();
+    instant::<Instant>();
+    sync::<Key<u8>>();
+    assert!(
+        core::mem::size_of::<Key<()>>() > 0,
+        "keys must not be zero-sized: they are identified by address"
+    );
+}
+
+/// A `run` future over a `Send` future is `Send`, so it can be spawned.
+#[test]
+fn run_future_is_send_for_send_futures() {
+    let (ctx, _h) = Context::background().with_cancel();
+    let fut = ctx.run(async { 1 });
+    fn assert_send<T: Send + 'static>(_: &T) {}
+    assert_send(&fut);
+    assert_eq!(futures::executor::block_on(fut), Ok(1));
+}
