@@ -1,0 +1,411 @@
+//! ctxcore side by side with tokio-util's `CancellationToken`, plus floors.
+//!
+//! Every scenario of issue 6 is one criterion group holding a `ctxcore` and a
+//! `tokio_util` function (the floors are the group `floor`), so
+//! `target/criterion/<scenario>/<lib>/new/estimates.json` is what
+//! `ci/bench.sh` reads. Figures are nanoseconds per operation; for the
+//! multi-thread scenarios, per operation *per thread* (every thread does
+//! `iters` operations at once, and the slowest thread's time is reported).
+//!
+//! Scenarios whose set-up is much dearer than the operation (cancelling a
+//! tree, waking waiters) build a batch of instances untimed and time only the
+//! operation on each (see [`batched`]).
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ctxcore::{CancelHandle, Context};
+use tokio_util::sync::CancellationToken;
+
+/// A task context whose waker does nothing: waiting futures are polled once
+/// to register, and waking costs only what the library does.
+fn noop_cx() -> TaskContext<'static> {
+    TaskContext::from_waker(Waker::noop())
+}
+
+/// Polls a future once; the scenarios need it to be pending (registered).
+fn poll_once<F: Future>(fut: Pin<&mut F>, cx: &mut TaskContext<'_>) {
+    let pending = fut.poll(cx).is_pending();
+    assert!(pending, "the context under test must still be live");
+}
+
+/// Times `op` over `iters` instances made by `setup`, built `batch` at a time
+/// outside the timed region and dropped after it.
+fn batched<S>(iters: u64, batch: usize, mut setup: impl FnMut() -> S, mut op: impl FnMut(&S)) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters as usize;
+    while left > 0 {
+        let n = left.min(batch);
+        left -= n;
+        let items: Vec<S> = (0..n).map(|_| setup()).collect();
+        let start = Instant::now();
+        for s in &items {
+            op(s);
+        }
+        total += start.elapsed();
+        drop(items);
+    }
+    total
+}
+
+/// Runs `work(iters)` on `threads` threads released together by a spin
+/// barrier, and returns the slowest thread's own time: thread start-up is not
+/// measured, and the figure is per operation per thread.
+fn parallel(threads: usize, iters: u64, work: &(dyn Fn(u64) + Sync)) -> Duration {
+    let ready = AtomicUsize::new(0);
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let ready = &ready;
+                s.spawn(move || {
+                    ready.fetch_add(1, Ordering::AcqRel);
+                    while ready.load(Ordering::Acquire) < threads {
+                        std::hint::spin_loop();
+                    }
+                    let start = Instant::now();
+                    work(iters);
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+    })
+}
+
+/// A live, cancellable parent for the child scenarios, and its handle.
+fn ctx_parent() -> (Context, CancelHandle) {
+    Context::background().with_cancel()
+}
+
+fn floors(c: &mut Criterion) {
+    let mut g = c.benchmark_group("floor");
+    let word = AtomicU32::new(0);
+    g.bench_function("atomic_load", |b| b.iter(|| black_box(&word).load(Ordering::Acquire)));
+    // The size of a context node in both crates is around 100 bytes; a bare
+    // allocation of that size is what "one allocation per child" costs at least.
+    g.bench_function("box_alloc", |b| b.iter(|| drop(black_box(Box::new([0u64; 16])))));
+    g.finish();
+}
+
+fn is_done(c: &mut Criterion) {
+    let (ctx, _h) = ctx_parent();
+    let token = CancellationToken::new();
+
+    let mut g = c.benchmark_group("is_done_1t");
+    g.bench_function("ctxcore", |b| b.iter(|| black_box(&ctx).is_done()));
+    g.bench_function("tokio_util", |b| b.iter(|| black_box(&token).is_cancelled()));
+    g.finish();
+
+    for threads in [2usize, 4] {
+        let mut g = c.benchmark_group(format!("is_done_{threads}t"));
+        g.bench_function("ctxcore", |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, &|n| {
+                    for _ in 0..n {
+                        black_box(black_box(&ctx).is_done());
+                    }
+                })
+            })
+        });
+        g.bench_function("tokio_util", |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, &|n| {
+                    for _ in 0..n {
+                        black_box(black_box(&token).is_cancelled());
+                    }
+                })
+            })
+        });
+        g.finish();
+    }
+}
+
+fn children(c: &mut Criterion) {
+    let (parent, _ph) = ctx_parent();
+    let token = CancellationToken::new();
+
+    // Plain use: dropping the handle cancels (Go's `defer cancel()`), then
+    // the context goes; tokio-util's child token is simply dropped.
+    let mut g = c.benchmark_group("child_create_drop");
+    g.bench_function("ctxcore", |b| {
+        b.iter(|| {
+            let (child, handle) = black_box(&parent).with_cancel();
+            drop(black_box(handle));
+            drop(black_box(child));
+        })
+    });
+    g.bench_function("tokio_util", |b| {
+        b.iter(|| drop(black_box(black_box(&token).child_token())))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("child_create_cancel_drop");
+    g.bench_function("ctxcore", |b| {
+        b.iter(|| {
+            let (child, handle) = black_box(&parent).with_cancel();
+            handle.cancel();
+            drop(black_box(handle));
+            drop(black_box(child));
+        })
+    });
+    g.bench_function("tokio_util", |b| {
+        b.iter(|| {
+            let child = black_box(&token).child_token();
+            child.cancel();
+            drop(black_box(child));
+        })
+    });
+    g.finish();
+
+    let (dead, dead_handle) = ctx_parent();
+    dead_handle.cancel();
+    let dead_token = CancellationToken::new();
+    dead_token.cancel();
+    let mut g = c.benchmark_group("child_of_cancelled");
+    g.bench_function("ctxcore", |b| {
+        b.iter(|| {
+            let (child, handle) = black_box(&dead).with_cancel();
+            debug_assert!(child.is_done());
+            drop(black_box(handle));
+            drop(black_box(child));
+        })
+    });
+    g.bench_function("tokio_util", |b| {
+        b.iter(|| drop(black_box(black_box(&dead_token).child_token())))
+    });
+    g.finish();
+}
+
+/// Instances per untimed set-up batch: about 10k nodes, whatever the size.
+fn batch_for(n: usize) -> usize {
+    (10_000 / n).max(1)
+}
+
+fn cancel_trees(c: &mut Criterion) {
+    for n in [10usize, 100, 1000] {
+        let mut g = c.benchmark_group(format!("cancel_flat_{n}"));
+        g.bench_function("ctxcore", |b| {
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    batch_for(n),
+                    || {
+                        let (root, handle) = ctx_parent();
+                        let kids: Vec<_> = (0..n).map(|_| root.with_cancel()).collect();
+                        (handle, kids)
+                    },
+                    |(handle, _)| handle.cancel(),
+                )
+            })
+        });
+        g.bench_function("tokio_util", |b| {
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    batch_for(n),
+                    || {
+                        let root = CancellationToken::new();
+                        let kids: Vec<_> = (0..n).map(|_| root.child_token()).collect();
+                        (root, kids)
+                    },
+                    |(root, _)| root.cancel(),
+                )
+            })
+        });
+        g.finish();
+    }
+
+    for n in [10usize, 100, 1000] {
+        let mut g = c.benchmark_group(format!("cancel_chain_{n}"));
+        g.bench_function("ctxcore", |b| {
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    batch_for(n),
+                    || {
+                        let (root, handle) = ctx_parent();
+                        let mut chain = Vec::with_capacity(n);
+                        let mut last = root;
+                        for _ in 0..n {
+                            let (c, h) = last.with_cancel();
+                            chain.push(h);
+                            last = c;
+                        }
+                        (handle, chain, last)
+                    },
+                    |(handle, _, _)| handle.cancel(),
+                )
+            })
+        });
+        g.bench_function("tokio_util", |b| {
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    batch_for(n),
+                    || {
+                        let root = CancellationToken::new();
+                        let mut chain = Vec::with_capacity(n);
+                        let mut last = root.clone();
+                        for _ in 0..n {
+                            let c = last.child_token();
+                            chain.push(last);
+                            last = c;
+                        }
+                        (root, chain, last)
+                    },
+                    |(root, _, _)| root.cancel(),
+                )
+            })
+        });
+        g.finish();
+    }
+}
+
+fn waiters(c: &mut Criterion) {
+    let (ctx, _h) = ctx_parent();
+    let token = CancellationToken::new();
+    let mut cx = noop_cx();
+
+    let mut g = c.benchmark_group("waiter_register");
+    g.bench_function("ctxcore", |b| {
+        b.iter(|| {
+            let fut = pin!(black_box(&ctx).done());
+            poll_once(fut, &mut cx);
+        })
+    });
+    g.bench_function("tokio_util", |b| {
+        b.iter(|| {
+            let fut = pin!(black_box(&token).cancelled());
+            poll_once(fut, &mut cx);
+        })
+    });
+    g.finish();
+
+    for n in [1usize, 100, 1000] {
+        let mut g = c.benchmark_group(format!("wake_{n}"));
+        g.bench_function("ctxcore", |b| {
+            let mut cx = noop_cx();
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    batch_for(n),
+                    || {
+                        let (ctx, handle) = ctx_parent();
+                        let futs: Vec<_> = (0..n)
+                            .map(|_| {
+                                let mut f = Box::pin(ctx.done_owned());
+                                poll_once(f.as_mut(), &mut cx);
+                                f
+                            })
+                            .collect();
+                        (handle, futs)
+                    },
+                    |(handle, _)| handle.cancel(),
+                )
+            })
+        });
+        g.bench_function("tokio_util", |b| {
+            let mut cx = noop_cx();
+            b.iter_custom(|iters| {
+                batched(
+                    iters,
+                    batch_for(n),
+                    || {
+                        let token = CancellationToken::new();
+                        let futs: Vec<_> = (0..n)
+                            .map(|_| {
+                                let mut f = Box::pin(token.clone().cancelled_owned());
+                                poll_once(f.as_mut(), &mut cx);
+                                f
+                            })
+                            .collect();
+                        (token, futs)
+                    },
+                    |(token, _)| token.cancel(),
+                )
+            })
+        });
+        g.finish();
+    }
+}
+
+fn churn(c: &mut Criterion) {
+    let (parent, _ph) = ctx_parent();
+    let token = CancellationToken::new();
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("churn_{threads}t"));
+        g.bench_function("ctxcore", |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, &|n| {
+                    for _ in 0..n {
+                        let (child, handle) = black_box(&parent).with_cancel();
+                        handle.cancel();
+                        drop(black_box(handle));
+                        drop(black_box(child));
+                    }
+                })
+            })
+        });
+        g.bench_function("tokio_util", |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, &|n| {
+                    for _ in 0..n {
+                        let child = black_box(&token).child_token();
+                        child.cancel();
+                        drop(black_box(child));
+                    }
+                })
+            })
+        });
+        g.finish();
+    }
+}
+
+fn deadlines(c: &mut Criterion) {
+    // ctxcore: a timeout child of `background()` arms and disarms an entry on
+    // the std timer thread. tokio-util has no deadlines: a child token plus a
+    // tokio `sleep`, polled once so it is registered with the timer wheel.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let token = CancellationToken::new();
+    let background = Context::background();
+    let mut cx = noop_cx();
+    let mut g = c.benchmark_group("deadline_create_drop");
+    g.bench_function("ctxcore", |b| {
+        b.iter(|| {
+            let (child, handle) = black_box(&background).with_timeout(Duration::from_secs(60));
+            drop(black_box(handle));
+            drop(black_box(child));
+        })
+    });
+    g.bench_function("tokio_util", |b| {
+        b.iter(|| {
+            let child = black_box(&token).child_token();
+            let sleep = pin!(tokio::time::sleep(Duration::from_secs(60)));
+            poll_once(sleep, &mut cx);
+            drop(black_box(child));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    floors,
+    is_done,
+    children,
+    cancel_trees,
+    waiters,
+    churn,
+    deadlines
+);
+criterion_main!(benches);

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Turns one criterion run of benches/versus.rs (and benches/memory.rs' output)
+into the issue-6 ratio table.
+
+Usage: bench_table.py CRITERION_HOME MEMORY_OUTPUT RESULTS_JSON
+
+Prints one line per scenario, `scenario ctxcore_ns tokio_util_ns ratio`
+followed by the target and whether it holds, then the derived checks
+(flatness, 2-thread throughput, memory) and a last line `K of N targets hold`.
+Writes every figure to RESULTS_JSON for ci/bench_chart.py. Never fails on
+timing: a missing figure is printed as `-` and counts as not holding.
+"""
+
+import json
+import os
+import re
+import sys
+
+# (scenario, what it measures, target ratio ctxcore/tokio-util or None = report only)
+SCENARIOS = [
+    ("is_done_1t", "is_done on a live context, 1 thread", 0.25),
+    ("is_done_2t", "is_done on one context shared by 2 threads", 0.05),
+    ("is_done_4t", "is_done shared by 4 threads (2 cores: oversubscribed)", None),
+    ("child_create_drop", "child create + drop", 0.35),
+    ("child_create_cancel_drop", "child create + cancel + drop", 0.4),
+    ("child_of_cancelled", "child of an already-cancelled parent", 0.3),
+    ("cancel_flat_10", "cancel a flat tree of 10 children", 0.3),
+    ("cancel_flat_100", "cancel a flat tree of 100 children", 0.3),
+    ("cancel_flat_1000", "cancel a flat tree of 1000 children", 0.3),
+    ("cancel_chain_10", "cancel a chain of depth 10", 0.3),
+    ("cancel_chain_100", "cancel a chain of depth 100", 0.3),
+    ("cancel_chain_1000", "cancel a chain of depth 1000", 0.3),
+    ("waiter_register", "register + unregister a waiter (poll done() once, drop)", 0.4),
+    ("wake_1", "wake 1 waiter", 1.0),
+    ("wake_100", "wake 100 waiters", 1.0),
+    ("wake_1000", "wake 1000 waiters", 1.0),
+    ("churn_1t", "shared-parent churn, 1 thread (ns/op/thread)", 0.5),
+    ("churn_2t", "shared-parent churn, 2 threads (ns/op/thread)", 0.5),
+    ("deadline_create_drop", "create + drop with a deadline (tokio: token + sleep)", None),
+]
+FLOORS = ["atomic_load", "box_alloc"]
+
+
+def estimate(home, group, function):
+    """Median ns per iteration of one criterion benchmark, or None."""
+    path = os.path.join(home, group, function, "new", "estimates.json")
+    try:
+        with open(path) as f:
+            return float(json.load(f)["median"]["point_estimate"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def fmt(x, digits=2):
+    if x is None:
+        return "-"
+    if x >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}f}"
+
+
+def main():
+    home, memory_out, results_path = sys.argv[1:4]
+    results = {"scenarios": [], "floors": {}, "memory": {}, "checks": []}
+    held = total = 0
+
+    print(f"# {'scenario':<26} {'ctxcore_ns':>11} {'tokio_util_ns':>14} {'ratio':>7}  target")
+    for name in FLOORS:
+        ns = estimate(home, "floor", name)
+        results["floors"][name] = ns
+        print(f"{'floor_' + name:<28} {fmt(ns):>11} {'-':>14} {'-':>7}  (reference)")
+    for name, what, target in SCENARIOS:
+        c = estimate(home, name, "ctxcore")
+        t = estimate(home, name, "tokio_util")
+        ratio = c / t if c is not None and t else None
+        if target is None:
+            verdict = "report"
+        else:
+            total += 1
+            ok = ratio is not None and ratio <= target
+            held += ok
+            verdict = f"<= {target} {'ok' if ok else 'MISS'}"
+        results["scenarios"].append(
+            {"name": name, "what": what, "ctxcore_ns": c, "tokio_util_ns": t, "ratio": ratio, "target": target}
+        )
+        print(f"{name:<28} {fmt(c):>11} {fmt(t):>14} {fmt(ratio, 3):>7}  {verdict}")
+
+    def check(label, value, ok, rule):
+        nonlocal held, total
+        total += 1
+        held += bool(ok)
+        results["checks"].append({"check": label, "value": value, "rule": rule, "ok": bool(ok)})
+        print(f"check {label} = {fmt(value, 3)} ({rule}) {'ok' if ok else 'MISS'}")
+
+    by = {s["name"]: s for s in results["scenarios"]}
+    c1, c2 = by["is_done_1t"]["ctxcore_ns"], by["is_done_2t"]["ctxcore_ns"]
+    flat = c2 / c1 if c1 and c2 else None
+    check("is_done_flat ctxcore ns 2t/1t", flat, flat is not None and flat <= 1.5, "<= 1.5")
+    ch1, ch2 = by["churn_1t"]["ctxcore_ns"], by["churn_2t"]["ctxcore_ns"]
+    # Per-thread ns/op: 2 threads do twice the work in that time.
+    gain = (2 * ch1 / ch2) if ch1 and ch2 else None
+    check("churn ctxcore throughput 2t/1t", gain, gain is not None and gain >= 1.0, ">= 1")
+
+    mem = {}
+    pat = re.compile(r"^memory (\S+) (\S+) allocs=(\S+) bytes=(\S+)$")
+    try:
+        with open(memory_out) as f:
+            for line in f:
+                m = pat.match(line.strip())
+                if m:
+                    mem[f"{m.group(1)}/{m.group(2)}"] = {"allocs": float(m.group(3)), "bytes": float(m.group(4))}
+    except OSError:
+        pass
+    results["memory"] = mem
+    for key, v in sorted(mem.items()):
+        print(f"memory {key:<24} allocs={v['allocs']:g} bytes={v['bytes']:g}")
+    child = mem.get("child/ctxcore")
+    check("bytes per cancel node", child and child["bytes"], child is not None and child["bytes"] <= 64, "<= 64")
+    check("allocations per child", child and child["allocs"], child is not None and child["allocs"] == 1, "== 1")
+
+    results["held"], results["total"] = held, total
+    with open(results_path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"{held} of {total} targets hold")
+
+
+if __name__ == "__main__":
+    main()
