@@ -38,7 +38,7 @@ SCENARIOS = [
     ("churn_2t", "shared-parent churn, 2 threads (ns/op/thread)", 0.5),
     ("deadline_create_drop", "create + drop with a deadline (tokio: token + sleep)", None),
 ]
-FLOORS = ["atomic_load", "box_alloc"]
+FLOORS = ["atomic_load", "atomic_rmw", "box_alloc"]
 
 
 def estimate(home, group, function):
