@@ -219,7 +219,7 @@ unsafe impl Timer for EmbassyTimer {
         let key = entry.key();
         let wake = critical_section::with(|cs| {
             let mut state = self.state.borrow_ref_mut(cs);
-            let earliest = state.entries.first_key_value().map_or(true, |(k, _)| key < *k);
+            let earliest = state.entries.first_key_value().is_none_or(|(k, _)| key < *k);
             state.entries.insert(key, entry);
             if earliest {
                 state.notified = true;
@@ -234,7 +234,8 @@ unsafe impl Timer for EmbassyTimer {
     }
 
     fn disarm(&self, entry: &TimerEntry) {
-        let removed = critical_section::with(|cs| self.state.borrow_ref_mut(cs).entries.remove(&entry.key()));
-        drop(removed);
+        critical_section::with(|cs| {
+            self.state.borrow_ref_mut(cs).entries.remove(&entry.key());
+        });
     }
 }

@@ -267,7 +267,7 @@ unsafe impl Timer for TokioTimer {
     fn arm(&self, entry: TimerEntry) {
         let key = entry.key();
         let mut state = self.shared.lock();
-        let earliest = state.entries.first_key_value().map_or(true, |(k, _)| key < *k);
+        let earliest = state.entries.first_key_value().is_none_or(|(k, _)| key < *k);
         state.entries.insert(key, entry);
         let start = !state.driver_running;
         state.driver_running = true;
@@ -280,9 +280,6 @@ unsafe impl Timer for TokioTimer {
     }
 
     fn disarm(&self, entry: &TimerEntry) {
-        let mut state = self.shared.lock();
-        let removed = state.entries.remove(&entry.key());
-        drop(state);
-        drop(removed);
+        self.shared.lock().entries.remove(&entry.key());
     }
 }
