@@ -1,9 +1,9 @@
 //! After-funcs: callbacks that run once a context is done.
 
 use crate::node::AfterFuncInner;
-use alloc::sync::Arc;
+use crate::sync::{AtomicBool, Ordering};
+use crate::Arc;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A callback registered with [`Context::after_func`](crate::Context::after_func).
 ///

@@ -4,9 +4,9 @@ use crate::Error;
 use core::fmt;
 
 #[cfg(feature = "alloc")]
-use alloc::boxed::Box;
+use crate::Arc;
 #[cfg(feature = "alloc")]
-use alloc::sync::Arc;
+use alloc::boxed::Box;
 
 /// Why a context was cancelled: Go's `context.Cause`.
 ///

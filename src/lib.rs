@@ -93,3 +93,11 @@ pub use time::ManualClock;
 pub use time::StdTimer;
 #[cfg(feature = "tokio")]
 pub use time::TokioTimer;
+
+/// The `Arc` of the heap API: `alloc`'s, or, with `portable-atomic`,
+/// portable-atomic-util's, whose counts are portable atomics (so the `alloc`
+/// API also works on targets without compare-and-swap, e.g. Cortex-M0).
+#[cfg(all(feature = "alloc", not(feature = "portable-atomic")))]
+pub(crate) use alloc::sync::Arc;
+#[cfg(all(feature = "alloc", feature = "portable-atomic"))]
+pub(crate) use portable_atomic_util::Arc;

@@ -82,7 +82,7 @@ use core::ptr::{self, NonNull};
 use core::task::{Context as TaskContext, Poll, Waker};
 
 #[cfg(feature = "alloc")]
-use alloc::{boxed::Box, sync::Arc, vec::Vec};
+use {crate::Arc, alloc::boxed::Box, alloc::vec::Vec};
 
 /// The node is done (final).
 pub(crate) const DONE: u32 = 1 << 0;
@@ -196,6 +196,11 @@ const BATCH: usize = 32;
 struct Batch {
     tasks: [Option<Task>; BATCH],
     len: usize,
+    /// The first panic of an after-func, re-raised once the whole
+    /// cancellation is finished (so a panicking callback can neither leave a
+    /// done parent with live children nor drop other callbacks unrun).
+    #[cfg(feature = "std")]
+    panic: Option<Box<dyn core::any::Any + Send + 'static>>,
 }
 
 impl Batch {
@@ -203,6 +208,8 @@ impl Batch {
         Batch {
             tasks: [const { None }; BATCH],
             len: 0,
+            #[cfg(feature = "std")]
+            panic: None,
         }
     }
 
@@ -225,6 +232,13 @@ impl Batch {
                 #[cfg(feature = "alloc")]
                 Some(Task::Run(f, entry)) => {
                     drop(entry);
+                    #[cfg(feature = "std")]
+                    {
+                        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                            self.panic.get_or_insert(p);
+                        }
+                    }
+                    #[cfg(not(feature = "std"))]
                     f()
                 }
                 #[cfg(feature = "alloc")]
@@ -235,6 +249,17 @@ impl Batch {
                 None => {}
             }
         }
+    }
+}
+
+impl Batch {
+    /// Re-raises the first after-func panic, once everything is done.
+    fn finish(mut self) {
+        #[cfg(feature = "std")]
+        if let Some(p) = self.panic.take() {
+            std::panic::resume_unwind(p);
+        }
+        let _ = &mut self;
     }
 }
 
@@ -500,6 +525,7 @@ impl Node {
             unsafe { release_node(node) };
         }
         batch.run();
+        batch.finish();
         true
     }
 
@@ -674,10 +700,38 @@ unsafe fn release_node(node: *const Node) {
 
 /// # Safety
 /// The caller owns one reference to the heap node `node`.
+///
+/// Iterative, whatever the shape: a tree node's last release continues with
+/// its parent in the loop, and a dying `any` node's parents wait on an
+/// intrusive stack of their `AnyLinks` (threaded through `next_pending`), so
+/// dropping a chain of a million nodes, `any` or not, never recurses.
 #[cfg(feature = "alloc")]
 unsafe fn release(node: NonNull<Node>) {
-    let mut cur = node;
+    let mut next = Some(node);
+    // Dying `any` nodes' links whose parent references are still to release.
+    let mut pending: *mut AnyLinks = ptr::null_mut();
     loop {
+        let cur = match next.take() {
+            Some(cur) => cur,
+            None => {
+                if pending.is_null() {
+                    return;
+                }
+                // SAFETY: `pending` links belong to freed `any` nodes: they
+                // are unlinked everywhere and owned by this loop alone.
+                let top = unsafe { &mut *pending };
+                match top.links.pop() {
+                    Some(link) => next = Some(link.parent.into_raw()),
+                    None => {
+                        // SAFETY: allocated by `Box::leak` in
+                        // `NodeRef::new_any`; nothing refers to it any more.
+                        let links = unsafe { Box::from_raw(pending) };
+                        pending = links.next_pending;
+                    }
+                }
+                continue;
+            }
+        };
         // SAFETY: we own a reference, so the node is valid.
         let n = unsafe { cur.as_ref() };
         let old = n.refs.fetch_sub(1, Ordering::Release);
@@ -686,12 +740,12 @@ unsafe fn release(node: NonNull<Node>) {
                 // Saturated: never free.
                 n.refs.fetch_add(1, Ordering::Relaxed);
             }
-            return;
+            continue;
         }
         fence(Ordering::Acquire);
         // Last reference: unhook the node from everything that can still
         // reach it by a list pointer (invariant 5), then free it.
-        n.after_done_or_drop();
+        n.after_done();
         let parent = n.parent;
         if let Some(p) = NonNull::new(parent as *mut Node) {
             // SAFETY: the parent outlives us (invariant 4).
@@ -707,7 +761,7 @@ unsafe fn release(node: NonNull<Node>) {
         }
         let any = n.any;
         if let Some(any) = any {
-            // SAFETY: immutable; parents retained until the box is dropped.
+            // SAFETY: immutable while the node lived; parents retained.
             let links = unsafe { any.as_ref() };
             for l in links.links.iter() {
                 let p = l.parent.node();
@@ -723,24 +777,15 @@ unsafe fn release(node: NonNull<Node>) {
             }
         }
         // SAFETY: refs is zero and nothing can reach the node any more; it was
-        // allocated by `Box::into_raw` in `NodeRef::alloc`.
+        // allocated by `Box::leak` in `NodeRef::alloc`.
         drop(unsafe { Box::from_raw(cur.as_ptr()) });
         if let Some(any) = any {
-            // SAFETY: allocated by `Box::into_raw` in `NodeRef::new_any`;
-            // nothing links to it any more. Dropping it releases the parents.
-            drop(unsafe { Box::from_raw(any.as_ptr()) });
+            // SAFETY: the links are unlinked from every parent and the node
+            // that owned them is gone: this loop owns them now.
+            unsafe { (*any.as_ptr()).next_pending = pending };
+            pending = any.as_ptr();
         }
-        match NonNull::new(parent as *mut Node) {
-            Some(p) => cur = p,
-            None => return,
-        }
-    }
-}
-
-impl Node {
-    /// On the last reference: disarm the timer entry (it may still be armed).
-    fn after_done_or_drop(&self) {
-        self.after_done();
+        next = NonNull::new(parent as *mut Node);
     }
 }
 
@@ -959,6 +1004,13 @@ impl NodeRef {
         unsafe { self.ptr.as_ref() }
     }
 
+    /// Gives up the reference as a raw pointer (to release later).
+    fn into_raw(self) -> NonNull<Node> {
+        let ptr = self.ptr;
+        core::mem::forget(self);
+        ptr
+    }
+
     pub(crate) fn ptr_eq(&self, other: &NodeRef) -> bool {
         self.ptr == other.ptr
     }
@@ -1042,6 +1094,11 @@ impl NodeRef {
                     node: self.ptr,
                     deadline: n.deadline,
                 });
+                // A cancel that landed between the check and `arm` may have
+                // disarmed before we armed: give the entry back ourselves.
+                if n.is_done_flag() {
+                    n.after_done();
+                }
             }
         }
     }
@@ -1073,6 +1130,7 @@ impl NodeRef {
         let any = NonNull::from(Box::leak(Box::new(AnyLinks {
             deadline_parent: dl_parent.ptr.as_ptr(),
             links,
+            next_pending: ptr::null_mut(),
         })));
         // SAFETY: the node is not shared yet; we are its only owner, so this
         // write of an immutable-after-construction field races with nothing.
@@ -1108,6 +1166,9 @@ struct AnyLinks {
     /// The parent with the earliest deadline (retained through `links`).
     deadline_parent: *const Node,
     links: Vec<AnyLink>,
+    /// Once the node is freed: the next dying node's links in `release`'s
+    /// stack.
+    next_pending: *mut AnyLinks,
 }
 
 /// One parent of an `any` node: an entry in that parent's `waiters`.

@@ -6,7 +6,7 @@ use core::fmt;
 use core::marker::PhantomData;
 
 #[cfg(feature = "alloc")]
-use alloc::sync::Arc;
+use crate::Arc;
 
 /// A typed key for [`Context::with_value`](crate::Context::with_value).
 ///
@@ -74,12 +74,23 @@ pub(crate) type Values = Arc<ValueNode<dyn Any + Send + Sync>>;
 
 #[cfg(feature = "alloc")]
 pub(crate) fn push<T: Send + Sync + 'static>(parent: Option<&Values>, key: &'static Key<T>, value: T) -> Values {
-    Arc::new(ValueNode {
+    let node = ValueNode {
         parent: parent.cloned(),
         key: key.id(),
         name: key.name,
         value,
-    })
+    };
+    // portable-atomic-util's `Arc` cannot unsize-coerce on stable Rust, so the
+    // node goes through a `Box` (which can) at the cost of one copy.
+    #[cfg(feature = "portable-atomic")]
+    {
+        let boxed: alloc::boxed::Box<ValueNode<dyn Any + Send + Sync>> = alloc::boxed::Box::new(node);
+        Arc::from(boxed)
+    }
+    #[cfg(not(feature = "portable-atomic"))]
+    {
+        Arc::new(node)
+    }
 }
 
 #[cfg(feature = "alloc")]

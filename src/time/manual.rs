@@ -6,6 +6,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::fmt;
+#[cfg(target_has_atomic = "64")]
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
@@ -35,7 +36,7 @@ use core::time::Duration;
 /// assert!(hour.is_done());
 /// ```
 pub struct ManualClock {
-    now: AtomicU64,
+    now: Now,
     lock: RawLock,
     /// # Safety
     /// Guarded by `lock`.
@@ -56,7 +57,7 @@ impl ManualClock {
     /// A clock at `now`.
     pub const fn starting_at(now: Instant) -> Self {
         ManualClock {
-            now: AtomicU64::new(now.as_nanos()),
+            now: Now::new(now.as_nanos()),
             lock: RawLock::new(),
             entries: UnsafeCell::new(BTreeMap::new()),
         }
@@ -65,14 +66,14 @@ impl ManualClock {
     /// Moves time forward by `d` (saturating) and fires every deadline that
     /// is now due, earliest first, on this thread.
     pub fn advance(&self, d: Duration) {
-        let now = Instant::from_nanos(self.now.load(Ordering::Acquire)).saturating_add(d);
+        let now = Instant::from_nanos(self.now.load()).saturating_add(d);
         self.set(now);
     }
 
     /// Moves time to `t` (never backwards: an earlier `t` is ignored) and
     /// fires every deadline that is due.
     pub fn set(&self, t: Instant) {
-        self.now.fetch_max(t.as_nanos(), Ordering::AcqRel);
+        self.now.fetch_max(t.as_nanos());
         let now = self.now();
         loop {
             let guard = self.lock.lock();
@@ -124,7 +125,7 @@ impl fmt::Debug for ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        Instant::from_nanos(self.now.load(Ordering::Acquire))
+        Instant::from_nanos(self.now.load())
     }
 }
 
@@ -143,5 +144,63 @@ unsafe impl Timer for ManualClock {
         // SAFETY: we hold `lock`.
         let _removed = unsafe { (*self.entries.get()).remove(&entry.key()) };
         drop(guard);
+    }
+}
+
+/// The clock's reading: one 64-bit atomic where the target has them.
+#[cfg(target_has_atomic = "64")]
+struct Now(AtomicU64);
+
+#[cfg(target_has_atomic = "64")]
+impl Now {
+    const fn new(nanos: u64) -> Self {
+        Now(AtomicU64::new(nanos))
+    }
+
+    fn load(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn fetch_max(&self, nanos: u64) {
+        self.0.fetch_max(nanos, Ordering::AcqRel);
+    }
+}
+
+/// The clock's reading on targets without 64-bit atomics (Cortex-M): a `u64`
+/// behind its own lock. That lock is a leaf: nothing is called while it is
+/// held, so it cannot take part in a cycle with the entries' lock or a
+/// node's.
+#[cfg(not(target_has_atomic = "64"))]
+struct Now {
+    lock: RawLock,
+    /// # Safety
+    /// Guarded by `lock`.
+    nanos: UnsafeCell<u64>,
+}
+
+// SAFETY: `nanos` is only touched under `lock`.
+#[cfg(not(target_has_atomic = "64"))]
+unsafe impl Sync for Now {}
+
+#[cfg(not(target_has_atomic = "64"))]
+impl Now {
+    const fn new(nanos: u64) -> Self {
+        Now {
+            lock: RawLock::new(),
+            nanos: UnsafeCell::new(nanos),
+        }
+    }
+
+    fn load(&self) -> u64 {
+        let _guard = self.lock.lock();
+        // SAFETY: we hold `lock`.
+        unsafe { *self.nanos.get() }
+    }
+
+    fn fetch_max(&self, nanos: u64) {
+        let _guard = self.lock.lock();
+        // SAFETY: we hold `lock`.
+        let now = unsafe { &mut *self.nanos.get() };
+        *now = (*now).max(nanos);
     }
 }
