@@ -2052,10 +2052,9 @@ fn std_timer_firing_races_with_drop_and_cancel() {
 }
 
 // ---------------------------------------------------------------------------
-// Known bugs (kept failing on purpose until fixed; see the report)
+// Regressions: bugs this suite found in the core, fixed
 
 #[test]
-#[ignore = "bug: a panicking after-func aborts cancellation half-way (src/node.rs drain/cancel_inner)"]
 fn panicking_after_func_still_cancels_the_whole_subtree() {
     // Go never leaves a done parent with a live child. Here more than one
     // batch (32) of entries makes `drain` run callbacks before it has taken
@@ -2075,7 +2074,6 @@ fn panicking_after_func_still_cancels_the_whole_subtree() {
 }
 
 #[test]
-#[ignore = "bug: after-funcs dropped unrun after a panicking one, yet stop() returns false"]
 fn after_funcs_behind_a_panicking_one_run_or_can_be_stopped() {
     let (ctx, h) = Context::background().with_cancel();
     ctx.after_func(|| panic!("after-func panics"));
@@ -2092,7 +2090,6 @@ fn after_funcs_behind_a_panicking_one_run_or_can_be_stopped() {
 }
 
 #[test]
-#[ignore = "bug: dropping a deep chain of Context::any recurses (src/node.rs release) and overflows the stack"]
 fn deep_any_chain_drops_without_recursion() {
     let depth = scale(100_000, 100);
     let (root, h) = Context::background().with_cancel();
@@ -2107,7 +2104,6 @@ fn deep_any_chain_drops_without_recursion() {
 }
 
 #[test]
-#[ignore = "bug: ManualClock::advance loses time when called from several threads (src/time/manual.rs advance)"]
 fn manual_clock_advance_from_many_threads_adds_up() {
     static CLOCK: ManualClock = ManualClock::new();
     let per_thread = scale(50_000, 20);
@@ -2156,7 +2152,6 @@ unsafe impl Timer for HookTimer {
 }
 
 #[test]
-#[ignore = "bug (minor): a deadline child cancelled while being armed keeps its timer entry until dropped (src/node.rs NodeRef::arm)"]
 fn cancel_during_arm_leaves_no_timer_entry() {
     static TIMER: HookTimer = HookTimer {
         armed: Mutex::new(Vec::new()),

@@ -66,14 +66,21 @@ impl ManualClock {
     /// Moves time forward by `d` (saturating) and fires every deadline that
     /// is now due, earliest first, on this thread.
     pub fn advance(&self, d: Duration) {
-        let now = Instant::from_nanos(self.now.load()).saturating_add(d);
-        self.set(now);
+        // One atomic step, so advances from several threads add up.
+        let by = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.now.saturating_add(by);
+        self.fire_due();
     }
 
     /// Moves time to `t` (never backwards: an earlier `t` is ignored) and
     /// fires every deadline that is due.
     pub fn set(&self, t: Instant) {
         self.now.fetch_max(t.as_nanos());
+        self.fire_due();
+    }
+
+    /// Fires every entry due at the current reading.
+    fn fire_due(&self) {
         let now = self.now();
         loop {
             let guard = self.lock.lock();
@@ -164,6 +171,12 @@ impl Now {
     fn fetch_max(&self, nanos: u64) {
         self.0.fetch_max(nanos, Ordering::AcqRel);
     }
+
+    fn saturating_add(&self, by: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_add(by)));
+    }
 }
 
 /// The clock's reading on targets without 64-bit atomics (Cortex-M): a `u64`
@@ -202,5 +215,12 @@ impl Now {
         // SAFETY: we hold `lock`.
         let now = unsafe { &mut *self.nanos.get() };
         *now = (*now).max(nanos);
+    }
+
+    fn saturating_add(&self, by: u64) {
+        let _guard = self.lock.lock();
+        // SAFETY: we hold `lock`.
+        let now = unsafe { &mut *self.nanos.get() };
+        *now = now.saturating_add(by);
     }
 }
