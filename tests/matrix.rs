@@ -397,3 +397,35 @@ mod embassy_std_embassy_timer {
 mod threads {
     suite!(execs::threads);
 }
+
+/// `EmbassyTimer`'s unit conversions: ticks to nanoseconds and back, rounded
+/// so that waking at the converted tick never fires a deadline early.
+#[cfg(feature = "embassy-time")]
+mod embassy_timer_units {
+    use ctxcore::{EmbassyTimer, Instant};
+    use embassy_time::{Instant as Tick, TICK_HZ};
+
+    #[test]
+    fn round_trip_and_rounding() {
+        let ns_per_tick = 1_000_000_000 / TICK_HZ;
+        assert_eq!(
+            EmbassyTimer::to_instant(Tick::from_ticks(3)),
+            Instant::from_nanos(3 * ns_per_tick)
+        );
+        assert_eq!(
+            EmbassyTimer::to_embassy(Instant::from_nanos(3 * ns_per_tick)),
+            Tick::from_ticks(3)
+        );
+        // Between ticks: round up, never down.
+        assert_eq!(
+            EmbassyTimer::to_embassy(Instant::from_nanos(3 * ns_per_tick + 1)),
+            Tick::from_ticks(4)
+        );
+        let back = EmbassyTimer::to_instant(EmbassyTimer::to_embassy(Instant::from_nanos(12_345_678)));
+        assert!(back >= Instant::from_nanos(12_345_678));
+        // Saturation at both ends, no panic.
+        assert_eq!(EmbassyTimer::to_instant(Tick::MAX), Instant::MAX);
+        assert!(EmbassyTimer::to_embassy(Instant::MAX) <= Tick::MAX);
+        assert_eq!(EmbassyTimer::to_embassy(Instant::ZERO), Tick::from_ticks(0));
+    }
+}

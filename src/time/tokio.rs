@@ -18,10 +18,12 @@ use core::task::Poll;
 use core::time::Duration;
 use std::sync::{Mutex, MutexGuard};
 
-/// The longest single sleep of the driver task. Tokio's timer wheel covers
-/// about two years and clamps longer sleeps; sleeping in steps of at most a
-/// year keeps a far deadline exact (the driver wakes, finds nothing due and
-/// sleeps again) instead of firing it early.
+/// The longest single sleep of the driver task. Deadlines up to
+/// `Instant::MAX` (584 years) are valid; the driver never asks tokio for a
+/// sleep longer than a year (well inside what tokio's wheel and its
+/// millisecond arithmetic are built for) and, if it wakes with nothing due,
+/// simply sleeps again. Nothing fires early: an entry is claimed only when
+/// the clock has reached it.
 const MAX_SLEEP: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How many due entries the driver claims per lock section: bounds the time
