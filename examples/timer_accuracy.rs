@@ -9,7 +9,7 @@
 //!
 //! The figures quoted in `docs/timers.md` come from this program.
 
-use ctxcore::{Clock, Context, Instant, StdTimer};
+use ctxcore::{Clock, Context, StdTimer};
 use std::sync::mpsc;
 use std::time::Duration;
 
