@@ -12,7 +12,7 @@ use core::future::Future;
 use core::pin::{pin, Pin};
 use core::task::{Context as TaskContext, Poll, Waker};
 use ctxcore::time::{Clock, Instant, Timer, TimerEntry};
-use ctxcore::{Cause, Context, Error, Key, ManualClock};
+use ctxcore::{Cause, Context, ContextRef, Error, Key, ManualClock, ScopedContext, StaticContext};
 use futures::executor::block_on;
 use futures::future::FusedFuture;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -2164,4 +2164,226 @@ fn cancel_during_arm_leaves_no_timer_entry() {
     assert!(child.is_done());
     let armed = TIMER.armed.lock().unwrap().len();
     assert_eq!(armed, 0, "a done context still holds a timer entry");
+}
+
+// ---------------------------------------------------------------------------
+// The heap-free tier: StaticContext, ScopedContext, ContextRef
+
+#[test]
+fn static_root_cancels_heap_and_scoped_descendants() {
+    static ROOT: StaticContext = StaticContext::new();
+    static K: Key<u8> = Key::new("k");
+    assert!(!ROOT.is_done());
+    let (heap, _h) = ROOT.context().with_value(&K, 1).with_cancel();
+    let scoped = pin!(ScopedContext::new(ROOT.as_ref()));
+    let scoped_ctx = scoped.as_ref().context();
+    let grand = pin!(ScopedContext::new(scoped_ctx));
+    let grand_ctx = grand.as_ref().context();
+    let on_heap = pin!(ScopedContext::new(heap.as_ref()));
+    let on_heap_ctx = on_heap.as_ref().context();
+    let (runs, f) = counter();
+    heap.after_func(f);
+    let flag = Flag::new();
+    let mut waiting = pin!(grand_ctx.done());
+    assert!(poll_with(waiting.as_mut(), &waker_of(&flag)).is_pending());
+    let mut root_done = pin!(ROOT.done());
+    assert!(poll_with(root_done.as_mut(), &waker_of(&flag)).is_pending());
+
+    ROOT.cancel_with("power loss");
+    ROOT.cancel_with("ignored");
+    for r in [ROOT.as_ref(), scoped_ctx, grand_ctx, on_heap_ctx, heap.as_ref()] {
+        assert_eq!(r.err(), Some(Error::Canceled));
+        assert_eq!(r.cause().unwrap().as_str(), Some("power loss"));
+    }
+    assert_eq!(ROOT.cause().unwrap().as_str(), Some("power loss"));
+    assert_eq!(heap.value(&K), Some(&1));
+    assert_eq!(count(&runs), 1);
+    assert_eq!(flag.wakes.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        poll_with(waiting.as_mut(), &waker_of(&flag)),
+        Poll::Ready(Error::Canceled)
+    );
+    assert_eq!(
+        poll_with(root_done.as_mut(), &waker_of(&flag)),
+        Poll::Ready(Error::Canceled)
+    );
+    // Children made after the fact are born done.
+    let (late, _hl) = ROOT.context().with_cancel();
+    assert_eq!(cause_str(&late).as_deref(), Some("power loss"));
+    let late_scoped = pin!(ScopedContext::new(ROOT.as_ref()));
+    assert_eq!(late_scoped.as_ref().context().err(), Some(Error::Canceled));
+}
+
+#[test]
+fn scoped_cancel_stays_in_its_scope() {
+    let (parent, _hp) = Context::background().with_cancel();
+    let a = pin!(ScopedContext::new(parent.as_ref()));
+    let a_ctx = a.as_ref().context();
+    let b = pin!(ScopedContext::new(parent.as_ref()));
+    let b_ctx = b.as_ref().context();
+    let a_child = pin!(ScopedContext::new(a_ctx));
+    let a_child_ctx = a_child.as_ref().context();
+    assert!(!a.is_done());
+    a.cancel_with("a only");
+    assert!(a.is_done());
+    assert_eq!(a_child_ctx.cause().unwrap().as_str(), Some("a only"));
+    assert!(!parent.is_done());
+    assert!(!b_ctx.is_done());
+    assert!(!ContextRef::background().is_done());
+    assert_eq!(ContextRef::background().deadline(), None);
+}
+
+#[test]
+fn scoped_context_under_a_heap_parent_follows_it() {
+    let (parent, hp) = Context::background().with_cancel();
+    for _ in 0..scale(100, 5) {
+        let s = pin!(ScopedContext::new(parent.as_ref()));
+        let _ = s.as_ref().context();
+    }
+    let s = pin!(ScopedContext::new(parent.as_ref()));
+    let ctx = s.as_ref().context();
+    hp.cancel_with("heap parent");
+    assert_eq!(ctx.cause().unwrap().as_str(), Some("heap parent"));
+}
+
+#[test]
+fn scoped_cancelled_before_it_is_attached() {
+    let (parent, _hp) = Context::background().with_cancel();
+    let s = pin!(ScopedContext::new(parent.as_ref()));
+    s.cancel_with("early");
+    let ctx = s.as_ref().context();
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+    assert_eq!(ctx.cause().unwrap().as_str(), Some("early"));
+    assert!(!parent.is_done());
+}
+
+#[test]
+fn scoped_deadlines_on_a_manual_clock() {
+    static CLOCK: ManualClock = ManualClock::new();
+    static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    let outer = pin!(ScopedContext::with_timeout(ROOT.as_ref(), ms(100)));
+    let outer_ctx = outer.as_ref().context();
+    let inner = pin!(ScopedContext::with_deadline_cause(outer_ctx, at(40), "inner slow"));
+    let inner_ctx = inner.as_ref().context();
+    let later = pin!(ScopedContext::with_deadline(inner_ctx, at(500)));
+    let later_ctx = later.as_ref().context();
+    assert_eq!(outer_ctx.deadline(), Some(at(100)));
+    assert_eq!(inner_ctx.deadline(), Some(at(40)));
+    assert_eq!(later_ctx.deadline(), Some(at(40)));
+    assert_eq!(CLOCK.armed(), 2);
+    let flag = Flag::new();
+    let mut d = pin!(later_ctx.done());
+    assert!(poll_with(d.as_mut(), &waker_of(&flag)).is_pending());
+    CLOCK.advance(ms(40));
+    assert!(flag.woken());
+    assert_eq!(later_ctx.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(later_ctx.cause().unwrap().as_str(), Some("inner slow"));
+    assert!(!outer_ctx.is_done());
+    CLOCK.advance(ms(60));
+    assert_eq!(outer_ctx.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(CLOCK.armed(), 0);
+    assert!(!ROOT.is_done());
+}
+
+#[test]
+fn dropping_a_scoped_context_releases_its_timer_entry() {
+    static CLOCK: ManualClock = ManualClock::new();
+    static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    for _ in 0..scale(50, 5) {
+        let s = pin!(ScopedContext::with_timeout(ROOT.as_ref(), Duration::from_secs(3600)));
+        let _ = s.as_ref().context();
+        assert_eq!(CLOCK.armed(), 1);
+    }
+    assert_eq!(CLOCK.armed(), 0);
+    // Never attached: never armed.
+    let s = ScopedContext::with_timeout(ROOT.as_ref(), Duration::from_secs(3600));
+    assert_eq!(CLOCK.armed(), 0);
+    drop(s);
+}
+
+#[test]
+fn scoped_deadline_is_exact_before_any_timer_fires() {
+    static CLOCK: FrozenClock = FrozenClock::new();
+    static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    let s = pin!(ScopedContext::with_deadline_cause(ROOT.as_ref(), at(5), "exact"));
+    let ctx = s.as_ref().context();
+    let child = pin!(ScopedContext::new(ctx));
+    let child_ctx = child.as_ref().context();
+    CLOCK.set(at(5));
+    assert_eq!(child_ctx.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(ctx.cause().unwrap().as_str(), Some("exact"));
+    let past = pin!(ScopedContext::with_deadline(ROOT.as_ref(), at(1)));
+    assert_eq!(past.as_ref().context().err(), Some(Error::DeadlineExceeded));
+}
+
+#[test]
+fn scoped_contexts_dropped_while_a_parent_cancel_races() {
+    // The owner's drop must wait out a canceller that still holds the node.
+    let rounds = scale(100, 3);
+    for _ in 0..rounds {
+        let (parent, h) = Context::background().with_cancel();
+        let start = Arc::new(Barrier::new(2));
+        let s2 = start.clone();
+        let p = parent.clone();
+        let t = thread::spawn(move || {
+            let mut boxes: Vec<_> = (0..8).map(|_| Box::pin(ScopedContext::new(p.as_ref()))).collect();
+            for b in &boxes {
+                let _ = b.as_ref().context();
+            }
+            s2.wait();
+            boxes.clear();
+        });
+        start.wait();
+        h.cancel();
+        t.join().unwrap();
+        assert!(parent.is_done());
+    }
+}
+
+/// Runs `f` on a thread and reports whether it finished within a few
+/// seconds (a hang is a failure, not a stuck test binary).
+fn finishes(f: impl FnOnce() + Send + 'static) -> bool {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(5)).is_ok()
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+#[ignore = "bug: dropping a ScopedContext from an after-func deadlocks while this thread's cancel still holds it in its work list (src/node.rs detach_scoped spin)"]
+fn scoped_dropped_by_an_after_func_during_a_cancel() {
+    assert!(finishes(|| {
+        static ROOT: StaticContext = StaticContext::new();
+        let s = Box::pin(ScopedContext::new(ROOT.as_ref()));
+        let _ = s.as_ref().context(); // first child of ROOT
+        let (x, _hx) = ROOT.context().with_cancel(); // second child
+        let mut s = Some(s);
+        x.after_func(move || drop(s.take()));
+        for _ in 0..40 {
+            // More than one batch: callbacks run while `s` is still queued.
+            x.after_func(|| {});
+        }
+        ROOT.cancel();
+    }));
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+#[ignore = "bug: dropping a ScopedContext from an after-func run by ManualClock::advance deadlocks on its claimed entry (src/node.rs detach_scoped spin)"]
+fn scoped_dropped_by_an_after_func_during_a_timer_fire() {
+    assert!(finishes(|| {
+        static CLOCK: ManualClock = ManualClock::new();
+        static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+        let s = Box::pin(ScopedContext::with_deadline(ROOT.as_ref(), at(20)));
+        let _ = s.as_ref().context(); // armed
+        let (a, _ha) = ROOT.context().with_deadline(at(10));
+        let mut s = Some(s);
+        a.after_func(move || drop(s.take()));
+        // Both entries are claimed together; firing `a` drops `s`, whose
+        // entry this thread still holds.
+        CLOCK.advance(ms(20));
+    }));
 }
