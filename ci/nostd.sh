@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# no_std builds of the library for bare-metal Cortex-M, and a check of every
+# feature combination on the host.
+#
+#   thumbv6m-none-eabi    Cortex-M0: no compare-and-swap, so always with the
+#                         `portable-atomic` feature. The library never turns on
+#                         portable-atomic's `unsafe-assume-single-core` or
+#                         `critical-section`: a final binary does, so this
+#                         script plays that binary with the single-core cfg.
+#   thumbv7em-none-eabihf Cortex-M4F/M7: native atomics (no 64-bit ones).
+#
+# Each target: no features, `alloc`, `critical-section`, both.
+# Host: `cargo hack check --feature-powerset --no-dev-deps` (every combination,
+# none excluded: they are all meant to compile). `--no-dev-deps` edits
+# Cargo.toml while it runs and restores it afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/nostd"
+
+rustup target add thumbv6m-none-eabi thumbv7em-none-eabihf >/dev/null
+
+fail=0
+build() { # target, features, extra RUSTFLAGS
+  local target=$1 features=$2 rustflags=${3:-}
+  echo "--- $target --no-default-features --features '$features'"
+  if ! RUSTFLAGS="$rustflags" timeout 600 cargo build --quiet --lib \
+      --no-default-features --features "$features" --target "$target"; then
+    echo "FAILED: $target [$features]"
+    fail=1
+  fi
+}
+
+m0_cfg="--cfg portable_atomic_unsafe_assume_single_core"
+for extra in "" ",alloc" ",critical-section" ",alloc,critical-section"; do
+  build thumbv6m-none-eabi "portable-atomic$extra" "$m0_cfg"
+done
+for features in "" "alloc" "critical-section" "alloc,critical-section"; do
+  build thumbv7em-none-eabihf "$features"
+done
+# The M4F with portable-atomic too (it must not need the M0's cfg).
+build thumbv7em-none-eabihf "portable-atomic,alloc"
+
+echo "--- host: cargo hack check --feature-powerset --no-dev-deps"
+if ! command -v cargo-hack >/dev/null; then
+  cargo install cargo-hack --locked
+fi
+if ! timeout 1500 cargo hack check --feature-powerset --no-dev-deps --lib; then
+  echo "FAILED: host feature powerset"
+  fail=1
+fi
+
+if [ "$fail" -ne 0 ]; then
+  echo "nostd: FAILED"
+  exit 1
+fi
+echo "nostd: all builds passed"

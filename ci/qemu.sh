@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Firmware tests under QEMU: tests/firmware on the lm3s6965evb board as a
+# Cortex-M3 (thumbv7m, native atomics) and as a Cortex-M0 (thumbv6m, no CAS:
+# portable-atomic with the single-core cfg). Semihosting carries the output
+# and the exit code; a failed check, a panic or a hang (timeout) fails.
+#
+# Then, informational (never fails the script):
+#   - the same firmware on ctxcore's plain spin lock (no `critical-section`),
+#     where the SysTick handler is expected to deadlock against the thread code
+#     it interrupted: the hazard docs/embedded.md describes;
+#   - .text/.rodata sizes of the size_* firmwares (docs/embedded.md).
+set -euo pipefail
+cd "$(dirname "$0")/../tests/firmware"
+export CARGO_TERM_COLOR=never
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/qemu"
+case "$CARGO_TARGET_DIR" in /*) ;; *) CARGO_TARGET_DIR="$PWD/../../$CARGO_TARGET_DIR" ;; esac
+QEMU_TIMEOUT="${QEMU_TIMEOUT:-120}"
+
+if ! command -v qemu-system-arm >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq qemu-system-arm >/dev/null
+fi
+rustup target add thumbv7m-none-eabi thumbv6m-none-eabi >/dev/null
+
+run() { # cpu, elf, timeout -> QEMU's exit code
+  timeout "$3" qemu-system-arm -cpu "$1" -machine lm3s6965evb -display none -serial none \
+    -monitor none -semihosting-config enable=on,target=native -kernel "$2"
+}
+
+fail=0
+for pair in cortex-m3:thumbv7m-none-eabi cortex-m0:thumbv6m-none-eabi; do
+  cpu=${pair%%:*} target=${pair#*:}
+  echo "=== firmware on $cpu ($target)"
+  timeout 900 cargo build --quiet --target "$target"
+  elf="$CARGO_TARGET_DIR/$target/debug/ctxcore-firmware"
+  set +e
+  run "$cpu" "$elf" "$QEMU_TIMEOUT" 2>&1 | tee /tmp/ctxcore-qemu-$cpu.log
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ] || ! grep -q '^PASS: all firmware checks' /tmp/ctxcore-qemu-$cpu.log; then
+    [ "$rc" -eq 124 ] && echo "TIMEOUT after ${QEMU_TIMEOUT}s (hang or deadlock)"
+    echo "FAILED: firmware on $cpu (exit $rc)"
+    fail=1
+  fi
+done
+
+echo "=== informational: the same firmware on the plain spin lock (no critical-section), cortex-m3"
+timeout 900 cargo build --quiet --no-default-features --target thumbv7m-none-eabi \
+  --target-dir "$CARGO_TARGET_DIR/spin"
+set +e
+run cortex-m3 "$CARGO_TARGET_DIR/spin/thumbv7m-none-eabi/debug/ctxcore-firmware" 20 >/tmp/ctxcore-qemu-spin.log 2>&1
+rc=$?
+set -e
+grep -v '^qemu-system-arm: terminating' /tmp/ctxcore-qemu-spin.log | tail -n 2
+if [ "$rc" -eq 124 ]; then
+  echo "spin lock: deadlocked as documented (the handler spun on a lock its own thread held; killed after 20 s)"
+else
+  echo "spin lock: exit $rc, the handler did not hit a held lock this time"
+fi
+
+echo "=== informational: code size (release, opt-level=s, lto), bytes"
+if rustup component add llvm-tools >/dev/null 2>&1; then
+  size="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-size"
+  for target in thumbv7m-none-eabi thumbv6m-none-eabi; do
+    timeout 900 cargo build --quiet --release --bins --target "$target"
+    base=""
+    for bin in size_base size_cancel size_full ctxcore-firmware; do
+      read -r text rodata < <("$size" -A "$CARGO_TARGET_DIR/$target/release/$bin" |
+        awk '$1==".text"{t=$2} $1==".rodata"{r=$2} END{print t, r}')
+      [ -z "$base" ] && base=$text
+      printf '%-20s %-17s .text %6d  .rodata %5d  .text over size_base %+6d\n' \
+        "$target" "$bin" "$text" "$rodata" "$((text - base))"
+    done
+  done
+else
+  echo "llvm-tools unavailable: sizes skipped"
+fi
+
+if [ "$fail" -ne 0 ]; then
+  echo "qemu: FAILED"
+  exit 1
+fi
+echo "qemu: firmware passed on cortex-m3 and cortex-m0"

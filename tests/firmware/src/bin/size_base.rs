@@ -1,0 +1,39 @@
+//! Code-size baseline: the same firmware skeleton as `size_cancel` and
+//! `size_full` (heap, embassy executor, SysTick time driver, semihosting),
+//! without ctxcore. `ci/qemu.sh` reports the `.text` differences.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+#[path = "../common.rs"]
+mod common;
+
+use core::hint::black_box;
+use cortex_m_semihosting::hprintln;
+use embassy_executor::Executor;
+use static_cell::StaticCell;
+
+#[embassy_executor::task]
+async fn app() {
+    let v = alloc::vec![alloc::boxed::Box::new(black_box(1u32))];
+    embassy_time::Timer::after_millis(black_box(2)).await;
+    hprintln!("size_base: {}", v.len());
+    common::exit(true);
+}
+
+#[cortex_m_rt::exception]
+fn SysTick() {
+    common::on_systick();
+}
+
+static EXECUTOR: StaticCell<Executor> = StaticCell::new();
+
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    common::init();
+    EXECUTOR
+        .init(Executor::new())
+        .run(|spawner| spawner.spawn(app().unwrap()))
+}

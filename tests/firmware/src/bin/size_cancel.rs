@@ -1,0 +1,48 @@
+//! Code size of ctxcore's cancellation core: `size_base` plus a static root,
+//! a heap child, cancel with a `&'static str` cause and waiting on `done()`.
+//! No deadlines, values or after-funcs.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+#[path = "../common.rs"]
+mod common;
+
+use core::hint::black_box;
+use cortex_m_semihosting::hprintln;
+use ctxcore::{Error, StaticContext};
+use embassy_executor::Executor;
+use static_cell::StaticCell;
+
+static ROOT: StaticContext = StaticContext::new();
+
+#[embassy_executor::task]
+async fn app() {
+    let v = alloc::vec![alloc::boxed::Box::new(black_box(1u32))];
+    embassy_time::Timer::after_millis(black_box(2)).await;
+    let (ctx, handle) = ROOT.context().with_cancel();
+    let (child, _h) = ctx.with_cancel();
+    handle.cancel_with(black_box("stop"));
+    let err = child.done().await;
+    let ok = err == Error::Canceled && child.cause().and_then(|c| c.as_str()) == Some("stop");
+    ROOT.cancel();
+    hprintln!("size_cancel: {} {}", v.len(), ok);
+    common::exit(ok && ROOT.done().await == Error::Canceled);
+}
+
+#[cortex_m_rt::exception]
+fn SysTick() {
+    common::on_systick();
+}
+
+static EXECUTOR: StaticCell<Executor> = StaticCell::new();
+
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    common::init();
+    EXECUTOR
+        .init(Executor::new())
+        .run(|spawner| spawner.spawn(app().unwrap()))
+}

@@ -1,0 +1,61 @@
+//! Code size of ctxcore as a firmware typically uses it: `size_cancel` plus
+//! deadlines on `EmbassyTimer` (and its driver task), values, after-funcs and
+//! `run`.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+#[path = "../common.rs"]
+mod common;
+
+use core::hint::black_box;
+use core::sync::atomic::{AtomicBool, Ordering};
+use core::time::Duration;
+use cortex_m_semihosting::hprintln;
+use ctxcore::{EmbassyTimer, Error, Key, StaticContext};
+use embassy_executor::Executor;
+use static_cell::StaticCell;
+
+static TIMER: EmbassyTimer = EmbassyTimer::new();
+static ROOT: StaticContext = StaticContext::with_timer(&TIMER);
+static ID: Key<u32> = Key::new("id");
+static RAN: AtomicBool = AtomicBool::new(false);
+
+#[embassy_executor::task]
+async fn timer_driver() {
+    TIMER.run().await
+}
+
+#[embassy_executor::task]
+async fn app() {
+    let v = alloc::vec![alloc::boxed::Box::new(black_box(1u32))];
+    embassy_time::Timer::after_millis(black_box(2)).await;
+    let (ctx, handle) = ROOT.context().with_cancel();
+    let ctx = ctx.with_value(&ID, black_box(7));
+    let (child, _h) = ctx.with_timeout(Duration::from_millis(black_box(3)));
+    let _after = child.after_func(|| RAN.store(true, Ordering::Relaxed));
+    let r = child.run(embassy_time::Timer::after_secs(black_box(60))).await;
+    let ok = r == Err(Error::DeadlineExceeded) && child.value(&ID) == Some(&7) && RAN.load(Ordering::Relaxed);
+    handle.cancel_with(black_box("stop"));
+    let ok = ok && ctx.done().await == Error::Canceled;
+    hprintln!("size_full: {} {}", v.len(), ok);
+    common::exit(ok);
+}
+
+#[cortex_m_rt::exception]
+fn SysTick() {
+    common::on_systick();
+}
+
+static EXECUTOR: StaticCell<Executor> = StaticCell::new();
+
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    common::init();
+    EXECUTOR.init(Executor::new()).run(|spawner| {
+        spawner.spawn(timer_driver().unwrap());
+        spawner.spawn(app().unwrap());
+    })
+}
