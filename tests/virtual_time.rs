@@ -47,10 +47,7 @@ impl Virtual for Manual {
     }
 }
 
-fn on_manual<F: Future<Output = ()>>(test: impl FnOnce(Manual) -> F) {
-    // A clock per test: tests run in parallel and must not share time. Start
-    // away from zero so that "in the past" is representable.
-    let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::starting_at(Instant::from_nanos(1_000_000_000))));
+fn on_manual<F: Future<Output = ()>>(clock: &'static ManualClock, test: impl FnOnce(Manual) -> F) {
     futures::executor::block_on(test(Manual(clock)));
 }
 
@@ -358,9 +355,26 @@ macro_rules! clock {
         $(
             #[test]
             fn $test() {
-                $run(super::$test);
+                $run!(super::$test);
             }
         )*
+    };
+}
+
+/// Runs a test on a clock of its own (tests run in parallel and must not
+/// share time), a `static` so nothing leaks. It starts away from zero so that
+/// "in the past" is representable.
+macro_rules! on_manual {
+    ($test:expr) => {{
+        static CLOCK: ManualClock = ManualClock::starting_at(Instant::from_nanos(1_000_000_000));
+        on_manual(&CLOCK, $test)
+    }};
+}
+
+#[cfg(feature = "tokio")]
+macro_rules! on_tokio {
+    ($test:expr) => {
+        on_tokio($test)
     };
 }
 
