@@ -13,8 +13,10 @@
 
 extern crate alloc;
 
-#[path = "common.rs"]
-mod common;
+#[path = "board.rs"]
+mod board;
+#[path = "heap.rs"]
+mod heap;
 
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -30,13 +32,13 @@ macro_rules! check {
     ($cond:expr) => {
         if !$cond {
             hprintln!("FAIL: {}:{}: {}", file!(), line!(), stringify!($cond));
-            common::exit(false);
+            board::exit(false);
         }
     };
     ($cond:expr, $($arg:tt)+) => {
         if !$cond {
             hprintln!("FAIL: {}:{}: {}: {}", file!(), line!(), stringify!($cond), format_args!($($arg)+));
-            common::exit(false);
+            board::exit(false);
         }
     };
 }
@@ -76,7 +78,7 @@ async fn tests(spawner: Spawner) {
     deadlines().await;
     waiting(spawner).await;
     cancel_from_interrupt().await;
-    let s = common::HEAP.stats();
+    let s = heap::HEAP.stats();
     hprintln!(
         "heap: {} allocations in all, peak {} bytes, {} bytes still live",
         s.allocs,
@@ -84,7 +86,7 @@ async fn tests(spawner: Spawner) {
         s.live
     );
     hprintln!("PASS: all firmware checks");
-    common::exit(true);
+    board::exit(true);
 }
 
 fn core_name() -> &'static str {
@@ -157,11 +159,11 @@ fn causes() {
 
     // A `&'static str` cause never allocates.
     let (quiet, quiet_handle) = root.with_cancel();
-    let before = common::HEAP.stats().allocs;
+    let before = heap::HEAP.stats().allocs;
     quiet_handle.cancel_with("no heap");
     let _ = quiet.cause();
     check!(
-        common::HEAP.stats().allocs == before,
+        heap::HEAP.stats().allocs == before,
         "cancel_with(&'static str) allocated"
     );
     hprintln!("ok: causes (&'static str, first wins, inherited, default = error, no allocation)");
@@ -190,11 +192,11 @@ fn values() {
 /// Bytes and allocations per context, from the counting allocator.
 fn node_sizes() {
     let root = Context::with_timer(&TIMER);
-    let start = common::HEAP.stats();
+    let start = heap::HEAP.stats();
     let measure = |f: &dyn Fn() -> (Context, Option<CancelHandle>)| {
-        let before = common::HEAP.stats();
+        let before = heap::HEAP.stats();
         let kept = f();
-        let after = common::HEAP.stats();
+        let after = heap::HEAP.stats();
         drop(kept);
         (after.live - before.live, after.allocs - before.allocs)
     };
@@ -218,20 +220,25 @@ fn node_sizes() {
         core::mem::size_of::<Context>(),
         core::mem::size_of::<CancelHandle>()
     );
+    hprintln!(
+        "size: StaticContext {} B (static, no heap); done() future {} B (waiter inside, no heap)",
+        core::mem::size_of::<StaticContext>(),
+        core::mem::size_of_val(&root.done())
+    );
     check!(cancel_allocs == 1, "a plain child costs one allocation");
     check!(TIMER.armed() == 0);
 
     // The timer's ordered map grows by B-tree nodes shared by many entries:
     // measure its cost per armed deadline over a batch.
     const BATCH: usize = 44;
-    let before = common::HEAP.stats().live;
+    let before = heap::HEAP.stats().live;
     let mut batch = alloc::vec::Vec::with_capacity(BATCH);
-    let vec_bytes = common::HEAP.stats().live - before;
+    let vec_bytes = heap::HEAP.stats().live - before;
     for i in 0..BATCH {
         batch.push(root.with_timeout(Duration::from_secs(60 + i as u64)));
     }
     check!(TIMER.armed() == BATCH);
-    let per_deadline = (common::HEAP.stats().live - before - vec_bytes) / BATCH;
+    let per_deadline = (heap::HEAP.stats().live - before - vec_bytes) / BATCH;
     drop(batch);
     check!(TIMER.armed() == 0);
     hprintln!(
@@ -240,7 +247,7 @@ fn node_sizes() {
         per_deadline
     );
     check!(
-        common::HEAP.stats().live <= start.live + 512,
+        heap::HEAP.stats().live <= start.live + 512,
         "contexts leaked heap memory"
     );
 }
@@ -326,7 +333,7 @@ const ISR_ROUNDS: u32 = 250;
 
 #[cortex_m_rt::exception]
 fn SysTick() {
-    common::on_systick();
+    board::on_systick();
     if !ISR_ARMED.load(Ordering::Acquire) {
         return;
     }
@@ -387,7 +394,8 @@ static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
-    common::init();
+    heap::init();
+    board::init();
     let executor = EXECUTOR.init(Executor::new());
     executor.run(|spawner| {
         spawner.spawn(timer_driver().unwrap());

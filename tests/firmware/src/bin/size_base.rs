@@ -7,8 +7,10 @@
 
 extern crate alloc;
 
-#[path = "../common.rs"]
-mod common;
+#[path = "../board.rs"]
+mod board;
+#[path = "../heap.rs"]
+mod heap;
 
 use core::hint::black_box;
 use cortex_m_semihosting::hprintln;
@@ -20,19 +22,20 @@ async fn app() {
     let v = alloc::vec![alloc::boxed::Box::new(black_box(1u32))];
     embassy_time::Timer::after_millis(black_box(2)).await;
     hprintln!("size_base: {}", v.len());
-    common::exit(true);
+    board::exit(true);
 }
 
 #[cortex_m_rt::exception]
 fn SysTick() {
-    common::on_systick();
+    board::on_systick();
 }
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
-    common::init();
+    heap::init();
+    board::init();
     EXECUTOR
         .init(Executor::new())
         .run(|spawner| spawner.spawn(app().unwrap()))

@@ -7,8 +7,10 @@
 
 extern crate alloc;
 
-#[path = "../common.rs"]
-mod common;
+#[path = "../board.rs"]
+mod board;
+#[path = "../heap.rs"]
+mod heap;
 
 use core::hint::black_box;
 use cortex_m_semihosting::hprintln;
@@ -29,19 +31,20 @@ async fn app() {
     let ok = err == Error::Canceled && child.cause().and_then(|c| c.as_str()) == Some("stop");
     ROOT.cancel();
     hprintln!("size_cancel: {} {}", v.len(), ok);
-    common::exit(ok && ROOT.done().await == Error::Canceled);
+    board::exit(ok && ROOT.done().await == Error::Canceled);
 }
 
 #[cortex_m_rt::exception]
 fn SysTick() {
-    common::on_systick();
+    board::on_systick();
 }
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
-    common::init();
+    heap::init();
+    board::init();
     EXECUTOR
         .init(Executor::new())
         .run(|spawner| spawner.spawn(app().unwrap()))

@@ -7,8 +7,10 @@
 
 extern crate alloc;
 
-#[path = "../common.rs"]
-mod common;
+#[path = "../board.rs"]
+mod board;
+#[path = "../heap.rs"]
+mod heap;
 
 use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -41,19 +43,20 @@ async fn app() {
     handle.cancel_with(black_box("stop"));
     let ok = ok && ctx.done().await == Error::Canceled;
     hprintln!("size_full: {} {}", v.len(), ok);
-    common::exit(ok);
+    board::exit(ok);
 }
 
 #[cortex_m_rt::exception]
 fn SysTick() {
-    common::on_systick();
+    board::on_systick();
 }
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
-    common::init();
+    heap::init();
+    board::init();
     EXECUTOR.init(Executor::new()).run(|spawner| {
         spawner.spawn(timer_driver().unwrap());
         spawner.spawn(app().unwrap());

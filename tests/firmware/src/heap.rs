@@ -1,7 +1,5 @@
-//! What every firmware image here shares: the heap (behind a counting
-//! wrapper), the SysTick time driver for embassy-time, semihosting verdicts.
-//! Included with `#[path]` by each binary so that each one links exactly
-//! what it uses.
+//! The heap of the `alloc` firmwares: embedded-alloc's linked-list heap
+//! behind a counting wrapper (bytes per context are measured with it).
 
 // Not every binary uses every helper (the size baselines skip the counters).
 #![allow(dead_code)]
@@ -9,18 +7,8 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::mem::MaybeUninit;
-use cortex_m_semihosting::debug::{self, EXIT_FAILURE, EXIT_SUCCESS};
-use cortex_m_semihosting::hprintln;
 use critical_section::Mutex;
 use embedded_alloc::LlffHeap;
-use systick_timer::SystickDriver;
-
-/// QEMU's lm3s6965evb runs SysTick from a 12 MHz clock; embassy-time ticks at
-/// 1 kHz (`tick-hz-1_000`).
-const SYSCLK_HZ: u64 = 12_000_000;
-
-embassy_time_driver::time_driver_impl!(static DRIVER: SystickDriver<4>
-    = SystickDriver::new_default(SYSCLK_HZ));
 
 /// Heap size: the whole `alloc` API runs in this much RAM.
 pub const HEAP_SIZE: usize = 24 * 1024;
@@ -95,31 +83,10 @@ unsafe impl GlobalAlloc for CountingHeap {
 #[global_allocator]
 pub static HEAP: CountingHeap = CountingHeap::new();
 
-/// Sets up the heap and starts SysTick (embassy-time's clock). Call once,
-/// first thing in `main`.
+/// Sets up the heap. Call once, before any allocation.
 pub fn init() {
     static mut HEAP_MEM: [MaybeUninit<u8>; HEAP_SIZE] = [MaybeUninit::uninit(); HEAP_SIZE];
     // SAFETY: called once, before any allocation; `HEAP_MEM` is used by
     // nothing else.
     unsafe { HEAP.heap.init(core::ptr::addr_of_mut!(HEAP_MEM) as usize, HEAP_SIZE) };
-    let mut p = cortex_m::Peripherals::take().unwrap();
-    DRIVER.start(&mut p.SYST);
-}
-
-/// To be called from the SysTick exception handler of each binary.
-pub fn on_systick() {
-    DRIVER.systick_interrupt();
-}
-
-/// Ends the QEMU run with the given verdict.
-pub fn exit(ok: bool) -> ! {
-    debug::exit(if ok { EXIT_SUCCESS } else { EXIT_FAILURE });
-    #[allow(clippy::empty_loop)]
-    loop {}
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    hprintln!("FAIL: panic: {}", info);
-    exit(false)
 }

@@ -1,0 +1,40 @@
+//! Code size of ctxcore's heap-free core: `size_bare` plus a `StaticContext`
+//! cancelled with a `&'static str` cause and waited on with `done()`.
+
+#![no_std]
+#![no_main]
+
+#[path = "../board.rs"]
+mod board;
+
+use core::hint::black_box;
+use cortex_m_semihosting::hprintln;
+use ctxcore::{Error, StaticContext};
+use embassy_executor::Executor;
+use static_cell::StaticCell;
+
+static ROOT: StaticContext = StaticContext::new();
+
+#[embassy_executor::task]
+async fn app() {
+    embassy_time::Timer::after_millis(black_box(2)).await;
+    ROOT.cancel_with(black_box("stop"));
+    let ok = ROOT.done().await == Error::Canceled && ROOT.cause().and_then(|c| c.as_str()) == Some("stop");
+    hprintln!("size_static: {}", ok);
+    board::exit(ok);
+}
+
+#[cortex_m_rt::exception]
+fn SysTick() {
+    board::on_systick();
+}
+
+static EXECUTOR: StaticCell<Executor> = StaticCell::new();
+
+#[cortex_m_rt::entry]
+fn main() -> ! {
+    board::init();
+    EXECUTOR
+        .init(Executor::new())
+        .run(|spawner| spawner.spawn(app().unwrap()))
+}
