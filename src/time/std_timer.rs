@@ -25,6 +25,13 @@ const SPIN_BEFORE: Duration = Duration::from_micros(60);
 /// once. The thread starts on the first armed deadline and exits after two
 /// idle seconds.
 ///
+/// Accuracy: the thread sleeps on a condvar until 60 µs before the earliest
+/// deadline and spins the rest, so a deadline fires a few microseconds late
+/// on an idle machine instead of a kernel timer slack (~50 µs) late; every
+/// deadline is absolute, so lateness never accumulates. Deadlines' after-funcs
+/// run on this thread (a panicking one is caught and does not stop it); keep
+/// them short. See `docs/timers.md` for measured figures.
+///
 /// ```
 /// use ctxcore::{Context, Error, Instant};
 /// use std::time::Duration;
