@@ -32,9 +32,9 @@
 //! - `portable-atomic`: atomics for targets without compare-and-swap.
 //! - `critical-section`: the lock also masks interrupts, so cancelling from
 //!   an interrupt handler cannot deadlock.
-//! - `tokio`: [`TokioTimer`], deadlines on a tokio runtime's timer and clock
+//! - `tokio`: `TokioTimer`, deadlines on a tokio runtime's timer and clock
 //!   (follows `tokio::time::pause`).
-//! - `embassy-time` (with `alloc`): [`EmbassyTimer`], deadlines on
+//! - `embassy-time` (with `alloc`): `EmbassyTimer`, deadlines on
 //!   `embassy_time`, driven by a task you spawn.
 //!
 //! A tree's timer is chosen at its root: [`Context::background`] uses the
