@@ -66,9 +66,9 @@ for spec in "ctxcore-firmware:alloc" "noalloc:noalloc"; do
   bin=${spec%%:*} features=${spec#*:}
   echo "=== informational: $bin on the plain spin lock (no critical-section), cortex-m3"
   timeout 900 cargo build --quiet --no-default-features --features "$features" \
-    --target thumbv7m-none-eabi --bin "$bin" --target-dir "$CARGO_TARGET_DIR/spin"
+    --target thumbv7m-none-eabi --bin "$bin"
   set +e
-  run cortex-m3 "$CARGO_TARGET_DIR/spin/thumbv7m-none-eabi/debug/$bin" 20 >"$CARGO_TARGET_DIR/spin-$bin.log" 2>&1
+  run cortex-m3 "$CARGO_TARGET_DIR/thumbv7m-none-eabi/debug/$bin" 20 >"$CARGO_TARGET_DIR/spin-$bin.log" 2>&1
   rc=$?
   set -e
   if [ "$rc" -eq 124 ]; then
