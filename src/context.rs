@@ -121,11 +121,12 @@ impl Context {
         }
     }
 
+    pub(crate) fn node_ref(&self) -> Option<&crate::node::Node> {
+        self.node.as_ref().map(NodeRef::node)
+    }
+
     fn timer(&self) -> Option<&'static dyn Timer> {
-        match &self.node {
-            Some(n) => n.node().timer(),
-            None => default_timer(),
-        }
+        self.node.as_ref().and_then(|n| n.node().timer()).or_else(default_timer)
     }
 
     fn child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
@@ -397,7 +398,7 @@ impl Context {
     /// assert_eq!(futures::executor::block_on(ctx.done()), Error::Canceled);
     /// ```
     pub fn done(&self) -> Done<'_> {
-        Done::new(self.node.as_ref())
+        Done::new(self.node.as_ref().map(NodeRef::node))
     }
 
     /// [`done`](Self::done) as a `'static` future that owns a clone of the

@@ -1,14 +1,17 @@
 //! Waiting for a context: [`Done`], [`DoneOwned`], [`Run`].
 
 use crate::error::Error;
-use crate::node::{NodeRef, Waiter};
+#[cfg(feature = "alloc")]
+use crate::node::NodeRef;
+use crate::node::{Node, Waiter};
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context as TaskContext, Poll};
 use futures_core::future::FusedFuture;
 
-/// The future returned by [`Context::done`](crate::Context::done).
+/// The future returned by [`Context::done`](crate::Context::done) and
+/// [`ContextRef::done`](crate::ContextRef::done).
 ///
 /// It embeds its waiter, so waiting allocates nothing; once polled it is
 /// linked into the context's waiter list and must stay where it is, so it is
@@ -23,12 +26,12 @@ use futures_core::future::FusedFuture;
 pub struct Done<'a> {
     // Declared first: dropped (unlinked) while the node is still alive.
     waiter: Waiter,
-    node: Option<&'a NodeRef>,
+    node: Option<&'a Node>,
     terminated: bool,
 }
 
 impl<'a> Done<'a> {
-    pub(crate) fn new(node: Option<&'a NodeRef>) -> Self {
+    pub(crate) fn new(node: Option<&'a Node>) -> Self {
         Done {
             waiter: Waiter::new(),
             node,
@@ -37,12 +40,12 @@ impl<'a> Done<'a> {
     }
 }
 
-fn poll_node(waiter: Pin<&mut Waiter>, node: Option<&NodeRef>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+fn poll_node(waiter: Pin<&mut Waiter>, node: Option<&Node>, cx: &mut TaskContext<'_>) -> Poll<Error> {
     let Some(node) = node else { return Poll::Pending };
     // SAFETY: the future that owns `waiter` also keeps `node` alive for longer
     // (field order: the waiter drops first) and always passes the same node.
-    match unsafe { waiter.poll_wait(node.node(), cx) } {
-        Poll::Ready(()) => Poll::Ready(node.node().err().unwrap_or(Error::Canceled)),
+    match unsafe { waiter.poll_wait(node, cx) } {
+        Poll::Ready(()) => Poll::Ready(node.err().unwrap_or(Error::Canceled)),
         Poll::Pending => Poll::Pending,
     }
 }
@@ -77,6 +80,7 @@ impl fmt::Debug for Done<'_> {
     }
 }
 
+#[cfg(feature = "alloc")]
 /// The `'static` future returned by
 /// [`Context::done_owned`](crate::Context::done_owned): like [`Done`], but it
 /// owns a clone of the context.
@@ -87,6 +91,7 @@ pub struct DoneOwned {
     terminated: bool,
 }
 
+#[cfg(feature = "alloc")]
 impl DoneOwned {
     pub(crate) fn new(node: Option<NodeRef>) -> Self {
         DoneOwned {
@@ -97,6 +102,7 @@ impl DoneOwned {
     }
 }
 
+#[cfg(feature = "alloc")]
 impl Future for DoneOwned {
     type Output = Error;
 
@@ -105,7 +111,7 @@ impl Future for DoneOwned {
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: `waiter` is pinned because `self` is.
         let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
-        let r = poll_node(waiter, this.node.as_ref(), cx);
+        let r = poll_node(waiter, this.node.as_ref().map(NodeRef::node), cx);
         if r.is_ready() {
             this.terminated = true;
         }
@@ -113,12 +119,14 @@ impl Future for DoneOwned {
     }
 }
 
+#[cfg(feature = "alloc")]
 impl FusedFuture for DoneOwned {
     fn is_terminated(&self) -> bool {
         self.terminated
     }
 }
 
+#[cfg(feature = "alloc")]
 impl fmt::Debug for DoneOwned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DoneOwned")
@@ -127,6 +135,7 @@ impl fmt::Debug for DoneOwned {
     }
 }
 
+#[cfg(feature = "alloc")]
 /// The future returned by [`Context::run`](crate::Context::run).
 #[must_use = "futures do nothing unless polled"]
 pub struct Run<F> {
@@ -134,12 +143,14 @@ pub struct Run<F> {
     fut: Option<F>,
 }
 
+#[cfg(feature = "alloc")]
 impl<F> Run<F> {
     pub(crate) fn new(done: DoneOwned, fut: F) -> Self {
         Run { done, fut: Some(fut) }
     }
 }
 
+#[cfg(feature = "alloc")]
 impl<F: Future> Future for Run<F> {
     type Output = Result<F::Output, Error>;
 
@@ -178,12 +189,14 @@ impl<F: Future> Future for Run<F> {
     }
 }
 
+#[cfg(feature = "alloc")]
 impl<F: Future> FusedFuture for Run<F> {
     fn is_terminated(&self) -> bool {
         self.fut.is_none()
     }
 }
 
+#[cfg(feature = "alloc")]
 impl<F> fmt::Debug for Run<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Run")

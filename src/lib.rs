@@ -61,6 +61,7 @@ mod list;
 mod node;
 #[cfg(not(loom))]
 mod root;
+mod scoped;
 mod sync;
 pub mod time;
 mod value;
@@ -69,13 +70,13 @@ mod value;
 mod after;
 #[cfg(feature = "alloc")]
 mod context;
-#[cfg(feature = "alloc")]
 mod done;
 
 pub use cause::Cause;
 pub use error::Error;
 #[cfg(not(loom))]
-pub use root::{StaticContext, StaticDone};
+pub use root::StaticContext;
+pub use scoped::{ContextRef, ScopedContext};
 pub use time::{Clock, Instant, Timer};
 pub use value::Key;
 
@@ -83,8 +84,9 @@ pub use value::Key;
 pub use after::AfterFunc;
 #[cfg(feature = "alloc")]
 pub use context::{CancelHandle, Context};
+pub use done::Done;
 #[cfg(feature = "alloc")]
-pub use done::{Done, DoneOwned, Run};
+pub use done::{DoneOwned, Run};
 #[cfg(all(feature = "embassy-time", feature = "alloc"))]
 pub use time::EmbassyTimer;
 #[cfg(all(feature = "alloc", not(loom)))]

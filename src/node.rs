@@ -97,6 +97,9 @@ pub(crate) const OWNS_DEADLINE: u32 = 1 << 3;
 pub(crate) const QUEUED: u32 = 1 << 4;
 /// Immutable: the node is an `any` node (no tree parent; `any` links).
 pub(crate) const ANY: u32 = 1 << 5;
+/// A scoped (pinned, owner-held) node has been linked to its parent and
+/// armed; its owner must detach it before its memory goes.
+pub(crate) const ATTACHED: u32 = 1 << 6;
 
 const MAX_REFS: usize = usize::MAX / 2;
 
@@ -345,6 +348,112 @@ impl Node {
             timer,
             #[cfg(feature = "alloc")]
             any: None,
+        }
+    }
+
+    /// An unattached node for a pinned owner (the heap-free scoped tier):
+    /// nothing links to it until [`attach_scoped`](Self::attach_scoped).
+    /// The parent is *not* retained: the owner's borrow of it keeps it alive
+    /// (invariant 4 by lifetimes instead of counts).
+    pub(crate) fn new_scoped(
+        parent: Option<&Node>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+        deadline_cause: Option<Cause>,
+    ) -> Node {
+        let (parent_ptr, parent_deadline, timer) = match parent {
+            Some(p) => (p as *const Node, p.deadline, p.timer.or(fallback_timer)),
+            None => (ptr::null(), Instant::MAX, fallback_timer),
+        };
+        let own = deadline.unwrap_or(Instant::MAX);
+        let owns = own < parent_deadline;
+        let eff = if owns { own } else { parent_deadline };
+        let mut flags = 0;
+        if eff != Instant::MAX {
+            flags |= HAS_DEADLINE;
+        }
+        if owns {
+            flags |= OWNS_DEADLINE;
+        }
+        Node::new(parent_ptr, flags, eff, if owns { deadline_cause } else { None }, timer)
+    }
+
+    /// Links a scoped node to its parent and arms its deadline, once; later
+    /// calls return at once. A concurrent caller that loses the race may see
+    /// the node live until the winner has finished linking (as while a
+    /// cancellation is still propagating).
+    ///
+    /// # Safety
+    /// The node is pinned until [`detach_scoped`](Self::detach_scoped)
+    /// returns, and its parent outlives it.
+    pub(crate) unsafe fn attach_scoped(&self) {
+        if self.state.load(Ordering::Acquire) & ATTACHED != 0 {
+            return;
+        }
+        if self.state.fetch_or(ATTACHED, Ordering::AcqRel) & ATTACHED != 0 {
+            return;
+        }
+        // SAFETY: the caller guarantees the parent outlives us (invariant 4).
+        if let Some(p) = unsafe { self.parent.as_ref() } {
+            let guard = p.lock.lock();
+            if p.is_done_flag() {
+                drop(guard);
+                let (err, cause) = self.inherited();
+                self.cancel(err, cause);
+                return;
+            }
+            // SAFETY: we hold the parent's lock; the node is pinned (caller)
+            // and not linked (it was never attached).
+            unsafe { p.children.push_back(self as *const Node as *const Link) };
+            drop(guard);
+        }
+        if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+            if let Some(t) = self.timer {
+                if t.now() >= self.deadline {
+                    self.cancel_inner(Error::DeadlineExceeded, None, true);
+                } else if !self.is_done_flag() {
+                    t.arm(TimerEntry {
+                        node: NonNull::from(self),
+                        deadline: self.deadline,
+                    });
+                    if self.is_done_flag() {
+                        self.after_done();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The owner's last act: cancels the node (a scope that ends cancels,
+    /// as a dropped handle does), unlinks it from its parent and its timer,
+    /// and waits out any canceller or timer that still holds a transient
+    /// reference (invariant 5), so the memory can go.
+    ///
+    /// # Safety
+    /// Called once, by the owner, when nothing else borrows the node (no
+    /// waiting future, no child: both borrow the owner).
+    pub(crate) unsafe fn detach_scoped(&self) {
+        if self.state.load(Ordering::Acquire) & ATTACHED == 0 {
+            return;
+        }
+        self.cancel(Error::Canceled, None);
+        // SAFETY: the parent outlives us (invariant 4).
+        if let Some(p) = unsafe { self.parent.as_ref() } {
+            let guard = p.lock.lock();
+            // SAFETY: we hold the parent's lock (invariant 1).
+            unsafe {
+                if self.link.is_linked() {
+                    p.children.remove(self as *const Node as *const Link);
+                }
+            }
+            drop(guard);
+        }
+        self.after_done();
+        // Unlinked and disarmed: nobody can take a new reference, and the
+        // ones still held are released after bounded work (no user code).
+        let mut spins = 0u32;
+        while self.refs.load(Ordering::Acquire) != 1 {
+            crate::sync::spin_hint(&mut spins);
         }
     }
 
@@ -1046,7 +1155,11 @@ impl NodeRef {
         let (parent_ptr, parent_deadline, timer) = match parent {
             Some(p) => {
                 p.node().retain();
-                (p.ptr.as_ptr() as *const Node, p.node().deadline, p.node().timer)
+                (
+                    p.ptr.as_ptr() as *const Node,
+                    p.node().deadline,
+                    p.node().timer.or(fallback_timer),
+                )
             }
             None => (ptr::null(), Instant::MAX, fallback_timer),
         };

@@ -1,14 +1,12 @@
 //! [`StaticContext`]: a heap-free root that lives in a `static`.
 
 use crate::cause::Cause;
+use crate::done::Done;
 use crate::error::Error;
-use crate::node::{Node, Waiter};
+use crate::node::Node;
+use crate::scoped::ContextRef;
 use crate::time::Timer;
 use core::fmt;
-use core::future::Future;
-use core::pin::Pin;
-use core::task::{Context as TaskContext, Poll};
-use futures_core::future::FusedFuture;
 
 /// A cancellation root in a `static`: `const`-constructible, needs no
 /// allocator, and can be cancelled from anywhere — any thread, any task, and
@@ -81,12 +79,24 @@ impl StaticContext {
     }
 
     /// A future that completes once the root is done; allocates nothing.
-    pub fn done(&'static self) -> StaticDone {
-        StaticDone {
-            waiter: Waiter::new(),
-            node: &self.node,
-            terminated: false,
-        }
+    pub fn done(&'static self) -> Done<'static> {
+        Done::new(Some(&self.node))
+    }
+
+    /// A borrowed view of the root, to hang heap-free
+    /// [`ScopedContext`](crate::ScopedContext) children under it.
+    ///
+    /// ```
+    /// use ctxcore::{ScopedContext, StaticContext};
+    /// use core::pin::pin;
+    ///
+    /// static ROOT: StaticContext = StaticContext::new();
+    /// let child = pin!(ScopedContext::new(ROOT.as_ref()));
+    /// let ctx = child.as_ref().context();
+    /// assert!(!ctx.is_done());
+    /// ```
+    pub fn as_ref(&'static self) -> ContextRef<'static> {
+        ContextRef::new(Some(&self.node))
     }
 
     /// A [`Context`](crate::Context) for this root, to build a heap tree under
@@ -113,48 +123,5 @@ impl Default for StaticContext {
 impl fmt::Debug for StaticContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StaticContext").field("err", &self.err()).finish()
-    }
-}
-
-/// The future returned by [`StaticContext::done`]; its waiter is embedded,
-/// so waiting allocates nothing.
-#[must_use = "futures do nothing unless polled"]
-pub struct StaticDone {
-    waiter: Waiter,
-    node: &'static Node,
-    terminated: bool,
-}
-
-impl Future for StaticDone {
-    type Output = Error;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Error> {
-        // SAFETY: structural pinning of `waiter`; nothing is moved out.
-        let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: `waiter` is pinned because `self` is.
-        let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
-        // SAFETY: the node is in a `static`, so it outlives the waiter, and it
-        // is always the same node (node.rs invariant 8).
-        match unsafe { waiter.poll_wait(this.node, cx) } {
-            Poll::Ready(()) => {
-                this.terminated = true;
-                Poll::Ready(this.node.err().unwrap_or(Error::Canceled))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl FusedFuture for StaticDone {
-    fn is_terminated(&self) -> bool {
-        self.terminated
-    }
-}
-
-impl fmt::Debug for StaticDone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StaticDone")
-            .field("terminated", &self.terminated)
-            .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,8 @@
 //! The auto traits DESIGN.md promises, pinned down at compile time.
 
 use ctxcore::{
-    AfterFunc, CancelHandle, Cause, Context, Done, DoneOwned, Error, Instant, Key, Run, StaticContext, StaticDone,
+    AfterFunc, CancelHandle, Cause, Context, ContextRef, Done, DoneOwned, Error, Instant, Key, Run, ScopedContext,
+    StaticContext,
 };
 
 fn send<T: Send>() {}
@@ -29,9 +30,11 @@ fn auto_traits_hold() {
     static_::<Run<core::future::Ready<u8>>>();
     fused::<Done<'static>>();
     fused::<DoneOwned>();
-    fused::<StaticDone>();
-    send::<StaticDone>();
     sync::<StaticContext>();
+    send::<ScopedContext<'static>>();
+    sync::<ScopedContext<'static>>();
+    send::<ContextRef<'static>>();
+    sync::<ContextRef<'static>>();
     send::<Cause>();
     sync::<Cause>();
     clone::<Cause>();
