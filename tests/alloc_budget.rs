@@ -10,7 +10,7 @@
 
 use core::pin::pin;
 use core::task::{Context as TaskContext, Poll, Waker};
-use ctxcore::{Context, Error, Key, ManualClock, StdTimer};
+use ctxcore::{Context, ContextRef, Error, Key, ManualClock, ScopedContext, StaticContext, StdTimer};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::future::Future;
@@ -448,4 +448,53 @@ fn small_churn_leaves_nothing_behind() {
     });
     hp.cancel();
     assert_eq!(CLOCK.armed(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// The heap-free tier allocates nothing at all
+
+#[test]
+fn static_and_scoped_contexts_allocate_nothing() {
+    let _s = serial();
+    static CLOCK: ManualClock = ManualClock::new();
+    static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    // Warm the clock's map (its first node is allocated once, for ever).
+    drop(ROOT.context().with_timeout(Duration::from_secs(1)));
+    let flag = Arc::new(Flag::default());
+    let waker = Waker::from(flag.clone());
+    let ((), usage) = measure(|| {
+        let job = pin!(ScopedContext::new(ROOT.as_ref()));
+        let job_ctx = job.as_ref().context();
+        let step = pin!(ScopedContext::with_timeout(job_ctx, Duration::from_secs(3600)));
+        let step_ctx = step.as_ref().context();
+        let free = pin!(ScopedContext::new(ContextRef::background()));
+        let _ = free.as_ref().context();
+        let mut cx = TaskContext::from_waker(&waker);
+        let mut waiting = pin!(step_ctx.done());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        let mut root_waiting = pin!(ROOT.done());
+        assert!(root_waiting.as_mut().poll(&mut cx).is_pending());
+        assert!(!step_ctx.is_done());
+        job.cancel_with("job aborted");
+        assert_eq!(flag.0.load(Ordering::SeqCst), 1);
+        assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Error::Canceled));
+        assert_eq!(step_ctx.cause().unwrap().as_str(), Some("job aborted"));
+        assert!(root_waiting.as_mut().poll(&mut cx).is_pending());
+    });
+    assert_eq!(usage.allocs, 0, "the heap-free tier allocated: {usage:?}");
+    assert_eq!(usage.live_bytes, 0);
+    assert_eq!(CLOCK.armed(), 0);
+    assert!(!ROOT.is_done());
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn scoped_churn_under_a_heap_parent_leaves_nothing_behind() {
+    let _s = serial();
+    let (parent, _hp) = Context::background().with_cancel();
+    let per = churn(cycles(100_000), |_| {
+        let s = pin!(ScopedContext::new(parent.as_ref()));
+        assert!(!s.as_ref().context().is_done());
+    });
+    assert_eq!(per, 0.0, "a scoped child allocated");
 }

@@ -2366,6 +2366,21 @@ fn scoped_contexts_dropped_while_a_parent_cancel_races() {
     }
 }
 
+#[test]
+#[cfg_attr(miri, ignore)]
+fn static_root_without_a_timer_uses_the_default_timer() {
+    static ROOT: StaticContext = StaticContext::new();
+    let (heap, _h) = ROOT.context().with_timeout(ms(1));
+    let (past, _hp) = ROOT.context().with_deadline(Instant::ZERO);
+    let s = pin!(ScopedContext::with_timeout(ROOT.as_ref(), ms(1)));
+    let scoped = s.as_ref().context();
+    assert!(heap.deadline().is_some() && scoped.deadline().is_some());
+    assert_eq!(past.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(heap.wait_blocking(), Error::DeadlineExceeded);
+    assert_eq!(block_on(scoped.done()), Error::DeadlineExceeded);
+    assert!(!ROOT.is_done());
+}
+
 /// Runs `f` on a thread and reports whether it finished within a few
 /// seconds (a hang is a failure, not a stuck test binary).
 fn finishes(f: impl FnOnce() + Send + 'static) -> bool {
