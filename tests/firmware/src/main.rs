@@ -357,7 +357,8 @@ fn SysTick() {
 /// `critical-section` lock the handler can never find the lock held by the
 /// code it interrupted, so this ends.
 async fn cancel_from_interrupt() {
-    let (victim, _victim_handle) = STOP.context().with_cancel();
+    let live_before = heap::HEAP.stats().live;
+    let (victim, victim_handle) = STOP.context().with_cancel();
     let mut rounds = 0u32;
     let mut isr_saw = 0u32;
     ISR_ARMED.store(true, Ordering::Release);
@@ -383,6 +384,13 @@ async fn cancel_from_interrupt() {
     check!(isr_saw + 1 >= ISR_ROUNDS, "thread saw {} handler cancels", isr_saw);
     check!(rounds > ISR_ROUNDS, "thread rounds: {}", rounds);
     check!(STOP.done().await == Error::Canceled);
+    drop((victim, victim_handle));
+    let live_after = heap::HEAP.stats().live;
+    check!(
+        live_after == live_before,
+        "{} bytes leaked by interrupt-side cancels",
+        live_after as isize - live_before as isize
+    );
     hprintln!(
         "ok: cancel from the SysTick handler: {} interrupt-side cancels while thread code ran {} rounds of with_cancel/drop on the same node; static root stopped from the handler; no deadlock",
         cancels,
