@@ -2100,6 +2100,25 @@ fn panicking_waker_still_cancels_the_whole_subtree() {
 }
 
 #[test]
+#[ignore = "bug: ManualClock::advance drops the other due deadlines when an after-func panics (src/time/manual.rs fire_due)"]
+fn manual_clock_fires_every_due_deadline_despite_a_panic() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let root = Context::with_timer(&CLOCK);
+    let (a, _ha) = root.with_timeout(Duration::from_nanos(10));
+    let (b, _hb) = root.with_timeout(Duration::from_nanos(20));
+    a.after_func(|| panic!("after-func panics"));
+    let (runs, f) = counter();
+    b.after_func(f);
+    let flag = Flag::new();
+    let mut waiting = pin!(b.done());
+    assert!(poll_with(waiting.as_mut(), &waker_of(&flag)).is_pending());
+    let unwound = std::panic::catch_unwind(|| CLOCK.advance(Duration::from_nanos(20)));
+    assert!(unwound.is_err(), "the panic reaches the caller of advance");
+    assert!(flag.woken(), "b's deadline was due but its waiter was never woken");
+    assert_eq!(count(&runs), 1, "b's after-func never ran");
+}
+
+#[test]
 fn after_funcs_behind_a_panicking_one_run_or_can_be_stopped() {
     let (ctx, h) = Context::background().with_cancel();
     ctx.after_func(|| panic!("after-func panics"));
