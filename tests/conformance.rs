@@ -2400,6 +2400,47 @@ fn static_root_without_a_timer_uses_the_default_timer() {
     assert!(!ROOT.is_done());
 }
 
+#[test]
+fn scoped_context_under_an_any_follows_it() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let root = Context::with_timer(&CLOCK);
+    let (a, _ha) = root.with_cancel();
+    let (b, _hb) = root.with_deadline_cause(at(10), "b's deadline");
+    let any = Context::any([&a, &b]);
+    let s = pin!(ScopedContext::new(any.as_ref()));
+    let ctx = s.as_ref().context();
+    assert_eq!(ctx.deadline(), Some(at(10)));
+    CLOCK.advance(ms(10));
+    assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(ctx.cause().unwrap().as_str(), Some("b's deadline"));
+}
+
+#[test]
+fn scoped_drop_races_with_its_deadline_firing() {
+    static CLOCK: ManualClock = ManualClock::new();
+    static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    let rounds = scale(100, 3);
+    for i in 0..rounds {
+        let start = Arc::new(Barrier::new(2));
+        let s2 = start.clone();
+        let t = thread::spawn(move || {
+            let s = Box::pin(ScopedContext::with_timeout(ROOT.as_ref(), ms(1)));
+            let ctx = s.as_ref().context();
+            let mut d = Box::pin(ctx.done());
+            let _ = poll_with(d.as_mut(), &waker_of(&Flag::new()));
+            s2.wait();
+            if i % 2 == 0 {
+                drop(d);
+            }
+        });
+        start.wait();
+        CLOCK.advance(ms(1));
+        t.join().unwrap();
+    }
+    assert_eq!(CLOCK.armed(), 0);
+    assert!(!ROOT.is_done());
+}
+
 /// Runs `f` on a thread and reports whether it finished within a few
 /// seconds (a hang is a failure, not a stuck test binary).
 fn finishes(f: impl FnOnce() + Send + 'static) -> bool {
