@@ -1,6 +1,6 @@
 //! loom models of every concurrent protocol in the core.
 //!
-//! Run with `ci/loom.sh` (`RUSTFLAGS="--cfg loom" cargo test --release --test loom`).
+//! Run with `ci/loom.sh` (`RUSTFLAGS="--cfg loom" cargo test --release` in `loom/`).
 //! Each model explores every interleaving (up to the preemption bound) of two
 //! threads racing on one node, and checks the outcome.
 #![cfg(loom)]
@@ -128,5 +128,25 @@ fn any_vs_two_cancels() {
         t.join().unwrap();
         let cause = either.cause().unwrap().as_str().unwrap();
         assert!(cause == "a" || cause == "b");
+    });
+}
+
+/// A pinned scoped child dropped (detached) while its heap parent is
+/// cancelled from another thread: the drop waits out the canceller's
+/// transient reference, so the canceller never touches freed memory.
+#[test]
+fn scoped_detach_vs_parent_cancel() {
+    use core::pin::pin;
+    use ctxcore::ScopedContext;
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let t = thread::spawn(move || handle.cancel());
+        {
+            let child = pin!(ScopedContext::new(parent.as_ref()));
+            let ctx = child.as_ref().context();
+            let _ = ctx.is_done();
+        }
+        t.join().unwrap();
+        assert!(parent.is_done());
     });
 }

@@ -1,0 +1,1 @@
+//! Empty: the models are in `tests/models.rs`.
