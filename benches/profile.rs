@@ -75,9 +75,13 @@ fn ctxcore(scenario: &str, iters: u64) {
         (handle, futs)
     };
     match scenario {
-        "is_done" => each(iters, || (), |_| {
-            black_box(black_box(&parent).is_done());
-        }),
+        "is_done" => each(
+            iters,
+            || (),
+            |_| {
+                black_box(black_box(&parent).is_done());
+            },
+        ),
         "child_create_drop" => each(iters, || (), |_| drop(black_box(parent.with_cancel()))),
         "child_create_cancel_drop" => each(
             iters,
@@ -140,12 +144,19 @@ fn tokio_util(scenario: &str, iters: u64) {
             .collect();
         (token, futs)
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _enter = rt.enter();
     match scenario {
-        "is_done" => each(iters, || (), |_| {
-            black_box(black_box(&parent).is_cancelled());
-        }),
+        "is_done" => each(
+            iters,
+            || (),
+            |_| {
+                black_box(black_box(&parent).is_cancelled());
+            },
+        ),
         "child_create_drop" => each(iters, || (), |_| drop(black_box(parent.child_token()))),
         "child_create_cancel_drop" => each(
             iters,

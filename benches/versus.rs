@@ -10,6 +10,12 @@
 //! Scenarios whose set-up is much dearer than the operation (cancelling a
 //! tree, waking waiters) build a batch of instances untimed and time only the
 //! operation on each (see [`batched`]).
+//!
+//! Clock: wall time by default. With `BENCH_CLOCK=cpu` (Linux) the
+//! single-thread scenarios are timed with the thread's own CPU clock instead,
+//! so that on a loaded machine time spent descheduled is not charged to the
+//! code under test; the thread-count scenarios (`*_1t`, `*_2t`, `*_4t`) always
+//! use the wall clock (see [`parallel`]).
 
 use std::future::Future;
 use std::hint::black_box;
@@ -19,9 +25,90 @@ use std::task::{Context as TaskContext, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{criterion_group, criterion_main};
 use ctxcore::{CancelHandle, Context};
 use tokio_util::sync::CancellationToken;
+
+/// The clock criterion times with: the wall clock, or (`BENCH_CLOCK=cpu`)
+/// the calling thread's CPU clock.
+struct Clock {
+    cpu: bool,
+    wall: WallTime,
+}
+
+type Criterion = criterion::Criterion<Clock>;
+
+impl Clock {
+    fn from_env() -> Clock {
+        let cpu = std::env::var("BENCH_CLOCK").is_ok_and(|v| v == "cpu") && cfg!(target_os = "linux");
+        Clock { cpu, wall: WallTime }
+    }
+
+    /// Now, on this clock.
+    fn now(&self) -> Duration {
+        if self.cpu {
+            thread_cpu_time()
+        } else {
+            static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+            EPOCH.get_or_init(Instant::now).elapsed()
+        }
+    }
+}
+
+/// CPU time consumed by the calling thread (user + system).
+#[cfg(target_os = "linux")]
+fn thread_cpu_time() -> Duration {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable `struct timespec` (two 64-bit fields
+    // on 64-bit Linux), and the clock id is Linux's per-thread CPU clock.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_time() -> Duration {
+    unreachable!("BENCH_CLOCK=cpu is only honoured on Linux")
+}
+
+impl Measurement for Clock {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        self.now()
+    }
+
+    fn end(&self, start: Duration) -> Duration {
+        self.now().saturating_sub(start)
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        self.wall.formatter()
+    }
+}
 
 /// A task context whose waker does nothing: waiting futures are polled once
 /// to register, and waking costs only what the library does.
@@ -38,17 +125,18 @@ fn poll_once<F: Future>(fut: Pin<&mut F>, cx: &mut TaskContext<'_>) {
 /// Times `op` over `iters` instances made by `setup`, built `batch` at a time
 /// outside the timed region and dropped after it.
 fn batched<S>(iters: u64, batch: usize, mut setup: impl FnMut() -> S, mut op: impl FnMut(&S)) -> Duration {
+    let clock = Clock::from_env();
     let mut total = Duration::ZERO;
     let mut left = iters as usize;
     while left > 0 {
         let n = left.min(batch);
         left -= n;
         let items: Vec<S> = (0..n).map(|_| setup()).collect();
-        let start = Instant::now();
+        let start = clock.start();
         for s in &items {
             op(s);
         }
-        total += start.elapsed();
+        total += clock.end(start);
         drop(items);
     }
     total
@@ -56,7 +144,11 @@ fn batched<S>(iters: u64, batch: usize, mut setup: impl FnMut() -> S, mut op: im
 
 /// Runs `work(iters)` on `threads` threads released together by a spin
 /// barrier, and returns the slowest thread's own time: thread start-up is not
-/// measured, and the figure is per operation per thread.
+/// measured, and the figure is per operation per thread. Always the wall
+/// clock, whatever `BENCH_CLOCK` says: a thread's CPU clock would not count
+/// the time it sleeps on a contended mutex, which is what these scenarios
+/// are about. (The 1-thread variants use this harness too, so that "flat as
+/// threads are added" compares like with like.)
 fn parallel(threads: usize, iters: u64, work: &(dyn Fn(u64) + Sync)) -> Duration {
     let ready = AtomicUsize::new(0);
     thread::scope(|s| {
@@ -66,7 +158,8 @@ fn parallel(threads: usize, iters: u64, work: &(dyn Fn(u64) + Sync)) -> Duration
                 s.spawn(move || {
                     ready.fetch_add(1, Ordering::AcqRel);
                     while ready.load(Ordering::Acquire) < threads {
-                        std::hint::spin_loop();
+                        // More threads than cores: let the others start.
+                        thread::yield_now();
                     }
                     let start = Instant::now();
                     work(iters);
@@ -88,7 +181,9 @@ fn floors(c: &mut Criterion) {
     let word = AtomicU32::new(0);
     g.bench_function("atomic_load", |b| b.iter(|| black_box(&word).load(Ordering::Acquire)));
     // What every lock, reference count and state change costs at least.
-    g.bench_function("atomic_rmw", |b| b.iter(|| black_box(&word).fetch_add(1, Ordering::AcqRel)));
+    g.bench_function("atomic_rmw", |b| {
+        b.iter(|| black_box(&word).fetch_add(1, Ordering::AcqRel))
+    });
     // The size of a context node in both crates is around 100 bytes; a bare
     // allocation of that size is what "one allocation per child" costs at least.
     g.bench_function("box_alloc", |b| b.iter(|| drop(black_box(Box::new([0u64; 16])))));
@@ -397,14 +492,9 @@ fn deadlines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    floors,
-    is_done,
-    children,
-    cancel_trees,
-    waiters,
-    churn,
-    deadlines
-);
+criterion_group! {
+    name = benches;
+    config = criterion::Criterion::default().with_measurement(Clock::from_env());
+    targets = floors, is_done, children, cancel_trees, waiters, churn, deadlines
+}
 criterion_main!(benches);

@@ -2,7 +2,12 @@
 """Turns one criterion run of benches/versus.rs (and benches/memory.rs' output)
 into the issue-6 ratio table.
 
-Usage: bench_table.py CRITERION_HOME MEMORY_OUTPUT RESULTS_JSON
+Usage: bench_table.py MEMORY_OUTPUT RESULTS_JSON CRITERION_HOME...
+
+With several criterion homes (one per round of ci/bench.sh), each figure is
+the lowest of the rounds' medians: on a shared machine a round that another
+process slowed down says nothing about the code, and the minimum is the
+figure least polluted by it.
 
 Prints one line per scenario, `scenario ctxcore_ns tokio_util_ns ratio`
 followed by the target and whether it holds, then the derived checks
@@ -41,14 +46,17 @@ SCENARIOS = [
 FLOORS = ["atomic_load", "atomic_rmw", "box_alloc"]
 
 
-def estimate(home, group, function):
-    """Median ns per iteration of one criterion benchmark, or None."""
-    path = os.path.join(home, group, function, "new", "estimates.json")
-    try:
-        with open(path) as f:
-            return float(json.load(f)["median"]["point_estimate"])
-    except (OSError, ValueError, KeyError):
-        return None
+def estimate(homes, group, function):
+    """Lowest median ns per iteration of one benchmark over the rounds, or None."""
+    found = []
+    for home in homes:
+        path = os.path.join(home, group, function, "new", "estimates.json")
+        try:
+            with open(path) as f:
+                found.append(float(json.load(f)["median"]["point_estimate"]))
+        except (OSError, ValueError, KeyError):
+            pass
+    return min(found) if found else None
 
 
 def fmt(x, digits=2):
@@ -60,18 +68,18 @@ def fmt(x, digits=2):
 
 
 def main():
-    home, memory_out, results_path = sys.argv[1:4]
-    results = {"scenarios": [], "floors": {}, "memory": {}, "checks": []}
+    memory_out, results_path, *homes = sys.argv[1:]
+    results = {"scenarios": [], "floors": {}, "memory": {}, "checks": [], "rounds": len(homes)}
     held = total = 0
 
     print(f"# {'scenario':<26} {'ctxcore_ns':>11} {'tokio_util_ns':>14} {'ratio':>7}  target")
     for name in FLOORS:
-        ns = estimate(home, "floor", name)
+        ns = estimate(homes, "floor", name)
         results["floors"][name] = ns
         print(f"{'floor_' + name:<28} {fmt(ns):>11} {'-':>14} {'-':>7}  (reference)")
     for name, what, target in SCENARIOS:
-        c = estimate(home, name, "ctxcore")
-        t = estimate(home, name, "tokio_util")
+        c = estimate(homes, name, "ctxcore")
+        t = estimate(homes, name, "tokio_util")
         ratio = c / t if c is not None and t else None
         if target is None:
             verdict = "report"
