@@ -9,7 +9,8 @@
 #                         script plays that binary with the single-core cfg.
 #   thumbv7em-none-eabihf Cortex-M4F/M7: native atomics (no 64-bit ones).
 #
-# Each target: no features, `alloc`, `critical-section`, both.
+# Each target: no features, `alloc`, `critical-section`, both, and both with
+# the `embassy-time` backend (the firmware set).
 # Host: `cargo hack check --feature-powerset --no-dev-deps` (every combination,
 # none excluded: they are all meant to compile). `--no-dev-deps` edits
 # Cargo.toml while it runs and restores it afterwards.
@@ -32,10 +33,10 @@ build() { # target, features, extra RUSTFLAGS
 }
 
 m0_cfg="--cfg portable_atomic_unsafe_assume_single_core"
-for extra in "" ",alloc" ",critical-section" ",alloc,critical-section"; do
+for extra in "" ",alloc" ",critical-section" ",alloc,critical-section" ",alloc,critical-section,embassy-time"; do
   build thumbv6m-none-eabi "portable-atomic$extra" "$m0_cfg"
 done
-for features in "" "alloc" "critical-section" "alloc,critical-section"; do
+for features in "" "alloc" "critical-section" "alloc,critical-section" "alloc,critical-section,embassy-time"; do
   build thumbv7em-none-eabihf "$features"
 done
 # The M4F with portable-atomic too (it must not need the M0's cfg).
