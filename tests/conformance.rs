@@ -203,6 +203,22 @@ fn instant_arithmetic_saturates() {
     assert!(Instant::ZERO < Instant::MAX);
 }
 
+#[test]
+fn debug_output_names_state_deadline_and_keys() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let (ctx, h) = Context::with_timer(&CLOCK)
+        .with_value(&NAME, "secret")
+        .with_deadline(at(5));
+    let s = format!("{ctx:?}");
+    assert!(s.contains("name"), "{s}");
+    assert!(!s.contains("secret"), "values are not printed: {s}");
+    assert!(s.contains("deadline"), "{s}");
+    h.cancel();
+    assert!(format!("{ctx:?}").contains("Canceled"));
+    assert!(!format!("{:?}", Context::background()).is_empty());
+    assert!(format!("{:?}", ctx.done()).contains("Done"));
+}
+
 // ---------------------------------------------------------------------------
 // Background and TODO
 
