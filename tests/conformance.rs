@@ -2504,3 +2504,21 @@ fn scoped_dropped_by_an_after_func_during_a_timer_fire() {
         CLOCK.advance(ms(20));
     }));
 }
+
+#[test]
+#[cfg_attr(miri, ignore)]
+#[ignore = "bug: an after-func run by the std timer thread that waits on another deadline hangs that thread, and with it every later deadline wake-up in the process (src/done.rs block_on_done parks without a timeout; WARNING: while this is open, running it stalls the std timer for the rest of the binary)"]
+fn after_func_on_the_timer_thread_may_wait_for_another_deadline() {
+    let (tx, rx) = mpsc::channel();
+    let (a, _ha) = Context::background().with_timeout(ms(5));
+    let (other, _ho) = Context::background().with_timeout(ms(30));
+    a.after_func(move || {
+        // Runs on the timer thread (or here, if `a` is observed first).
+        let _ = tx.send(other.wait_blocking());
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Ok(Error::DeadlineExceeded),
+        "the timer thread is stuck"
+    );
+}
