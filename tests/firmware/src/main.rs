@@ -23,7 +23,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use core::time::Duration;
 use cortex_m_semihosting::hprintln;
 use critical_section::Mutex;
-use ctxcore::{CancelHandle, Context, EmbassyTimer, Error, Key, StaticContext};
+use ctxcore::{CancelHandle, Clock, Context, EmbassyTimer, Error, Key, ManualClock, StaticContext};
 use embassy_executor::{Executor, Spawner};
 use static_cell::StaticCell;
 
@@ -76,6 +76,7 @@ async fn tests(spawner: Spawner) {
     values();
     node_sizes();
     deadlines().await;
+    manual_clock();
     waiting(spawner).await;
     cancel_from_interrupt().await;
     let s = heap::HEAP.stats();
@@ -290,6 +291,33 @@ async fn deadlines() {
         "ok: deadlines on SysTick via embassy-time (20 ms fired after {} ms, never early; cause; earliest wins; run; no leaked timer entries)",
         waited
     );
+}
+
+/// `ManualClock` on a target without 64-bit atomics (its reading sits
+/// behind a lock there): deadlines fire exactly when time is moved.
+fn manual_clock() {
+    static CLOCK: ManualClock = ManualClock::new();
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    let root = Context::with_timer(&CLOCK);
+    let (hour, _h1) = root.with_timeout(Duration::from_secs(3600));
+    let (minute, _h2) = hour.with_timeout_cause(Duration::from_secs(60), "slow query");
+    let _after = minute.after_func(|| FIRED.store(true, Ordering::Relaxed));
+    check!(CLOCK.armed() == 2);
+    CLOCK.advance(Duration::from_secs(59));
+    check!(!minute.is_done() && !FIRED.load(Ordering::Relaxed));
+    CLOCK.advance(Duration::from_secs(1));
+    check!(minute.err() == Some(Error::DeadlineExceeded));
+    check!(minute.cause().and_then(|c| c.as_str()) == Some("slow query"));
+    check!(
+        FIRED.load(Ordering::Relaxed),
+        "the deadline's after_func ran in advance()"
+    );
+    check!(!hour.is_done());
+    CLOCK.set(ctxcore::Instant::from_nanos(0)); // never backwards
+    check!(CLOCK.now().as_nanos() == 60_000_000_000);
+    CLOCK.advance(Duration::from_secs(3600));
+    check!(hour.err() == Some(Error::DeadlineExceeded) && CLOCK.armed() == 0);
+    hprintln!("ok: ManualClock without 64-bit atomics (deadlines fire on advance, never backwards)");
 }
 
 async fn waiting(spawner: Spawner) {
