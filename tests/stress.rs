@@ -99,7 +99,7 @@ fn cancel_storm_wide() {
     let _g = serial();
     let token = Arc::new(());
     let width = scaled(512);
-    for round in 0..scaled(20) {
+    for round in 0..scaled(50) {
         let base = Context::background().with_value(&TOKEN, token.clone());
         let (root, root_handle) = base.with_cancel();
         let mut children = Vec::new();
@@ -160,7 +160,7 @@ fn cancel_storm_deep() {
     let _g = serial();
     let token = Arc::new(());
     let depth = scaled(4000).max(8);
-    for round in 0..scaled(10) {
+    for round in 0..scaled(20) {
         let mut chain = vec![Context::background().with_value(&TOKEN, token.clone())];
         let mut handles = Vec::new();
         for _ in 0..depth {
@@ -232,7 +232,7 @@ fn create_drop_churn() {
     let std_armed = StdTimer::global().armed();
     let (parent, parent_handle) = Context::background().with_value(&TOKEN, token.clone()).with_cancel();
     let clock_parent = Context::with_timer(&CLOCK).with_value(&TOKEN, token.clone());
-    let iters = scaled(5000);
+    let iters = scaled(20_000);
     let workers: Vec<_> = (0..threads())
         .map(|t| {
             let (parent, clock_parent) = (parent.clone(), clock_parent.clone());
@@ -297,7 +297,7 @@ fn waiters_race_cancel() {
     let _g = serial();
     let token = Arc::new(());
     let per_thread = scaled(64);
-    for round in 0..scaled(50) {
+    for round in 0..scaled(200) {
         let (ctx, handle) = Context::background().with_value(&TOKEN, token.clone()).with_cancel();
         let (child, _child_handle) = ctx.with_cancel();
         let n = threads();
@@ -352,7 +352,7 @@ fn after_funcs_race_stop() {
     let _g = serial();
     let token = Arc::new(());
     let per_thread = scaled(200);
-    for round in 0..scaled(30) {
+    for round in 0..scaled(100) {
         let (ctx, handle) = Context::background().with_value(&TOKEN, token.clone()).with_cancel();
         let n = threads();
         let start = Arc::new(Barrier::new(n + 1));
@@ -417,7 +417,7 @@ fn deadlines_race_cancel_std_timer() {
     let _g = serial();
     let token = Arc::new(());
     let std_armed = StdTimer::global().armed();
-    let count = scaled(200);
+    let count = scaled(400);
     let (root, _root_handle) = Context::background().with_value(&TOKEN, token.clone()).with_cancel();
     let mut rng = Rng::new(99);
     let mut items = Vec::new();
@@ -495,7 +495,7 @@ fn deadlines_race_cancel_manual_clock() {
     let _g = serial();
     static CLOCK: ManualClock = ManualClock::new();
     let token = Arc::new(());
-    let rounds = scaled(40);
+    let rounds = scaled(100);
     let per = scaled(100);
     for round in 0..rounds {
         let root = Context::with_timer(&CLOCK).with_value(&TOKEN, token.clone());
@@ -563,7 +563,7 @@ fn deadlines_race_cancel_manual_clock() {
 fn any_race_cancel() {
     let _g = serial();
     let token = Arc::new(());
-    for round in 0..scaled(200) {
+    for round in 0..scaled(500) {
         let base = Context::background().with_value(&TOKEN, token.clone());
         let parents: Vec<_> = (0..threads()).map(|_| base.with_cancel()).collect();
         let ctxs: Vec<&Context> = parents.iter().map(|(c, _)| c).collect();

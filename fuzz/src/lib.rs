@@ -31,7 +31,10 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context as TaskContext, Poll, Waker};
 use core::time::Duration;
-use ctxcore::{AfterFunc, CancelHandle, Cause, Clock, Context, DoneOwned, Error, Instant, Key, ManualClock, Run};
+use ctxcore::{
+    AfterFunc, CancelHandle, Cause, Clock, Context, ContextRef, DoneOwned, Error, Instant, Key, ManualClock, Run,
+    ScopedContext,
+};
 use futures_core::FusedFuture;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -172,6 +175,53 @@ fn cause_matches(c: &Cause, err: Error, spec: Option<CauseSpec>) -> bool {
             c.as_str().is_none() && c.as_error().is_none() && c.to_string() == format!("text {n}")
         }
     }
+}
+
+/// A cause reduced to what can be compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CauseKey {
+    /// A bare [`Error`].
+    Err(Error),
+    /// A static message.
+    Str(&'static str),
+    /// A [`Custom`] error.
+    Custom(u8),
+    /// Anything else, by its text.
+    Text(String),
+}
+
+fn cause_key(c: &Cause) -> CauseKey {
+    if let Some(e) = c.as_error() {
+        CauseKey::Err(e)
+    } else if let Some(s) = c.as_str() {
+        CauseKey::Str(s)
+    } else if let Some(x) = c.downcast_ref::<Custom>() {
+        CauseKey::Custom(x.0)
+    } else {
+        CauseKey::Text(c.to_string())
+    }
+}
+
+fn expected_key(err: Error, spec: Option<CauseSpec>) -> CauseKey {
+    match spec {
+        None => CauseKey::Err(err),
+        Some(CauseSpec::Str(i)) => CauseKey::Str(STRS[i as usize % STRS.len()]),
+        Some(CauseSpec::Err(false)) => CauseKey::Err(Error::Canceled),
+        Some(CauseSpec::Err(true)) => CauseKey::Err(Error::DeadlineExceeded),
+        Some(CauseSpec::Custom(n)) => CauseKey::Custom(n),
+        Some(CauseSpec::Text(n)) => CauseKey::Text(format!("text {n}")),
+    }
+}
+
+/// What one scoped level looked like: `is_done` (through the `ContextRef`
+/// and through the `ScopedContext`), `err`, `cause`, `deadline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snap {
+    done: bool,
+    scoped_done: bool,
+    err: Option<Error>,
+    cause: Option<CauseKey>,
+    deadline: Option<Instant>,
 }
 
 /// A waker that counts its wake-ups.
@@ -355,6 +405,50 @@ pub enum Op {
         x: u16,
         back: bool,
     },
+    Scoped {
+        ctx: u8,
+        levels: [ScopedKind; 3],
+        n: u8,
+        event: ScopedEvent,
+    },
+}
+
+/// One level of a chain of [`ScopedContext`]s, as the fuzzer chooses it.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum ScopedKind {
+    New,
+    Deadline(When, Option<CauseSpec>),
+    Timeout(Dur),
+}
+
+/// What happens while a chain of scoped contexts is alive.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum ScopedEvent {
+    Nothing,
+    CancelLevel(u8, Option<CauseSpec>),
+    CancelHandle(u8, Option<CauseSpec>),
+    Advance(u16),
+}
+
+/// A concrete scoped level.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum ScopedLevel {
+    New,
+    Deadline(Instant, Option<CauseSpec>),
+    Timeout(Duration),
+}
+
+/// A concrete scoped event.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub enum SEvent {
+    Nothing,
+    CancelLevel(usize, Option<CauseSpec>),
+    CancelHandle(usize, Option<CauseSpec>),
+    Advance(Duration),
 }
 
 /// A whole fuzz input.
@@ -457,6 +551,14 @@ pub enum Action {
     SetClock {
         t: Instant,
     },
+    /// A chain of 1 to 3 `ScopedContext`s pinned on the stack under `ctx`:
+    /// snapshot, poll the deepest's `done()`, the event, snapshot, poll;
+    /// then the scopes end (deepest first), which cancels them.
+    Scoped {
+        ctx: usize,
+        levels: Vec<ScopedLevel>,
+        event: SEvent,
+    },
 }
 
 /// What the real objects reported for an action.
@@ -470,6 +572,51 @@ pub enum Outcome {
     Wait(Option<Error>),
     /// First poll, wakes after the cancel, second poll.
     Borrowed(Poll<Error>, usize, Poll<Error>),
+    Scoped {
+        before: Vec<Snap>,
+        first: Poll<Error>,
+        wakes: usize,
+        after: Vec<Snap>,
+        second: Poll<Error>,
+    },
+}
+
+type ScopedChain<'b> = [(ContextRef<'b>, Pin<&'b ScopedContext<'b>>)];
+
+/// Pins one scoped level per stack frame, then runs `body` on the chain.
+fn scoped_rec<'a>(
+    parent: ContextRef<'a>,
+    levels: &[ScopedLevel],
+    chain: &ScopedChain<'a>,
+    body: &mut dyn for<'b> FnMut(&ScopedChain<'b>) -> Outcome,
+) -> Outcome {
+    let Some((level, rest)) = levels.split_first() else {
+        return body(chain);
+    };
+    let sc = match *level {
+        ScopedLevel::New => ScopedContext::new(parent),
+        ScopedLevel::Deadline(at, None) => ScopedContext::with_deadline(parent, at),
+        ScopedLevel::Deadline(at, Some(c)) => ScopedContext::with_deadline_cause(parent, at, c.make()),
+        ScopedLevel::Timeout(d) => ScopedContext::with_timeout(parent, d),
+    };
+    let sc = core::pin::pin!(sc);
+    let r = sc.as_ref().context();
+    let mut v: Vec<(ContextRef<'_>, Pin<&ScopedContext<'_>>)> = chain.to_vec();
+    v.push((r, sc.as_ref()));
+    scoped_rec(r, rest, &v, body)
+}
+
+fn snap_real(chain: &ScopedChain<'_>) -> Vec<Snap> {
+    chain
+        .iter()
+        .map(|(r, s)| Snap {
+            done: r.is_done(),
+            scoped_done: s.is_done(),
+            err: r.err(),
+            cause: r.cause().map(|c| cause_key(&c)),
+            deadline: r.deadline(),
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -649,6 +796,43 @@ impl Real {
             }
             Action::Advance { d } => CLOCK.advance(d),
             Action::SetClock { t } => CLOCK.set(t),
+            Action::Scoped { ctx, ref levels, event } => {
+                let handles = &self.handles;
+                let parent = self.ctxs[ctx].as_ref();
+                return scoped_rec(parent, levels, &[], &mut |chain| {
+                    let before = snap_real(chain);
+                    let counter = Counter::new();
+                    let mut cx = TaskContext::from_waker(&counter.waker);
+                    let deepest = chain.last().expect("at least one level").0;
+                    let mut done = core::pin::pin!(deepest.done());
+                    let first = done.as_mut().poll(&mut cx);
+                    match event {
+                        SEvent::Nothing => {}
+                        SEvent::CancelLevel(i, cause) => match cause {
+                            Some(c) => chain[i].1.cancel_with(c.make()),
+                            None => chain[i].1.cancel(),
+                        },
+                        SEvent::CancelHandle(h, cause) => {
+                            let h = handles[h].as_ref().expect("live handle");
+                            match cause {
+                                Some(c) => h.cancel_with(c.make()),
+                                None => h.cancel(),
+                            }
+                        }
+                        SEvent::Advance(d) => CLOCK.advance(d),
+                    }
+                    let wakes = counter.count();
+                    let after = snap_real(chain);
+                    let second = done.as_mut().poll(&mut cx);
+                    Outcome::Scoped {
+                        before,
+                        first,
+                        wakes,
+                        after,
+                        second,
+                    }
+                });
+            }
         }
         Outcome::None
     }
@@ -817,6 +1001,35 @@ impl Model {
         Some(s)
     }
 
+    /// A concrete deadline on `timer` under a parent whose effective
+    /// deadline is `pdl`.
+    fn plan_deadline(&mut self, timer: TimerKind, pdl: u64, when: When) -> Instant {
+        match (timer, when) {
+            (_, When::Parent) => Instant::from_nanos(pdl),
+            (_, When::Past) => Instant::ZERO,
+            (_, When::Max) => Instant::MAX,
+            (TimerKind::Std, When::Now | When::In(_)) => Instant::MAX,
+            (TimerKind::Clock, When::Now) => Instant::from_nanos(self.now),
+            (TimerKind::Clock, When::In(x)) => match self.seq_ns() {
+                Some(s) => Instant::from_nanos(self.now + (((x as u64) + 1) << 10) + s),
+                None => Instant::MAX,
+            },
+        }
+    }
+
+    /// A concrete timeout, as [`plan_deadline`](Self::plan_deadline).
+    fn plan_timeout(&mut self, timer: TimerKind, pdl: u64, dur: Dur) -> Duration {
+        match (timer, dur) {
+            (TimerKind::Clock, Dur::Parent) if pdl != u64::MAX => Duration::from_nanos(pdl.saturating_sub(self.now)),
+            (TimerKind::Std, _) | (_, Dur::Max | Dur::Parent) => Duration::MAX,
+            (TimerKind::Clock, Dur::Zero) => Duration::ZERO,
+            (TimerKind::Clock, Dur::In(x)) => match self.seq_ns() {
+                Some(s) => Duration::from_nanos((((x as u64) + 1) << 10) + s),
+                None => Duration::MAX,
+            },
+        }
+    }
+
     /// Turns a raw op into a concrete action, or `None` to skip it.
     pub fn plan(&mut self, op: &Op) -> Option<Action> {
         let nc = self.ctxs.len();
@@ -826,33 +1039,13 @@ impl Model {
             Op::WithDeadline { ctx, when, cause } => {
                 let ctx = pick(ctx, nc)?;
                 let pdl = self.ctxs[ctx].node.map_or(u64::MAX, |n| self.nodes[n].deadline);
-                let at = match (self.timer_of(&self.ctxs[ctx]), when) {
-                    (_, When::Parent) => Instant::from_nanos(pdl),
-                    (_, When::Past) => Instant::ZERO,
-                    (_, When::Max) => Instant::MAX,
-                    (TimerKind::Std, When::Now | When::In(_)) => Instant::MAX,
-                    (TimerKind::Clock, When::Now) => Instant::from_nanos(self.now),
-                    (TimerKind::Clock, When::In(x)) => match self.seq_ns() {
-                        Some(s) => Instant::from_nanos(self.now + (((x as u64) + 1) << 10) + s),
-                        None => Instant::MAX,
-                    },
-                };
+                let at = self.plan_deadline(self.timer_of(&self.ctxs[ctx]), pdl, when);
                 Action::WithDeadline { ctx, at, cause }
             }
             Op::WithTimeout { ctx, dur, cause } => {
                 let ctx = pick(ctx, nc)?;
                 let pdl = self.ctxs[ctx].node.map_or(u64::MAX, |n| self.nodes[n].deadline);
-                let d = match (self.timer_of(&self.ctxs[ctx]), dur) {
-                    (TimerKind::Clock, Dur::Parent) if pdl != u64::MAX => {
-                        Duration::from_nanos(pdl.saturating_sub(self.now))
-                    }
-                    (TimerKind::Std, _) | (_, Dur::Max | Dur::Parent) => Duration::MAX,
-                    (TimerKind::Clock, Dur::Zero) => Duration::ZERO,
-                    (TimerKind::Clock, Dur::In(x)) => match self.seq_ns() {
-                        Some(s) => Duration::from_nanos((((x as u64) + 1) << 10) + s),
-                        None => Duration::MAX,
-                    },
-                };
+                let d = self.plan_timeout(self.timer_of(&self.ctxs[ctx]), pdl, dur);
                 Action::WithTimeout { ctx, d, cause }
             }
             Op::WithValue { ctx, key, v } => Action::WithValue {
@@ -944,6 +1137,45 @@ impl Model {
             Op::Advance { x } => Action::Advance {
                 d: Duration::from_nanos((x as u64) << 10),
             },
+            Op::Scoped { ctx, levels, n, event } => {
+                let ctx = pick(ctx, nc)?;
+                let timer = self.timer_of(&self.ctxs[ctx]);
+                let mut pdl = self.ctxs[ctx].node.map_or(u64::MAX, |n| self.nodes[n].deadline);
+                let mut planned = Vec::new();
+                for kind in &levels[..1 + n as usize % levels.len()] {
+                    let (level, own) = match *kind {
+                        ScopedKind::New => (ScopedLevel::New, u64::MAX),
+                        ScopedKind::Deadline(when, c) => {
+                            let at = self.plan_deadline(timer, pdl, when);
+                            (ScopedLevel::Deadline(at, c), at.as_nanos())
+                        }
+                        ScopedKind::Timeout(dur) => {
+                            let d = self.plan_timeout(timer, pdl, dur);
+                            let own = match timer {
+                                TimerKind::Clock => Instant::from_nanos(self.now).saturating_add(d).as_nanos(),
+                                TimerKind::Std => u64::MAX,
+                            };
+                            (ScopedLevel::Timeout(d), own)
+                        }
+                    };
+                    pdl = pdl.min(own);
+                    planned.push(level);
+                }
+                let event = match event {
+                    ScopedEvent::Nothing => SEvent::Nothing,
+                    ScopedEvent::CancelLevel(i, c) => SEvent::CancelLevel(i as usize % planned.len(), c),
+                    ScopedEvent::CancelHandle(h, c) => match self.live_handle(h) {
+                        Some(h) => SEvent::CancelHandle(h, c),
+                        None => SEvent::Nothing,
+                    },
+                    ScopedEvent::Advance(x) => SEvent::Advance(Duration::from_nanos((x as u64) << 10)),
+                };
+                Action::Scoped {
+                    ctx,
+                    levels: planned,
+                    event,
+                }
+            }
             Op::SetClock { x, back } => {
                 let d = (x as u64) << 10;
                 let t = if back { self.now.saturating_sub(d) } else { self.now + d };
@@ -984,7 +1216,17 @@ impl Model {
     /// `with_cancel` / `with_deadline*` / `with_timeout*` on `ctx`, with own
     /// deadline `own` (`u64::MAX`: none).
     fn child(&mut self, ctx: usize, own: u64, dcause: Option<CauseSpec>) {
-        let parent = self.ctxs[ctx].node;
+        let n = self.child_node(self.ctxs[ctx].node, own, dcause);
+        let vals = self.ctxs[ctx].vals.clone();
+        self.ctxs.push(MCtx { node: Some(n), vals });
+        self.handles.push(MHandle {
+            node: n,
+            state: HState::Live,
+        });
+    }
+
+    /// A new child node of `parent` (heap or scoped: the same rules).
+    fn child_node(&mut self, parent: Option<usize>, own: u64, dcause: Option<CauseSpec>) -> usize {
         let (pdl, timer) = match parent {
             Some(p) => (self.nodes[p].deadline, self.nodes[p].timer),
             None => (u64::MAX, TimerKind::Std),
@@ -1016,12 +1258,23 @@ impl Model {
                 self.cancel(n, Error::DeadlineExceeded, self.nodes[n].dcause);
             }
         }
-        let vals = self.ctxs[ctx].vals.clone();
-        self.ctxs.push(MCtx { node: Some(n), vals });
-        self.handles.push(MHandle {
-            node: n,
-            state: HState::Live,
-        });
+        n
+    }
+
+    fn snap_model(&self, nodes: &[usize]) -> Vec<Snap> {
+        nodes
+            .iter()
+            .map(|&n| {
+                let node = &self.nodes[n];
+                Snap {
+                    done: node.done.is_some(),
+                    scoped_done: node.done.is_some(),
+                    err: node.done.map(|d| d.0),
+                    cause: node.done.map(|(e, s)| expected_key(e, s)),
+                    deadline: (node.deadline != u64::MAX).then(|| Instant::from_nanos(node.deadline)),
+                }
+            })
+            .collect()
     }
 
     /// The error and cause a node takes from the done parent that cancels it:
@@ -1319,6 +1572,53 @@ impl Model {
             Action::SetClock { t } => {
                 self.set_time(t.as_nanos());
                 Outcome::None
+            }
+            Action::Scoped { ctx, ref levels, event } => {
+                let mut chain: Vec<usize> = Vec::new();
+                let mut parent = self.ctxs[ctx].node;
+                let timer = self.timer_of(&self.ctxs[ctx]);
+                for level in levels {
+                    let (own, dcause) = match *level {
+                        ScopedLevel::New => (u64::MAX, None),
+                        ScopedLevel::Deadline(at, c) => (at.as_nanos(), c),
+                        ScopedLevel::Timeout(d) => match timer {
+                            TimerKind::Clock => (Instant::from_nanos(self.now).saturating_add(d).as_nanos(), None),
+                            TimerKind::Std => {
+                                assert_eq!(d, Duration::MAX, "planned: only MAX on the std timer");
+                                (u64::MAX, None)
+                            }
+                        },
+                    };
+                    let n = self.child_node(parent, own, dcause);
+                    chain.push(n);
+                    parent = Some(n);
+                }
+                let before = self.snap_model(&chain);
+                let deepest = *chain.last().expect("at least one level");
+                let (first, reg) = self.poll_done(Some(deepest));
+                match event {
+                    SEvent::Nothing => {}
+                    SEvent::CancelLevel(i, c) => self.cancel(chain[i], Error::Canceled, c),
+                    SEvent::CancelHandle(h, c) => self.cancel(self.handles[h].node, Error::Canceled, c),
+                    SEvent::Advance(d) => {
+                        let t = Instant::from_nanos(self.now).saturating_add(d).as_nanos();
+                        self.set_time(t);
+                    }
+                }
+                let wakes = usize::from(reg && self.nodes[deepest].done.is_some());
+                let after = self.snap_model(&chain);
+                let (second, _) = self.poll_done(Some(deepest));
+                // The scopes end, deepest first: each cancels its node.
+                for &n in chain.iter().rev() {
+                    self.cancel(n, Error::Canceled, None);
+                }
+                Outcome::Scoped {
+                    before,
+                    first,
+                    wakes,
+                    after,
+                    second,
+                }
             }
         };
         assert_eq!(*out, expected, "outcome of {a:?}");
