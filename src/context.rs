@@ -121,6 +121,14 @@ impl Context {
         }
     }
 
+    /// Time left until the deadline, on the tree's clock.
+    #[cfg(feature = "std")]
+    fn until_deadline(&self) -> Option<Duration> {
+        let deadline = self.deadline()?;
+        let timer = self.timer()?;
+        Some(deadline.saturating_duration_since(timer.now()))
+    }
+
     pub(crate) fn node_ref(&self) -> Option<&crate::node::Node> {
         self.node.as_ref().map(NodeRef::node)
     }
@@ -325,8 +333,8 @@ impl Context {
         F: FnOnce() + Send + 'static,
     {
         match &self.node {
-            Some(n) => AfterFunc::registered(AfterFuncInner::register(n, Box::new(f))),
-            None => AfterFunc::never(),
+            Some(n) if !n.node().never_done() => AfterFunc::registered(AfterFuncInner::register(n, Box::new(f))),
+            _ => AfterFunc::never(),
         }
     }
 
@@ -446,7 +454,7 @@ impl Context {
     /// ```
     #[cfg(feature = "std")]
     pub fn wait_blocking(&self) -> Error {
-        crate::done::block_on_done(self.done(), None).unwrap_or(Error::Canceled)
+        crate::done::block_on_done(self.done(), None, || self.until_deadline()).unwrap_or(Error::Canceled)
     }
 
     /// Blocks until the context is done (`Some(error)`) or `timeout` passes
@@ -460,7 +468,7 @@ impl Context {
     /// ```
     #[cfg(feature = "std")]
     pub fn wait_blocking_timeout(&self, timeout: Duration) -> Option<Error> {
-        crate::done::block_on_done(self.done(), Some(timeout))
+        crate::done::block_on_done(self.done(), Some(timeout), || self.until_deadline())
     }
 }
 

@@ -205,11 +205,19 @@ impl<F> fmt::Debug for Run<F> {
     }
 }
 
-/// Blocks the thread on `done`, up to `timeout`.
+/// Blocks the thread on `done`, up to `timeout`. `until_deadline` tells how
+/// long until the context's own deadline: the thread then wakes by itself to
+/// observe it, so a blocking wait never depends on a timer thread that may be
+/// busy (for example running the after-func that is waiting here).
 #[cfg(feature = "std")]
-pub(crate) fn block_on_done(done: Done<'_>, timeout: Option<core::time::Duration>) -> Option<Error> {
+pub(crate) fn block_on_done(
+    done: Done<'_>,
+    timeout: Option<core::time::Duration>,
+    until_deadline: impl Fn() -> Option<core::time::Duration>,
+) -> Option<Error> {
     extern crate std;
     use alloc::sync::Arc;
+    use core::time::Duration;
     use std::task::Wake;
     use std::thread::{self, Thread};
 
@@ -223,7 +231,7 @@ pub(crate) fn block_on_done(done: Done<'_>, timeout: Option<core::time::Duration
         }
     }
 
-    let end = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+    let start = std::time::Instant::now();
     let waker = Arc::new(Unpark(thread::current())).into();
     let mut cx = TaskContext::from_waker(&waker);
     let mut done = core::pin::pin!(done);
@@ -231,16 +239,22 @@ pub(crate) fn block_on_done(done: Done<'_>, timeout: Option<core::time::Duration
         if let Poll::Ready(err) = done.as_mut().poll(&mut cx) {
             return Some(err);
         }
-        match (timeout, end) {
-            (None, _) => thread::park(),
-            (Some(_), None) => thread::park(), // timeout too large to represent: forever
-            (Some(_), Some(end)) => {
-                let now = std::time::Instant::now();
-                if now >= end {
+        let left = match timeout {
+            Some(t) => {
+                let left = t.saturating_sub(start.elapsed());
+                if left.is_zero() {
                     return None;
                 }
-                thread::park_timeout(end - now);
+                Some(left)
             }
+            None => None,
+        };
+        // Wake for the deadline a hair after it (the poll then observes it).
+        let dl = until_deadline().map(|d| d.saturating_add(Duration::from_micros(50)));
+        match (left, dl) {
+            (None, None) => thread::park(),
+            (Some(a), None) | (None, Some(a)) => thread::park_timeout(a),
+            (Some(a), Some(b)) => thread::park_timeout(a.min(b)),
         }
     }
 }

@@ -100,6 +100,9 @@ pub(crate) const ANY: u32 = 1 << 5;
 /// A scoped (pinned, owner-held) node has been linked to its parent and
 /// armed; its owner must detach it before its memory goes.
 pub(crate) const ATTACHED: u32 = 1 << 6;
+/// Immutable: nothing can ever cancel the node (a `with_timer` or
+/// `without_cancel` root, or an `any` over such roots).
+pub(crate) const NEVER_DONE: u32 = 1 << 7;
 
 const MAX_REFS: usize = usize::MAX / 2;
 
@@ -188,8 +191,6 @@ impl Entry {
 enum Task {
     Wake(Waker),
     #[cfg(feature = "alloc")]
-    Run(Box<dyn FnOnce() + Send>, Arc<AfterFuncInner>),
-    #[cfg(feature = "alloc")]
     Release(NonNull<Node>),
 }
 
@@ -229,21 +230,9 @@ impl Batch {
     /// Runs every task. Must be called with no lock held (invariant 9).
     fn run(&mut self) {
         let n = core::mem::replace(&mut self.len, 0);
-        for slot in &mut self.tasks[..n] {
-            match slot.take() {
-                Some(Task::Wake(w)) => w.wake(),
-                #[cfg(feature = "alloc")]
-                Some(Task::Run(f, entry)) => {
-                    drop(entry);
-                    #[cfg(feature = "std")]
-                    {
-                        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                            self.panic.get_or_insert(p);
-                        }
-                    }
-                    #[cfg(not(feature = "std"))]
-                    f()
-                }
+        for i in 0..n {
+            match self.tasks[i].take() {
+                Some(Task::Wake(w)) => self.call(|| w.wake()),
                 #[cfg(feature = "alloc")]
                 Some(Task::Release(node)) => {
                     // SAFETY: the task owns one reference (invariant 5).
@@ -256,6 +245,18 @@ impl Batch {
 }
 
 impl Batch {
+    /// Runs user code (a waker or an after-func): with `std`, a panic is
+    /// caught and kept, to be re-raised by `finish` once the whole
+    /// cancellation is done.
+    fn call(&mut self, f: impl FnOnce()) {
+        #[cfg(feature = "std")]
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            self.panic.get_or_insert(p);
+        }
+        #[cfg(not(feature = "std"))]
+        f()
+    }
+
     /// Re-raises the first after-func panic, once everything is done.
     fn finish(mut self) {
         #[cfg(feature = "std")]
@@ -283,6 +284,73 @@ impl Drop for Batch {
 /// (invariant 6).
 struct WorkList {
     head: *const Node,
+}
+
+/// After-func entries popped from waiter lists, threaded through their free
+/// links (list.rs invariant 4), each carrying the list's `Arc` reference.
+/// They run only at the very end of a cancellation, after every node
+/// reference the canceller held is released: an after-func may then drop a
+/// `ScopedContext` of this tree without waiting on this very thread.
+struct RunList {
+    #[cfg(feature = "alloc")]
+    head: *const AfterFuncInner,
+}
+
+impl RunList {
+    fn new() -> Self {
+        RunList {
+            #[cfg(feature = "alloc")]
+            head: ptr::null(),
+        }
+    }
+
+    /// # Safety
+    /// `entry` was just unlinked by the caller, who passes on the list's
+    /// reference to it (invariant 8).
+    #[cfg(feature = "alloc")]
+    unsafe fn push(&mut self, entry: *const AfterFuncInner) {
+        // SAFETY: the caller owns the entry's free link (list invariant 4).
+        unsafe { (*entry).entry.link.set_work_next(self.head as *const Link) };
+        self.head = entry;
+    }
+
+    /// Runs every after-func (no lock held, no node retained).
+    fn run(&mut self, batch: &mut Batch) {
+        #[cfg(feature = "alloc")]
+        while !self.head.is_null() {
+            let e = self.head;
+            // SAFETY: we own the free link and the list's reference of every
+            // entry in the run list (invariant 8).
+            let entry = unsafe {
+                self.head = (*e).entry.link.work_next() as *const AfterFuncInner;
+                Arc::from_raw(e)
+            };
+            // SAFETY: the entry is unlinked, so its func slot is ours alone
+            // (invariant 8: `stop` only touches a linked entry's func).
+            let f = entry.func.with_mut(|p| unsafe { (*p).take() });
+            drop(entry);
+            if let Some(f) = f {
+                batch.call(f);
+            }
+        }
+        let _ = batch;
+    }
+}
+
+impl Drop for RunList {
+    fn drop(&mut self) {
+        // Only reached with entries left while unwinding without `std`:
+        // give back their references without running user code.
+        #[cfg(feature = "alloc")]
+        while !self.head.is_null() {
+            let e = self.head;
+            // SAFETY: as in `run`.
+            unsafe {
+                self.head = (*e).entry.link.work_next() as *const AfterFuncInner;
+                drop(Arc::from_raw(e));
+            }
+        }
+    }
 }
 
 impl WorkList {
@@ -474,6 +542,12 @@ impl Node {
         s & HAS_DEADLINE != 0 && self.check_deadline()
     }
 
+    /// Whether nothing can ever cancel this node (so an after-func on it can
+    /// never run, and is not kept).
+    pub(crate) fn never_done(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & NEVER_DONE != 0
+    }
+
     /// The effective deadline.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         (self.deadline != Instant::MAX).then_some(self.deadline)
@@ -604,6 +678,7 @@ impl Node {
 
     fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
         let mut batch = Batch::new();
+        let mut runs = RunList::new();
         let mut work = WorkList { head: ptr::null() };
         let guard = self.lock.lock();
         if self.is_done_flag() {
@@ -613,7 +688,7 @@ impl Node {
         }
         // SAFETY: we hold the lock and the node is live (invariant 1).
         let displaced = unsafe { self.set_done(err, cause, own_deadline) };
-        self.drain(guard, &mut batch, &mut work);
+        self.drain(guard, &mut batch, &mut runs, &mut work);
         drop(displaced);
         self.after_done();
         while let Some(node) = work.pop() {
@@ -624,7 +699,7 @@ impl Node {
                 let (err, cause) = n.inherited();
                 // SAFETY: we hold the lock and the node is live.
                 let displaced = unsafe { n.set_done(err, cause, false) };
-                n.drain(guard, &mut batch, &mut work);
+                n.drain(guard, &mut batch, &mut runs, &mut work);
                 drop(displaced);
                 n.after_done();
             } else {
@@ -634,6 +709,7 @@ impl Node {
             unsafe { release_node(node) };
         }
         batch.run();
+        runs.run(&mut batch);
         batch.finish();
         true
     }
@@ -693,7 +769,7 @@ impl Node {
     /// Empties both lists of a done node whose lock `guard` holds; releases
     /// the lock. Children go to `work`; waiters to `batch`, which is flushed
     /// (with the lock dropped) whenever it fills.
-    fn drain<'a>(&'a self, mut guard: LockGuard<'a>, batch: &mut Batch, work: &mut WorkList) {
+    fn drain<'a>(&'a self, mut guard: LockGuard<'a>, batch: &mut Batch, runs: &mut RunList, work: &mut WorkList) {
         loop {
             if batch.is_full() {
                 drop(guard);
@@ -707,7 +783,7 @@ impl Node {
             }
             // SAFETY: a popped entry is valid until its owner learns it is
             // unlinked, which needs this lock (invariant 8).
-            unsafe { self.take_entry(e, batch, work) };
+            unsafe { self.take_entry(e, batch, runs, work) };
         }
         loop {
             // SAFETY: we hold the lock (invariant 1).
@@ -729,7 +805,7 @@ impl Node {
     ///
     /// # Safety
     /// `e` was just popped from `self.waiters` under the lock, still held.
-    unsafe fn take_entry(&self, e: *const Entry, batch: &mut Batch, work: &mut WorkList) {
+    unsafe fn take_entry(&self, e: *const Entry, batch: &mut Batch, runs: &mut RunList, work: &mut WorkList) {
         // SAFETY: the caller guarantees `e` is valid (invariant 8).
         let kind = unsafe { (*e).kind };
         match kind {
@@ -742,16 +818,9 @@ impl Node {
             }
             #[cfg(feature = "alloc")]
             EntryKind::AfterFunc => {
-                let a = e as *const AfterFuncInner;
-                // SAFETY: the list owned one `Arc` reference (invariant 8),
-                // now ours; the func slot is guarded by our lock.
-                let entry = unsafe { Arc::from_raw(a) };
-                // SAFETY: the func slot is guarded by our lock (invariant 1).
-                let f = entry.func.with_mut(|p| unsafe { (*p).take() });
-                match f {
-                    Some(f) => batch.push(Task::Run(f, entry)),
-                    None => batch.push(Task::Run(Box::new(|| {}), entry)),
-                }
+                // SAFETY: we just unlinked it: its free link, its func slot
+                // and the list's reference are ours (invariant 8).
+                unsafe { runs.push(e as *const AfterFuncInner) };
             }
             #[cfg(feature = "alloc")]
             EntryKind::AnyLink => {
@@ -1126,6 +1195,7 @@ impl NodeRef {
 
     /// A counted reference to a node in a `static` (never freed: its own
     /// reference is never released).
+    #[cfg(not(loom))]
     pub(crate) fn from_static(node: &'static Node) -> NodeRef {
         node.retain();
         NodeRef {
@@ -1141,7 +1211,7 @@ impl NodeRef {
 
     /// A root that is never cancelled, carrying a timer for its descendants.
     pub(crate) fn new_root(timer: Option<&'static dyn Timer>) -> NodeRef {
-        Self::alloc(Node::new(ptr::null(), 0, Instant::MAX, None, timer))
+        Self::alloc(Node::new(ptr::null(), NEVER_DONE, Instant::MAX, None, timer))
     }
 
     /// A child of `parent` (or a new root if `None`), with an optional own
@@ -1230,7 +1300,10 @@ impl NodeRef {
         } else {
             parents[0].node().timer
         };
-        let flags = ANY | if deadline != Instant::MAX { HAS_DEADLINE } else { 0 };
+        let mut flags = ANY | if deadline != Instant::MAX { HAS_DEADLINE } else { 0 };
+        if parents.iter().all(|p| p.node().never_done()) {
+            flags |= NEVER_DONE;
+        }
         let node = Self::alloc(Node::new(ptr::null(), flags, deadline, None, timer));
         let mut links = Vec::with_capacity(parents.len());
         for p in parents {
@@ -1301,10 +1374,11 @@ struct AnyLink {
 #[repr(C)]
 pub(crate) struct AfterFuncInner {
     entry: Entry,
-    /// Present iff the entry is linked and has not run or been stopped.
+    /// The callback, until it runs or is stopped.
     ///
     /// # Safety
-    /// Guarded by the lock of `node` (invariant 1).
+    /// Guarded by the lock of `node` while the entry is linked (invariant
+    /// 1); after that, owned by whoever unlinked it (invariant 8).
     func: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     node: NodeRef,
 }
@@ -1355,15 +1429,16 @@ impl AfterFuncInner {
     pub(crate) fn stop(this: &Arc<AfterFuncInner>) -> bool {
         let n = this.node.node();
         let guard = n.lock.lock();
-        // SAFETY: we hold the lock (invariant 1); `func` present means the
-        // entry is linked and the list owns one reference (invariant 8).
+        // SAFETY: we hold the lock (invariant 1). A linked entry has not
+        // been taken by a canceller: unlinking it makes its func and the
+        // list's reference ours (invariant 8).
         let taken = unsafe {
-            match this.func.with_mut(|p| (*p).take()) {
-                Some(f) => {
-                    n.waiters.remove(&this.entry.link);
-                    Some((f, Arc::from_raw(Arc::as_ptr(this))))
-                }
-                None => None,
+            if this.entry.link.is_linked() {
+                n.waiters.remove(&this.entry.link);
+                let f = this.func.with_mut(|p| (*p).take());
+                Some((f, Arc::from_raw(Arc::as_ptr(this))))
+            } else {
+                None
             }
         };
         drop(guard);
@@ -1384,7 +1459,16 @@ mod tests {
 
     #[test]
     fn state_bits_are_distinct() {
-        let all = [DONE, DEADLINE_ERR, HAS_DEADLINE, OWNS_DEADLINE, QUEUED, ANY];
+        let all = [
+            DONE,
+            DEADLINE_ERR,
+            HAS_DEADLINE,
+            OWNS_DEADLINE,
+            QUEUED,
+            ANY,
+            ATTACHED,
+            NEVER_DONE,
+        ];
         let mut acc = 0;
         for b in all {
             assert_eq!(acc & b, 0);

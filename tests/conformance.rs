@@ -2090,7 +2090,6 @@ fn panicking_after_func_still_cancels_the_whole_subtree() {
 }
 
 #[test]
-#[ignore = "bug: a panicking waker aborts cancellation half-way (src/node.rs Batch::run wakes outside catch_unwind)"]
 fn panicking_waker_still_cancels_the_whole_subtree() {
     struct Boom;
     impl Wake for Boom {
@@ -2116,7 +2115,6 @@ fn panicking_waker_still_cancels_the_whole_subtree() {
 }
 
 #[test]
-#[ignore = "bug: ManualClock::advance drops the other due deadlines when an after-func panics (src/time/manual.rs fire_due)"]
 fn manual_clock_fires_every_due_deadline_despite_a_panic() {
     static CLOCK: ManualClock = ManualClock::new();
     let root = Context::with_timer(&CLOCK);
@@ -2470,7 +2468,6 @@ fn finishes(f: impl FnOnce() + Send + 'static) -> bool {
 
 #[test]
 #[cfg_attr(miri, ignore)]
-#[ignore = "bug: dropping a ScopedContext from an after-func deadlocks while this thread's cancel still holds it in its work list (src/node.rs detach_scoped spin)"]
 fn scoped_dropped_by_an_after_func_during_a_cancel() {
     assert!(finishes(|| {
         static ROOT: StaticContext = StaticContext::new();
@@ -2489,7 +2486,6 @@ fn scoped_dropped_by_an_after_func_during_a_cancel() {
 
 #[test]
 #[cfg_attr(miri, ignore)]
-#[ignore = "bug: dropping a ScopedContext from an after-func run by ManualClock::advance deadlocks on its claimed entry (src/node.rs detach_scoped spin)"]
 fn scoped_dropped_by_an_after_func_during_a_timer_fire() {
     assert!(finishes(|| {
         static CLOCK: ManualClock = ManualClock::new();
@@ -2507,7 +2503,6 @@ fn scoped_dropped_by_an_after_func_during_a_timer_fire() {
 
 #[test]
 #[cfg_attr(miri, ignore)]
-#[ignore = "bug: an after-func run by the std timer thread that waits on another deadline hangs that thread, and with it every later deadline wake-up in the process (src/done.rs block_on_done parks without a timeout; WARNING: while this is open, running it stalls the std timer for the rest of the binary)"]
 fn after_func_on_the_timer_thread_may_wait_for_another_deadline() {
     let (tx, rx) = mpsc::channel();
     let (a, _ha) = Context::background().with_timeout(ms(5));

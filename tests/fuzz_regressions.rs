@@ -17,7 +17,6 @@ static CLOCK: ManualClock = ManualClock::new();
 /// the node keeps the entry (its list reference): a cycle, so node, entry and
 /// callback leak for the life of the process.
 #[test]
-#[ignore = "bug: after_func on a never-done root leaks (src/node.rs AfterFuncInner::register)"]
 fn after_func_on_never_done_root_is_freed() {
     let held = Arc::new(());
     let root = Context::with_timer(&CLOCK);

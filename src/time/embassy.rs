@@ -13,9 +13,12 @@ use embassy_time::{Instant as EmbassyInstant, Timer as EmbassySleep, TICK_HZ};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// How many due entries the driver claims per critical section: bounds the
-/// time interrupts stay masked.
-const FIRE_BATCH: usize = 32;
+/// How many due entries the driver claims before firing them: one. A
+/// claimed entry holds its context, and firing one entry may run an
+/// after-func that drops another entry's (scoped) context, which waits for
+/// every holder to let go: holding a second claim here would deadlock
+/// (`Timer` contract, point 4).
+const FIRE_BATCH: usize = 1;
 
 /// A [`Timer`] on `embassy_time`: the clock is `embassy_time::Instant::now()`
 /// (converted to nanoseconds), and a driver future, [`EmbassyTimer::run`],

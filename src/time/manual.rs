@@ -3,7 +3,6 @@
 use super::{Clock, Instant, Timer, TimerEntry};
 use crate::sync::RawLock;
 use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::fmt;
 #[cfg(target_has_atomic = "64")]
@@ -82,28 +81,40 @@ impl ManualClock {
     /// Fires every entry due at the current reading.
     fn fire_due(&self) {
         let now = self.now();
+        // With `std`, a panicking after-func is held back until every due
+        // deadline has fired, then re-raised.
+        #[cfg(feature = "std")]
+        let mut panic = None;
         loop {
+            // One entry at a time: this thread never holds a claimed entry
+            // (a reference to its context) while it runs another's
+            // after-funcs, which may drop that context.
             let guard = self.lock.lock();
             // SAFETY: we hold `lock`.
             let entries = unsafe { &mut *self.entries.get() };
-            let mut due = Vec::new();
-            while let Some(entry) = entries.first_entry() {
-                if entry.key().0 > now || due.len() == 64 {
+            let firing = match entries.first_entry() {
+                Some(entry) if entry.key().0 <= now => entry.remove().claim(),
+                _ => {
+                    drop(guard);
                     break;
                 }
-                let e = entry.remove();
-                if let Some(f) = e.claim() {
-                    due.push(f);
+            };
+            drop(guard);
+            let Some(f) = firing else { continue };
+            #[cfg(feature = "std")]
+            {
+                extern crate std;
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.fire())) {
+                    panic.get_or_insert(p);
                 }
             }
-            let more = entries.first_key_value().is_some_and(|(k, _)| k.0 <= now);
-            drop(guard);
-            for f in due {
-                f.fire();
-            }
-            if !more {
-                return;
-            }
+            #[cfg(not(feature = "std"))]
+            f.fire();
+        }
+        #[cfg(feature = "std")]
+        if let Some(p) = panic {
+            extern crate std;
+            std::panic::resume_unwind(p);
         }
     }
 

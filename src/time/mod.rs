@@ -167,6 +167,11 @@ pub trait Clock: Send + Sync {
 /// 3. `claim` is called at most once per `arm`, and the timer forgets the
 ///    entry when it does; the [`TimerFiring`] it returns is then fired (or
 ///    dropped) *outside* that lock.
+/// 4. (Liveness, not memory safety.) The timer holds at most one unfired
+///    [`TimerFiring`] at a time: claim one entry, fire it, then claim the
+///    next. A firing holds its context alive; firing one entry may run an
+///    after-func that drops another context, whose drop waits for every
+///    holder (a pinned `ScopedContext` cannot be freed under a holder).
 ///
 /// ```
 /// use ctxcore::{Context, ManualClock};

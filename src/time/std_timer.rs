@@ -4,7 +4,6 @@ extern crate std;
 
 use super::{Clock, Instant, Timer, TimerEntry};
 use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
@@ -89,18 +88,16 @@ impl StdTimer {
         let mut state = self.lock();
         loop {
             let now = self.now();
-            let mut due = Vec::new();
-            while let Some(entry) = state.entries.first_entry() {
-                if entry.key().0 > now || due.len() == 256 {
-                    break;
-                }
-                if let Some(f) = entry.remove().claim() {
-                    due.push(f);
-                }
-            }
-            if !due.is_empty() {
+            // One entry at a time: the thread never holds a claimed entry (a
+            // reference to its context) while it runs another's after-funcs,
+            // which may drop that context.
+            let firing = match state.entries.first_entry() {
+                Some(entry) if entry.key().0 <= now => Some(entry.remove().claim()),
+                _ => None,
+            };
+            if let Some(firing) = firing {
                 drop(state);
-                for f in due {
+                if let Some(f) = firing {
                     // A panicking after-func must not kill the timer thread.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.fire()));
                 }

@@ -26,9 +26,12 @@ use std::sync::{Mutex, MutexGuard};
 /// the clock has reached it.
 const MAX_SLEEP: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// How many due entries the driver claims per lock section: bounds the time
-/// `arm`/`disarm` callers can wait behind a burst of firings.
-const FIRE_BATCH: usize = 256;
+/// How many due entries the driver claims before firing them: one. A
+/// claimed entry holds its context, and firing one entry may run an
+/// after-func that drops another entry's (scoped) context, which waits for
+/// every holder to let go: holding a second claim here would deadlock
+/// (`Timer` contract, point 4).
+const FIRE_BATCH: usize = 1;
 
 /// A [`Timer`] on a tokio runtime: the clock is the runtime's
 /// (`tokio::time::Instant`, relative to when the timer was made), and one task
