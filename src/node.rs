@@ -47,12 +47,22 @@
 //! 8. **Waiter entries.** An entry in `waiters` is pinned (its container is
 //!    `!Unpin` and pinned, or heap-allocated and owned by the list) and is
 //!    unlinked under the node's lock before its memory is released: a waiting
-//!    future unlinks itself in `Drop`; a heap entry's list reference is given
-//!    up only by whoever unlinks it.
-//! 9. **Callbacks outside locks.** Wakers are woken, after-funcs run, causes
+//!    future unlinks itself in `Drop`; a heap entry's list reference, its free
+//!    link and (for an after-func) its callback slot belong, once it is
+//!    unlinked, to whoever unlinked it.
+//! 9. **Callbacks outside locks, after-funcs last.** Wakers are woken, causes
 //!    and entries dropped and nodes released only after the lock is dropped
-//!    (they go through a [`Batch`] of 32 tasks).
-//!
+//!    (through a [`Batch`] of 32). After-funcs wait in an intrusive run list
+//!    and run at the very end of a cancellation, when the canceller holds no
+//!    node reference, so an after-func may drop any context of the tree. A
+//!    panicking waker or after-func (with `std`) is caught and re-raised once
+//!    the whole cancellation is complete.
+//! 10. **Scoped nodes.** A node owned by a pinned owner (`ScopedContext`,
+//!    `StaticContext`) keeps one reference that the owner never releases;
+//!    its `Drop` cancels and unlinks it, disarms its timer entry, then waits
+//!    until the transient references of cancellers and timers (bounded work,
+//!    no user code: invariant 9) are gone.
+
 //! # Lock order
 //!
 //! There is none to get wrong: no path holds two node locks at once, and the
