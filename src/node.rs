@@ -87,6 +87,7 @@ use crate::list::{Link, List};
 use crate::sync::{fence, AtomicU32, AtomicUsize, LockGuard, Ordering, RawLock, UnsafeCell};
 use crate::time::{Instant, Timer};
 use core::marker::PhantomPinned;
+use core::mem::MaybeUninit;
 use core::pin::Pin;
 use core::ptr::{self, NonNull};
 use core::task::{Context as TaskContext, Poll, Waker};
@@ -208,9 +209,11 @@ const BATCH: usize = 32;
 
 /// Up to 32 tasks collected under a lock and run after it is dropped.
 struct Batch {
-    tasks: [Option<Task>; BATCH],
+    /// `tasks[..len]` are initialised; the rest are not (no cost to set up
+    /// a batch on every cancel).
+    tasks: [MaybeUninit<Task>; BATCH],
     len: usize,
-    /// The first panic of an after-func, re-raised once the whole
+    /// The first panic of a waker or after-func, re-raised once the whole
     /// cancellation is finished (so a panicking callback can neither leave a
     /// done parent with live children nor drop other callbacks unrun).
     #[cfg(feature = "std")]
@@ -220,7 +223,7 @@ struct Batch {
 impl Batch {
     fn new() -> Self {
         Batch {
-            tasks: [const { None }; BATCH],
+            tasks: [const { MaybeUninit::uninit() }; BATCH],
             len: 0,
             #[cfg(feature = "std")]
             panic: None,
@@ -233,22 +236,29 @@ impl Batch {
 
     fn push(&mut self, task: Task) {
         debug_assert!(!self.is_full());
-        self.tasks[self.len] = Some(task);
+        self.tasks[self.len].write(task);
         self.len += 1;
+    }
+
+    /// Takes the initialised tasks out, leaving the batch empty.
+    fn take(&mut self, i: usize) -> Task {
+        // SAFETY: callers read each of the first `len` slots exactly once,
+        // after setting `len` to zero, so every slot read is initialised and
+        // never read again.
+        unsafe { self.tasks[i].assume_init_read() }
     }
 
     /// Runs every task. Must be called with no lock held (invariant 9).
     fn run(&mut self) {
         let n = core::mem::replace(&mut self.len, 0);
         for i in 0..n {
-            match self.tasks[i].take() {
-                Some(Task::Wake(w)) => self.call(|| w.wake()),
+            match self.take(i) {
+                Task::Wake(w) => self.call(|| w.wake()),
                 #[cfg(feature = "alloc")]
-                Some(Task::Release(node)) => {
+                Task::Release(node) => {
                     // SAFETY: the task owns one reference (invariant 5).
                     unsafe { release(node) }
                 }
-                None => {}
             }
         }
     }
@@ -279,11 +289,12 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // Only reached with tasks left if a callback panicked: still wake the
-        // rest so nobody waits forever, but run no more user callbacks.
+        // Tasks are left only while unwinding (without `std`): still wake
+        // the rest so nobody waits forever; references are leaked, not freed
+        // under someone else's feet.
         let n = core::mem::replace(&mut self.len, 0);
-        for slot in &mut self.tasks[..n] {
-            if let Some(Task::Wake(w)) = slot.take() {
+        for i in 0..n {
+            if let Task::Wake(w) = self.take(i) {
                 w.wake();
             }
         }
@@ -1260,9 +1271,13 @@ impl NodeRef {
             let guard = pn.lock.lock();
             if pn.is_done_flag() {
                 drop(guard);
-                // Born done: nobody else can see the child yet.
+                // Born done: nobody else can see the child yet, so no lock and
+                // no propagation machinery are needed.
                 let (err, cause) = child.node().inherited();
-                child.node().cancel(err, cause);
+                // SAFETY: the child is not shared (not linked, not armed):
+                // this thread is the only one that can touch it, which is
+                // what the lock would guarantee (invariant 1).
+                drop(unsafe { child.node().set_done(err, cause, false) });
                 return child;
             }
             // SAFETY: we hold the parent's lock; the child is new, pinned on
