@@ -58,11 +58,11 @@
 //!    panicking waker or after-func (with `std`) is caught and re-raised once
 //!    the whole cancellation is complete.
 //! 10. **Scoped nodes.** A node owned by a pinned owner (`ScopedContext`,
-//!    `StaticContext`) keeps one reference that the owner never releases;
-//!    its `Drop` cancels and unlinks it, disarms its timer entry, then waits
-//!    until the transient references of cancellers and timers (bounded work,
-//!    no user code: invariant 9) are gone.
-
+//!     `StaticContext`) keeps one reference that the owner never releases;
+//!     its `Drop` cancels and unlinks it, disarms its timer entry, then waits
+//!     until the transient references of cancellers and timers (bounded
+//!     work, no user code: invariant 9) are gone.
+//!
 //! # Lock order
 //!
 //! There is none to get wrong: no path holds two node locks at once, and the
