@@ -2517,3 +2517,32 @@ fn after_func_on_the_timer_thread_may_wait_for_another_deadline() {
         "the timer thread is stuck"
     );
 }
+
+#[test]
+#[cfg_attr(miri, ignore)]
+#[ignore = "bug (edge): a waker that drops a ScopedContext while the same cancel still holds it in its work list deadlocks (src/node.rs drain runs a full wake batch mid-cancel; detach_scoped spins)"]
+fn scoped_dropped_by_a_waker_during_a_cancel() {
+    struct DropOnWake(Mutex<Option<Pin<Box<ScopedContext<'static>>>>>);
+    impl Wake for DropOnWake {
+        fn wake(self: Arc<Self>) {
+            drop(self.0.lock().unwrap().take());
+        }
+    }
+    assert!(finishes(|| {
+        static ROOT: StaticContext = StaticContext::new();
+        let s = Box::pin(ScopedContext::new(ROOT.as_ref()));
+        let _ = s.as_ref().context(); // first child of ROOT
+        let (x, _hx) = ROOT.context().with_cancel(); // second child
+        let dropper = Waker::from(Arc::new(DropOnWake(Mutex::new(Some(s)))));
+        let quiet = futures::task::noop_waker();
+        // More than one batch (32) of waiters on `x`: the first batch is
+        // woken while `s` is still queued in the cancel's work list.
+        let mut futs: Vec<_> = (0..40).map(|_| Box::pin(x.done())).collect();
+        for (i, f) in futs.iter_mut().enumerate() {
+            let w = if i == 0 { &dropper } else { &quiet };
+            assert!(poll_with(f.as_mut(), w).is_pending());
+        }
+        drop(dropper);
+        ROOT.cancel();
+    }));
+}
