@@ -1153,6 +1153,31 @@ fn after_func_on_background_never_runs() {
 }
 
 #[test]
+fn after_func_on_never_done_roots_never_runs() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let root = Context::with_timer(&CLOCK);
+    let (runs, f) = counter();
+    let af = root.after_func(f);
+    let (runs2, f2) = counter();
+    let detached = root.without_cancel();
+    let af2 = detached.after_func(f2);
+    let (runs3, f3) = counter();
+    let af3 = Context::any([&root, &detached]).after_func(f3);
+    CLOCK.advance(Duration::from_secs(3600));
+    assert_eq!(count(&runs) + count(&runs2) + count(&runs3), 0);
+    for af in [&af, &af2, &af3] {
+        assert!(af.stop(), "the first stop prevents the (never) run");
+        assert!(!af.stop());
+    }
+    // A child of a never-done root can be done: its after-funcs run.
+    let (child, h) = root.with_cancel();
+    let (runs4, f4) = counter();
+    child.after_func(f4);
+    h.cancel();
+    assert_eq!(count(&runs4), 1);
+}
+
+#[test]
 fn after_func_keeps_running_when_everything_else_is_dropped() {
     // The after-func keeps its context reachable from the parent.
     let (parent, hp) = Context::background().with_cancel();
