@@ -27,6 +27,7 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/fuzz"
+case "$CARGO_TARGET_DIR" in /*) ;; *) CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR" ;; esac
 WORK="${FUZZ_WORK:-$(mktemp -d)}"
 
 # --debug-assertions: the core's debug_asserts are part of what is checked.

@@ -11,7 +11,7 @@
 //! (`ci/san.sh`) and under Miri, and as an allocation-count mismatch in the
 //! `ops` fuzz target.
 
-use ctxcore::{Cause, Context, Error, Key, ManualClock, StdTimer};
+use ctxcore::{Cause, Context, Error, Key, ManualClock, ScopedContext, StdTimer};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
@@ -610,6 +610,69 @@ fn any_race_cancel() {
                 Poll::Ready(Error::Canceled)
             );
         }
+    }
+    assert_eq!(Arc::strong_count(&token), 1, "contexts leaked");
+}
+
+/// Heap-free `ScopedContext` chains created, waited on, cancelled and
+/// dropped by several threads under one heap parent while it is cancelled:
+/// a scope ending while a canceller still holds its node must wait it out
+/// (no use-after-free under ASan, no race under TSan, no deadlock), and a
+/// scope made under a parent already seen done is born done.
+#[test]
+fn scoped_children_race_cancel() {
+    use std::pin::pin;
+    let _g = serial();
+    let token = Arc::new(());
+    let per_thread = scaled(300);
+    for round in 0..scaled(40) {
+        let (parent, handle) = Context::background().with_value(&TOKEN, token.clone()).with_cancel();
+        let n = threads();
+        let start = Arc::new(Barrier::new(n + 1));
+        let workers: Vec<_> = (0..n)
+            .map(|t| {
+                let (parent, start) = (parent.clone(), start.clone());
+                thread::spawn(move || {
+                    let mut rng = Rng::new((round * 17 + t) as u64);
+                    start.wait();
+                    for _ in 0..per_thread {
+                        let parent_was_done = parent.is_done();
+                        let outer = pin!(ScopedContext::new(parent.as_ref()));
+                        let outer_ctx = outer.as_ref().context();
+                        let inner = pin!(ScopedContext::new(outer_ctx));
+                        let inner_ctx = inner.as_ref().context();
+                        if parent_was_done {
+                            assert_eq!(inner_ctx.err(), Some(Error::Canceled), "born done under a done parent");
+                        }
+                        let (count, waker) = counting_waker();
+                        let mut done = pin!(inner_ctx.done());
+                        let first = done.as_mut().poll(&mut TaskContext::from_waker(&waker));
+                        match rng.below(3) {
+                            0 => outer.cancel_with("outer"),
+                            1 => inner.cancel(),
+                            _ => {}
+                        }
+                        if first.is_pending() && inner.is_done() {
+                            // Woken by whichever cancel won, possibly still on
+                            // its way on another thread: wait for it.
+                            while count.0.load(Ordering::SeqCst) == 0 {
+                                thread::yield_now();
+                            }
+                            assert_eq!(count.0.load(Ordering::SeqCst), 1);
+                        }
+                        // The scopes end here, inner first, possibly while
+                        // the parent's canceller still holds them.
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        thread::yield_now();
+        handle.cancel_with(Cause::from("parent"));
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert!(parent.is_done());
     }
     assert_eq!(Arc::strong_count(&token), 1, "contexts leaked");
 }
