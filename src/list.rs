@@ -1,4 +1,6 @@
-//! An intrusive, doubly linked list of [`Link`]s.
+//! An intrusive, doubly linked list of [`Link`]s: one pointer per list, two
+//! per element, O(1) push, pop and remove, no allocation. Order is LIFO
+//! (nothing in the core depends on order).
 //!
 //! The list never allocates: every element embeds its own [`Link`] as the
 //! *first* field of a `#[repr(C)]` struct, so a `*const Link` is also a
@@ -14,10 +16,12 @@
 //! 2. **Pinned elements.** An element's address does not change while it is
 //!    linked, and its memory stays valid until it has been unlinked (by its
 //!    owner under the owner lock, or popped by whoever drains the list).
-//! 3. **Linked flag.** `linked` is true exactly while the element is in a list.
-//!    `push_back` requires `linked == false`; `remove` requires `linked == true`;
-//!    both `remove` and `pop_front` set it to false and null the pointers.
-//! 4. **Free links.** While `linked` is false, the element's `next` pointer
+//! 3. **Linked means `prev` is not null.** A linked element's `prev` points
+//!    at the previous element, or, for the first element, at the list head
+//!    itself (a sentinel address, compared but never dereferenced as a
+//!    link). `push` requires an unlinked element; `remove` requires a linked
+//!    one; both `remove` and `pop_front` null the pointers.
+//! 4. **Free links.** While unlinked, the element's `next` pointer
 //!    belongs to whoever unlinked it; the cancel work list threads retained
 //!    nodes through it (see `node.rs`, invariant 6).
 //!
@@ -35,15 +39,13 @@ use core::ptr;
 #[derive(Debug)]
 pub(crate) struct Link {
     /// # Safety
-    /// Guarded by the owner lock of the list the element is in (invariant 1),
-    /// or owned by the unlinker while `linked` is false (invariant 4).
+    /// Guarded by the owner lock of the list the element is in (invariant 1).
+    /// Non-null exactly while linked (invariant 3).
     prev: UnsafeCell<*const Link>,
     /// # Safety
-    /// As `prev`.
+    /// Guarded by the owner lock (invariant 1), or owned by the unlinker while
+    /// unlinked (invariant 4).
     next: UnsafeCell<*const Link>,
-    /// # Safety
-    /// Guarded by the owner lock (invariant 1).
-    linked: UnsafeCell<bool>,
     _pin: PhantomPinned,
 }
 
@@ -59,7 +61,6 @@ impl Link {
         Link {
             prev: UnsafeCell::new(ptr::null()),
             next: UnsafeCell::new(ptr::null()),
-            linked: UnsafeCell::new(false),
             _pin: PhantomPinned,
         }
     }
@@ -69,7 +70,6 @@ impl Link {
         Link {
             prev: UnsafeCell::new(ptr::null()),
             next: UnsafeCell::new(ptr::null()),
-            linked: UnsafeCell::new(false),
             _pin: PhantomPinned,
         }
     }
@@ -81,7 +81,7 @@ impl Link {
     /// (invariant 1).
     pub(crate) unsafe fn is_linked(&self) -> bool {
         // SAFETY: the caller holds the owner lock (invariant 1).
-        self.linked.with(|p| unsafe { *p })
+        self.prev.with(|p| unsafe { !(*p).is_null() })
     }
 
     /// The work-list successor, for an element that is not linked.
@@ -104,15 +104,12 @@ impl Link {
     }
 }
 
-/// The head of an intrusive list (first and last element).
+/// The head of an intrusive list.
 #[derive(Debug)]
 pub(crate) struct List {
     /// # Safety
     /// Guarded by the owner lock (invariant 1).
     head: UnsafeCell<*const Link>,
-    /// # Safety
-    /// Guarded by the owner lock (invariant 1).
-    tail: UnsafeCell<*const Link>,
 }
 
 // SAFETY: (invariant 1) all access happens under the owner lock.
@@ -125,7 +122,6 @@ impl List {
     pub(crate) const fn new() -> Self {
         List {
             head: UnsafeCell::new(ptr::null()),
-            tail: UnsafeCell::new(ptr::null()),
         }
     }
 
@@ -133,41 +129,42 @@ impl List {
     pub(crate) fn new() -> Self {
         List {
             head: UnsafeCell::new(ptr::null()),
-            tail: UnsafeCell::new(ptr::null()),
         }
     }
 
+    /// The `prev` of the first element: the head's own address (invariant 3).
+    fn sentinel(&self) -> *const Link {
+        self as *const List as *const Link
+    }
+
     /// Whether the list is empty.
-    #[allow(dead_code)]
     ///
     /// # Safety
     /// The caller holds the owner lock (invariant 1).
+    #[allow(dead_code)]
     pub(crate) unsafe fn is_empty(&self) -> bool {
         // SAFETY: the caller holds the owner lock (invariant 1).
         self.head.with(|p| unsafe { (*p).is_null() })
     }
 
-    /// Appends `elem`.
+    /// Adds `elem` at the front.
     ///
     /// # Safety
     /// The caller holds the owner lock (invariant 1); `elem` is valid, pinned
     /// until unlinked (invariant 2) and not linked (invariant 3).
-    pub(crate) unsafe fn push_back(&self, elem: *const Link) {
+    pub(crate) unsafe fn push(&self, elem: *const Link) {
         // SAFETY: the caller guarantees `elem` is valid and unlinked, and holds
         // the owner lock that guards the head and every element (invariant 1).
         unsafe {
             let e = &*elem;
             debug_assert!(!e.is_linked());
-            let tail = self.tail.with(|p| *p);
-            e.prev.with_mut(|p| *p = tail);
-            e.next.with_mut(|p| *p = ptr::null());
-            e.linked.with_mut(|p| *p = true);
-            if tail.is_null() {
-                self.head.with_mut(|p| *p = elem);
-            } else {
-                (*tail).next.with_mut(|p| *p = elem);
+            let head = self.head.with(|p| *p);
+            e.prev.with_mut(|p| *p = self.sentinel());
+            e.next.with_mut(|p| *p = head);
+            if !head.is_null() {
+                (*head).prev.with_mut(|p| *p = elem);
             }
-            self.tail.with_mut(|p| *p = elem);
+            self.head.with_mut(|p| *p = elem);
         }
     }
 
@@ -200,19 +197,16 @@ impl List {
             debug_assert!(e.is_linked());
             let prev = e.prev.with(|p| *p);
             let next = e.next.with(|p| *p);
-            if prev.is_null() {
+            if prev == self.sentinel() {
                 self.head.with_mut(|p| *p = next);
             } else {
                 (*prev).next.with_mut(|p| *p = next);
             }
-            if next.is_null() {
-                self.tail.with_mut(|p| *p = prev);
-            } else {
+            if !next.is_null() {
                 (*next).prev.with_mut(|p| *p = prev);
             }
             e.prev.with_mut(|p| *p = ptr::null());
             e.next.with_mut(|p| *p = ptr::null());
-            e.linked.with_mut(|p| *p = false);
         }
     }
 }
@@ -254,29 +248,29 @@ mod tests {
     }
 
     #[test]
-    fn push_pop_remove_keep_order() {
+    fn push_pop_remove_keep_lifo_order() {
         let list = List::new();
         let (a, b, c, d) = (elem(1), elem(2), elem(3), elem(4));
         // SAFETY: single-threaded test; every element outlives its membership.
         unsafe {
             assert!(list.is_empty());
             for e in [&a, &b, &c, &d] {
-                list.push_back(l(e));
+                list.push(l(e));
             }
-            assert_eq!(collect(&list), [1, 2, 3, 4]);
+            assert_eq!(collect(&list), [4, 3, 2, 1]);
             list.remove(l(&c));
             assert!(!c.link.is_linked());
-            assert_eq!(collect(&list), [1, 2, 4]);
+            assert_eq!(collect(&list), [4, 2, 1]);
             list.remove(l(&a));
-            assert_eq!(collect(&list), [2, 4]);
+            assert_eq!(collect(&list), [4, 2]);
             list.remove(l(&d));
             assert_eq!(collect(&list), [2]);
-            list.push_back(l(&c));
-            assert_eq!(collect(&list), [2, 3]);
+            list.push(l(&c));
+            assert_eq!(collect(&list), [3, 2]);
             let first = list.pop_front();
-            assert_eq!((*(first as *const Elem)).value, 2);
-            assert!(!b.link.is_linked());
-            assert_eq!(list.pop_front(), l(&c));
+            assert_eq!((*(first as *const Elem)).value, 3);
+            assert!(!c.link.is_linked());
+            assert_eq!(list.pop_front(), l(&b));
             assert!(list.pop_front().is_null());
             assert!(list.is_empty());
         }
@@ -298,8 +292,8 @@ mod tests {
             unsafe {
                 match (seed >> 8) % 3 {
                     0 if !elems[i].link.is_linked() => {
-                        list.push_back(l(&elems[i]));
-                        model.push_back(i as u32);
+                        list.push(l(&elems[i]));
+                        model.push_front(i as u32);
                     }
                     1 if elems[i].link.is_linked() => {
                         list.remove(l(&elems[i]));

@@ -84,7 +84,7 @@
 use crate::cause::Cause;
 use crate::error::Error;
 use crate::list::{Link, List};
-use crate::sync::{fence, AtomicU32, AtomicUsize, LockGuard, Ordering, RawLock, UnsafeCell};
+use crate::sync::{fence, AtomicU32, LockGuard, Ordering, RawLock, UnsafeCell};
 use crate::time::{Instant, Timer};
 use core::marker::PhantomPinned;
 use core::mem::MaybeUninit;
@@ -115,7 +115,7 @@ pub(crate) const ATTACHED: u32 = 1 << 6;
 /// `without_cancel` root, or an `any` over such roots).
 pub(crate) const NEVER_DONE: u32 = 1 << 7;
 
-const MAX_REFS: usize = usize::MAX / 2;
+const MAX_REFS: u32 = u32::MAX / 2;
 
 /// One context node.
 #[repr(C)]
@@ -128,10 +128,11 @@ pub(crate) struct Node {
     /// in a work list (invariant 6).
     link: Link,
     state: AtomicU32,
-    refs: AtomicUsize,
+    refs: AtomicU32,
     lock: RawLock,
-    /// Tree parent; null for a root or an `any` node. Immutable (invariant 4).
-    parent: *const Node,
+    /// Up-pointer, immutable (invariant 4): the tree parent (null for a
+    /// root), or, for an `any` node (flag `ANY`), its `AnyLinks`.
+    up: *const (),
     /// # Safety
     /// Guarded by `lock`.
     children: List,
@@ -148,9 +149,6 @@ pub(crate) struct Node {
     deadline: Instant,
     /// The tree's timer. Immutable.
     timer: Option<&'static dyn Timer>,
-    /// `Context::any` links. Immutable after construction.
-    #[cfg(feature = "alloc")]
-    any: Option<NonNull<AnyLinks>>,
 }
 
 // SAFETY: every mutable field is atomic or guarded by `lock` (invariant 1) or
@@ -294,6 +292,7 @@ impl Drop for Batch {
         // under someone else's feet.
         let n = core::mem::replace(&mut self.len, 0);
         for i in 0..n {
+            #[allow(irrefutable_let_patterns)] // without `alloc`, only `Wake`
             if let Task::Wake(w) = self.take(i) {
                 w.wake();
             }
@@ -406,16 +405,14 @@ impl Node {
         Node {
             link: Link::new(),
             state: AtomicU32::new(flags),
-            refs: AtomicUsize::new(1),
+            refs: AtomicU32::new(1),
             lock: RawLock::new(),
-            parent,
+            up: parent as *const (),
             children: List::new(),
             waiters: List::new(),
             cause: UnsafeCell::new(deadline_cause),
             deadline,
             timer,
-            #[cfg(feature = "alloc")]
-            any: None,
         }
     }
 
@@ -427,16 +424,14 @@ impl Node {
         Node {
             link: Link::new(),
             state: AtomicU32::new(0),
-            refs: AtomicUsize::new(1),
+            refs: AtomicU32::new(1),
             lock: RawLock::new(),
-            parent: ptr::null(),
+            up: ptr::null(),
             children: List::new(),
             waiters: List::new(),
             cause: UnsafeCell::new(None),
             deadline: Instant::MAX,
             timer,
-            #[cfg(feature = "alloc")]
-            any: None,
         }
     }
 
@@ -483,7 +478,7 @@ impl Node {
             return;
         }
         // SAFETY: the caller guarantees the parent outlives us (invariant 4).
-        if let Some(p) = unsafe { self.parent.as_ref() } {
+        if let Some(p) = unsafe { self.parent_ptr().as_ref() } {
             let guard = p.lock.lock();
             if p.is_done_flag() {
                 drop(guard);
@@ -493,7 +488,7 @@ impl Node {
             }
             // SAFETY: we hold the parent's lock; the node is pinned (caller)
             // and not linked (it was never attached).
-            unsafe { p.children.push_back(self as *const Node as *const Link) };
+            unsafe { p.children.push(self as *const Node as *const Link) };
             drop(guard);
         }
         if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
@@ -527,7 +522,7 @@ impl Node {
         }
         self.cancel(Error::Canceled, None);
         // SAFETY: the parent outlives us (invariant 4).
-        if let Some(p) = unsafe { self.parent.as_ref() } {
+        if let Some(p) = unsafe { self.parent_ptr().as_ref() } {
             let guard = p.lock.lock();
             // SAFETY: we hold the parent's lock (invariant 1).
             unsafe {
@@ -543,6 +538,27 @@ impl Node {
         let mut spins = 0u32;
         while self.refs.load(Ordering::Acquire) != 1 {
             crate::sync::spin_hint(&mut spins);
+        }
+    }
+
+    /// The tree parent, or null (a root or an `any` node).
+    #[inline]
+    fn parent_ptr(&self) -> *const Node {
+        if self.state.load(Ordering::Relaxed) & ANY != 0 {
+            ptr::null()
+        } else {
+            self.up as *const Node
+        }
+    }
+
+    /// An `any` node's links (immutable after construction).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    fn any(&self) -> Option<NonNull<AnyLinks>> {
+        if self.state.load(Ordering::Relaxed) & ANY != 0 {
+            NonNull::new(self.up as *mut AnyLinks)
+        } else {
+            None
         }
     }
 
@@ -632,13 +648,13 @@ impl Node {
     /// The node whose deadline this node inherits from, if any.
     fn deadline_parent(&self) -> Option<&Node> {
         #[cfg(feature = "alloc")]
-        if let Some(any) = self.any {
+        if let Some(any) = self.any() {
             // SAFETY: `any` is immutable after construction and freed only
             // with the node; its deadline parent is retained (invariant 4).
             return unsafe { any.as_ref().deadline_parent.as_ref() };
         }
         // SAFETY: the parent outlives this node (invariant 4).
-        unsafe { self.parent.as_ref() }
+        unsafe { self.parent_ptr().as_ref() }
     }
 
     /// If the clock has passed the deadline, cancels the node that owns it
@@ -740,20 +756,20 @@ impl Node {
         let src: Option<&Node> = {
             #[cfg(feature = "alloc")]
             {
-                if let Some(any) = self.any {
+                if let Some(any) = self.any() {
                     // SAFETY: immutable after construction; parents retained
                     // (invariant 4).
                     let links = unsafe { any.as_ref() };
                     links.links.iter().map(|l| l.parent.node()).find(|p| p.is_done_flag())
                 } else {
                     // SAFETY: invariant 4.
-                    unsafe { self.parent.as_ref() }
+                    unsafe { self.parent_ptr().as_ref() }
                 }
             }
             #[cfg(not(feature = "alloc"))]
             {
                 // SAFETY: invariant 4.
-                unsafe { self.parent.as_ref() }
+                unsafe { self.parent_ptr().as_ref() }
             }
         };
         match src {
@@ -945,7 +961,7 @@ unsafe fn release(node: NonNull<Node>) {
         // Last reference: unhook the node from everything that can still
         // reach it by a list pointer (invariant 5), then free it.
         n.after_done();
-        let parent = n.parent;
+        let parent = n.parent_ptr();
         if let Some(p) = NonNull::new(parent as *mut Node) {
             // SAFETY: the parent outlives us (invariant 4).
             let p = unsafe { p.as_ref() };
@@ -958,7 +974,7 @@ unsafe fn release(node: NonNull<Node>) {
             }
             drop(g);
         }
-        let any = n.any;
+        let any = n.any();
         if let Some(any) = any {
             // SAFETY: immutable while the node lived; parents retained.
             let links = unsafe { any.as_ref() };
@@ -1129,7 +1145,7 @@ impl Waiter {
             if !this.entry.link.is_linked() {
                 // The container pointer (not `&this.entry.link`) keeps the
                 // provenance of the whole waiter for the canceller's cast back.
-                node.waiters.push_back(this as *mut Waiter as *const Link);
+                node.waiters.push(this as *mut Waiter as *const Link);
             }
         }
         drop(guard);
@@ -1282,7 +1298,7 @@ impl NodeRef {
             }
             // SAFETY: we hold the parent's lock; the child is new, pinned on
             // the heap and unlinked (invariants 1, 2 of list.rs).
-            unsafe { pn.children.push_back(child.ptr.as_ptr() as *const Link) };
+            unsafe { pn.children.push(child.ptr.as_ptr() as *const Link) };
             drop(guard);
         }
         if owns {
@@ -1345,7 +1361,7 @@ impl NodeRef {
         })));
         // SAFETY: the node is not shared yet; we are its only owner, so this
         // write of an immutable-after-construction field races with nothing.
-        unsafe { (*node.ptr.as_ptr()).any = Some(any) };
+        unsafe { (*node.ptr.as_ptr()).up = any.as_ptr() as *const () };
         let mut born_done = false;
         // SAFETY: just allocated; the links do not move (the Vec is never
         // touched again until the node is freed).
@@ -1360,7 +1376,7 @@ impl NodeRef {
             }
             // SAFETY: we hold the parent's lock; the link is pinned in the
             // boxed Vec and unlinked (invariant 8).
-            unsafe { p.waiters.push_back(l as *const AnyLink as *const Link) };
+            unsafe { p.waiters.push(l as *const AnyLink as *const Link) };
             drop(guard);
         }
         if born_done {
@@ -1445,7 +1461,7 @@ impl AfterFuncInner {
         let list_ref = Arc::into_raw(inner.clone());
         // SAFETY: we hold the lock; the entry is pinned in its `Arc`, and the
         // list now owns the reference `list_ref` (invariant 8).
-        unsafe { n.waiters.push_back(list_ref as *const Link) };
+        unsafe { n.waiters.push(list_ref as *const Link) };
         drop(guard);
         Some(inner)
     }
@@ -1479,7 +1495,9 @@ mod tests {
     fn node_size_is_documented() {
         // docs/design.md reports this figure; keep them in step.
         let size = core::mem::size_of::<Node>();
-        assert!(size <= 144, "Node grew to {size} bytes");
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(size, 104, "Node is now {size} bytes: update docs/design.md");
+        }
     }
 
     #[test]
