@@ -6,7 +6,14 @@
 //! [`FrozenClock`], a timer that never fires, to prove that deadlines are exact
 //! when observed (DESIGN.md property 5) without any sleeping. Tests that need
 //! real time or block a thread are `#[cfg_attr(miri, ignore)]`; they sleep at
-//! most 50 ms and assert outcomes and ordering only, never durations.
+//! most 50 ms and assert outcomes and ordering only, never durations. Thread
+//! races without sleeps stay on under Miri with small loops (`scale`), so Miri
+//! checks the concurrent protocols too (`-Zmiri-many-seeds` varies schedules).
+//!
+//! Sections follow the API: background, cancel trees, deadlines, exactness,
+//! values, after-funcs, `without_cancel`, `any`, futures, blocking waits,
+//! threads, regressions (bugs this suite found, each kept as a test), and the
+//! heap-free tier (`StaticContext`, `ScopedContext`, `ContextRef`).
 
 use core::future::Future;
 use core::pin::{pin, Pin};
