@@ -1657,6 +1657,21 @@ fn wait_blocking_is_woken_by_a_cancel_from_another_thread() {
 
 #[test]
 #[cfg_attr(miri, ignore)]
+fn wait_blocking_on_a_manual_clock_tree_is_woken_by_advance() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let (ctx, _h) = Context::with_timer(&CLOCK).with_timeout(Duration::from_secs(3600));
+    let c = ctx.clone();
+    let waiter = thread::spawn(move || c.wait_blocking());
+    let c = ctx.clone();
+    let bounded = thread::spawn(move || c.wait_blocking_timeout(Duration::from_secs(30)));
+    thread::sleep(ms(10));
+    CLOCK.advance(Duration::from_secs(3600));
+    assert_eq!(waiter.join().unwrap(), Error::DeadlineExceeded);
+    assert_eq!(bounded.join().unwrap(), Some(Error::DeadlineExceeded));
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
 fn wait_blocking_sees_std_timer_deadlines() {
     let (ctx, _h) = Context::background().with_timeout(ms(5));
     let (child, _hc) = ctx.with_cancel();
