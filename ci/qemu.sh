@@ -5,7 +5,10 @@
 # and the exit code; a failed check, a panic or a hang (timeout) fails.
 #
 # Two firmwares, each on both CPUs: `ctxcore-firmware` (the `alloc` API on a
-# small heap) and `noalloc` (no allocator linked; a `StaticContext` root).
+# small heap) and `noalloc` (no allocator linked: `StaticContext` roots,
+# `ScopedContext` children pinned in tasks, deadlines on the firmware's
+# fixed-size `TickTimer`). The `noalloc` images are then checked for allocator
+# symbols (needs llvm-tools' llvm-nm; a hit fails the script).
 #
 # Then, informational (never fails the script):
 #   - both on ctxcore's plain spin lock (no `critical-section`), where the
@@ -59,6 +62,30 @@ for pair in cortex-m3:thumbv7m-none-eabi cortex-m0:thumbv6m-none-eabi; do
   firmware "$cpu" "$target" noalloc "${noalloc_features[@]}"
 done
 
+# No allocator in the heap-free images: without `alloc` nothing can call
+# one (the link would fail for want of a `#[global_allocator]`), and here we
+# look: no `__rust_alloc`/`__rg_alloc`/`__rdl_alloc` or `alloc::alloc` symbol.
+llvm_bin=""
+if rustup component add llvm-tools >/dev/null 2>&1; then
+  llvm_bin="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin"
+fi
+if [ -n "$llvm_bin" ]; then
+  echo "=== noalloc: allocator symbols"
+  for target in thumbv7m-none-eabi thumbv6m-none-eabi; do
+    elf="$CARGO_TARGET_DIR/$target/debug/noalloc"
+    hits=$("$llvm_bin/llvm-nm" "$elf" | grep -cE '__rust_(alloc|dealloc|realloc)|__rg_alloc|__rdl_alloc|5alloc5alloc' || true)
+    if [ "$hits" -ne 0 ]; then
+      echo "FAILED: $target noalloc links allocator symbols:"
+      "$llvm_bin/llvm-nm" "$elf" | grep -E '__rust_(alloc|dealloc|realloc)|__rg_alloc|__rdl_alloc|5alloc5alloc'
+      fail=1
+    else
+      echo "$target noalloc: no allocator symbol linked"
+    fi
+  done
+else
+  echo "llvm-tools unavailable: allocator-symbol check skipped (the link itself needs no allocator)"
+fi
+
 # Both firmwares again on ctxcore's plain spin lock (no `critical-section`):
 # the handler is expected to spin forever on a lock held by the code it
 # interrupted. Never fails the script: it shows the hazard the feature removes.
@@ -79,10 +106,10 @@ for spec in "ctxcore-firmware:alloc" "noalloc:noalloc"; do
 done
 
 echo "=== informational: code size (release, opt-level=s, lto), bytes"
-if rustup component add llvm-tools >/dev/null 2>&1; then
-  size="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-size"
+if [ -n "$llvm_bin" ]; then
+  size="$llvm_bin/llvm-size"
   for target in thumbv7m-none-eabi thumbv6m-none-eabi; do
-    for group in "alloc:size_base size_cancel size_full ctxcore-firmware" "noalloc:size_bare size_static noalloc"; do
+    for group in "alloc:size_base size_cancel size_full ctxcore-firmware" "noalloc:size_bare size_static size_scoped noalloc"; do
       if [ "${group%%:*}" = alloc ]; then features=("${alloc_features[@]}"); else features=("${noalloc_features[@]}"); fi
       base=""
       for bin in ${group#*:}; do
