@@ -105,6 +105,26 @@ for spec in "ctxcore-firmware:alloc" "noalloc:noalloc"; do
   fi
 done
 
+# A known core problem (see tests/firmware/src/bin/scoped_prio.rs): a
+# ScopedContext dropped by a task on an InterruptExecutor while the
+# thread-mode timer driver it preempted still holds its node (inside
+# TimerFiring::fire) spins forever in its drop. Informational until the core
+# is fixed; SysTick's watchdog ends the run either way.
+echo "=== informational: scoped_prio (ScopedContext dropped above the priority of its timer driver), cortex-m3"
+timeout 900 cargo build --quiet --no-default-features --features critical-section,noalloc,irq-executor \
+  --target thumbv7m-none-eabi --bin scoped_prio
+set +e
+run cortex-m3 "$CARGO_TARGET_DIR/thumbv7m-none-eabi/debug/scoped_prio" 30 >"$CARGO_TARGET_DIR/scoped_prio.log" 2>&1
+rc=$?
+set -e
+if grep -q '^DEADLOCK' "$CARGO_TARGET_DIR/scoped_prio.log"; then
+  echo "scoped_prio: deadlocked as known (exit $rc): $(grep '^DEADLOCK' "$CARGO_TARGET_DIR/scoped_prio.log")"
+elif grep -q '^PASS' "$CARGO_TARGET_DIR/scoped_prio.log"; then
+  echo "scoped_prio: passed (exit $rc): the core problem no longer reproduces; make this a required check"
+else
+  echo "scoped_prio: exit $rc:"; cat "$CARGO_TARGET_DIR/scoped_prio.log"
+fi
+
 echo "=== informational: code size (release, opt-level=s, lto), bytes"
 if [ -n "$llvm_bin" ]; then
   size="$llvm_bin/llvm-size"
