@@ -141,7 +141,6 @@ impl List {
     ///
     /// # Safety
     /// The caller holds the owner lock (invariant 1).
-    #[allow(dead_code)]
     pub(crate) unsafe fn is_empty(&self) -> bool {
         // SAFETY: the caller holds the owner lock (invariant 1).
         self.head.with(|p| unsafe { (*p).is_null() })

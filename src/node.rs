@@ -276,12 +276,12 @@ impl Batch {
     }
 
     /// Re-raises the first after-func panic, once everything is done.
-    fn finish(mut self) {
+    /// (By reference: moving the 800-byte batch would cost a copy.)
+    fn finish(&mut self) {
         #[cfg(feature = "std")]
         if let Some(p) = self.panic.take() {
             std::panic::resume_unwind(p);
         }
-        let _ = &mut self;
     }
 }
 
@@ -714,9 +714,6 @@ impl Node {
     }
 
     fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
-        let mut batch = Batch::new();
-        let mut runs = RunList::new();
-        let mut work = WorkList { head: ptr::null() };
         let guard = self.lock.lock();
         if self.is_done_flag() {
             drop(guard);
@@ -725,6 +722,18 @@ impl Node {
         }
         // SAFETY: we hold the lock and the node is live (invariant 1).
         let displaced = unsafe { self.set_done(err, cause, own_deadline) };
+        // SAFETY: we hold the lock (invariant 1).
+        if unsafe { self.waiters.is_empty() && self.children.is_empty() } {
+            // A leaf nobody waits on (the common case: a request's last
+            // step): nothing to propagate, wake or run.
+            drop(guard);
+            drop(displaced);
+            self.after_done();
+            return true;
+        }
+        let mut batch = Batch::new();
+        let mut runs = RunList::new();
+        let mut work = WorkList { head: ptr::null() };
         self.drain(guard, &mut batch, &mut runs, &mut work);
         drop(displaced);
         self.after_done();
@@ -921,7 +930,29 @@ unsafe fn release_node(node: *const Node) {
 /// intrusive stack of their `AnyLinks` (threaded through `next_pending`), so
 /// dropping a chain of a million nodes, `any` or not, never recurses.
 #[cfg(feature = "alloc")]
+#[inline]
 unsafe fn release(node: NonNull<Node>) {
+    // SAFETY: we own a reference, so the node is valid.
+    let n = unsafe { node.as_ref() };
+    let old = n.refs.fetch_sub(1, Ordering::Release);
+    if old == 1 {
+        // SAFETY: we just dropped the last reference.
+        unsafe { release_last(node) }
+    } else if old > MAX_REFS {
+        // Saturated: never free.
+        n.refs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Frees `node`, whose count just reached zero, then walks on (see
+/// `release`).
+///
+/// # Safety
+/// The caller dropped `node`'s last reference.
+#[cfg(feature = "alloc")]
+#[cold]
+unsafe fn release_last(node: NonNull<Node>) {
+    let mut zeroed = true;
     let mut next = Some(node);
     // Dying `any` nodes' links whose parent references are still to release.
     let mut pending: *mut AnyLinks = ptr::null_mut();
@@ -947,15 +978,18 @@ unsafe fn release(node: NonNull<Node>) {
                 continue;
             }
         };
-        // SAFETY: we own a reference, so the node is valid.
+        // SAFETY: we own a reference (or the last one, just dropped), so the
+        // node is valid.
         let n = unsafe { cur.as_ref() };
-        let old = n.refs.fetch_sub(1, Ordering::Release);
-        if old != 1 {
-            if old > MAX_REFS {
-                // Saturated: never free.
-                n.refs.fetch_add(1, Ordering::Relaxed);
+        if !core::mem::replace(&mut zeroed, false) {
+            let old = n.refs.fetch_sub(1, Ordering::Release);
+            if old != 1 {
+                if old > MAX_REFS {
+                    // Saturated: never free.
+                    n.refs.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
             }
-            continue;
         }
         fence(Ordering::Acquire);
         // Last reference: unhook the node from everything that can still
