@@ -119,7 +119,25 @@ fn cancel_storm_wide() {
         }
         let handles = Arc::new(handles);
         let root_handle = Arc::new(root_handle);
-        let start = Arc::new(Barrier::new(threads()));
+        let start = Arc::new(Barrier::new(threads() + 1));
+        // A reader that reads each child's error and cause as soon as it is
+        // done, while the cancellations are still running: the cause must
+        // be published before `DONE` is (a data race under TSan otherwise).
+        let reader = {
+            let (children, start) = (Arc::new(children.clone()), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                for c in children.iter() {
+                    while !c.is_done() {
+                        thread::yield_now();
+                    }
+                    assert_eq!(c.err(), Some(Error::Canceled));
+                    let cause = c.cause().expect("done");
+                    let s = cause.as_str().expect("a static cause");
+                    assert!(s == "root" || CAUSES.contains(&s), "cause {s}");
+                }
+            })
+        };
         let workers: Vec<_> = (0..threads())
             .map(|t| {
                 let (handles, root_handle, start) = (handles.clone(), root_handle.clone(), start.clone());
@@ -139,6 +157,7 @@ fn cancel_storm_wide() {
         for w in workers {
             w.join().unwrap();
         }
+        reader.join().unwrap();
         assert!(root.is_done());
         for (c, (fut, count, waker)) in children.iter().zip(&mut waits) {
             assert_eq!(c.err(), Some(Error::Canceled));
