@@ -2,6 +2,7 @@
 
 #[cfg(feature = "alloc")]
 use core::any::Any;
+use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 
@@ -28,10 +29,27 @@ use crate::Arc;
 /// static OTHER: Key<u64> = Key::new("trace_id"); // same name, different key
 /// assert_eq!(ctx.value(&OTHER), None);
 /// ```
+///
+/// Keys must be `static`s. A `const` key would be a fresh value at every use
+/// (or one address shared by every identical constant), so `&KEY` of a
+/// `const` does not compile:
+///
+/// ```compile_fail
+/// use ctxcore::{Context, Key};
+/// const NOT_A_KEY: Key<u64> = Key::new("id");
+/// let ctx = Context::background().with_value(&NOT_A_KEY, 1); // error: temporary value dropped
+/// ```
 pub struct Key<T> {
     name: &'static str,
     _type: PhantomData<fn() -> T>,
+    /// Interior mutability (never used) stops constant promotion: `&KEY` is
+    /// `&'static` only for a `static`, whose address is unique.
+    _unique: UnsafeCell<()>,
 }
+
+// SAFETY: the `UnsafeCell<()>` is zero-sized and never accessed; a key is
+// otherwise an immutable `&'static str`.
+unsafe impl<T> Sync for Key<T> {}
 
 impl<T> Key<T> {
     /// A key; `name` is for debugging only and need not be unique.
@@ -39,6 +57,7 @@ impl<T> Key<T> {
         Key {
             name,
             _type: PhantomData,
+            _unique: UnsafeCell::new(()),
         }
     }
 
