@@ -167,6 +167,25 @@ impl List {
         }
     }
 
+    /// The first element, or null (to walk the list with [`List::next`]).
+    ///
+    /// # Safety
+    /// The caller holds the owner lock (invariant 1).
+    pub(crate) unsafe fn first(&self) -> *const Link {
+        // SAFETY: the caller holds the owner lock (invariant 1).
+        self.head.with(|p| unsafe { *p })
+    }
+
+    /// The element after `elem` in this list, or null.
+    ///
+    /// # Safety
+    /// The caller holds the owner lock (invariant 1) and `elem` is linked in
+    /// this list.
+    pub(crate) unsafe fn next(&self, elem: *const Link) -> *const Link {
+        // SAFETY: `elem` is a valid, linked element (invariants 1-3).
+        unsafe { (*elem).next.with(|p| *p) }
+    }
+
     /// Removes and returns the first element, or null.
     ///
     /// # Safety

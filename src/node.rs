@@ -196,12 +196,8 @@ impl Entry {
     }
 }
 
-/// Deferred work to run with no lock held (invariant 9).
-enum Task {
-    Wake(Waker),
-    #[cfg(feature = "alloc")]
-    Release(NonNull<Node>),
-}
+/// Deferred work to run with no lock held (invariant 9): a waker to wake.
+type Task = Waker;
 
 const BATCH: usize = 32;
 
@@ -250,14 +246,8 @@ impl Batch {
     fn run(&mut self) {
         let n = core::mem::replace(&mut self.len, 0);
         for i in 0..n {
-            match self.take(i) {
-                Task::Wake(w) => self.call(|| w.wake()),
-                #[cfg(feature = "alloc")]
-                Task::Release(node) => {
-                    // SAFETY: the task owns one reference (invariant 5).
-                    unsafe { release(node) }
-                }
-            }
+            let w = self.take(i);
+            self.call(|| w.wake());
         }
     }
 }
@@ -287,15 +277,11 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // Tasks are left only while unwinding (without `std`): still wake
-        // the rest so nobody waits forever; references are leaked, not freed
-        // under someone else's feet.
+        // Wakers are left only while unwinding (without `std`): still wake
+        // them so nobody waits forever.
         let n = core::mem::replace(&mut self.len, 0);
         for i in 0..n {
-            #[allow(irrefutable_let_patterns)] // without `alloc`, only `Wake`
-            if let Task::Wake(w) = self.take(i) {
-                w.wake();
-            }
+            self.take(i).wake();
         }
     }
 }
@@ -714,47 +700,110 @@ impl Node {
     }
 
     fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
-        let guard = self.lock.lock();
-        if self.is_done_flag() {
+        // SAFETY: `self` is valid for the call and `owned` is false, so the
+        // node is never released in there.
+        unsafe { Self::cancel_raw(self, err, cause, own_deadline, false) }
+    }
+
+    /// The cancellation, in three phases so that no user code runs while
+    /// this thread holds a reference that a context's owner might wait for
+    /// (invariants 9, 10):
+    ///
+    /// 1. structure: every node of the subtree is marked done and emptied
+    ///    (children, after-funcs, `any` targets, up to 32 wakers); nodes are
+    ///    released as soon as they are empty. No user code.
+    /// 2. wakers: the batch, then the wakers of nodes that had more than the
+    ///    batch held, each node released before its last batch runs.
+    /// 3. after-funcs, with no node reference held at all.
+    ///
+    /// With `owned`, the caller hands over one reference to `node` (a
+    /// claimed timer entry), released in phase 2 before any of `node`'s
+    /// wakers run.
+    ///
+    /// # Safety
+    /// `node` is valid; with `owned`, the caller owns a reference to it and
+    /// gives it up; without, the caller keeps `node` alive for the call.
+    unsafe fn cancel_raw(node: *const Node, err: Error, cause: Option<Cause>, own_deadline: bool, owned: bool) -> bool {
+        // SAFETY: the caller keeps `node` valid until we release it (below,
+        // after the last use of `this`).
+        let this = unsafe { &*node };
+        let guard = this.lock.lock();
+        if this.is_done_flag() {
             drop(guard);
             drop(cause);
+            if owned {
+                // SAFETY: the caller handed us this reference.
+                unsafe { release_node(node) };
+            }
             return false;
         }
         // SAFETY: we hold the lock and the node is live (invariant 1).
-        let displaced = unsafe { self.set_done(err, cause, own_deadline) };
+        let displaced = unsafe { this.set_done(err, cause, own_deadline) };
         // SAFETY: we hold the lock (invariant 1).
-        if unsafe { self.waiters.is_empty() && self.children.is_empty() } {
+        if unsafe { this.waiters.is_empty() && this.children.is_empty() } {
             // A leaf nobody waits on (the common case: a request's last
             // step): nothing to propagate, wake or run.
             drop(guard);
             drop(displaced);
-            self.after_done();
+            this.after_done();
+            if owned {
+                // SAFETY: the caller handed us this reference.
+                unsafe { release_node(node) };
+            }
             return true;
         }
         let mut batch = Batch::new();
         let mut runs = RunList::new();
         let mut work = WorkList { head: ptr::null() };
-        self.drain(guard, &mut batch, &mut runs, &mut work);
+        // Nodes (other than `node`) with wakers left over, retained.
+        let mut later = WorkList { head: ptr::null() };
+        let node_left = this.drain(guard, &mut batch, &mut runs, &mut work);
         drop(displaced);
-        self.after_done();
-        while let Some(node) = work.pop() {
+        this.after_done();
+        // Phase 1.
+        while let Some(n_ptr) = work.pop() {
             // SAFETY: the work list holds a reference (invariant 6).
-            let n = unsafe { &*node };
+            let n = unsafe { &*n_ptr };
             let guard = n.lock.lock();
-            if !n.is_done_flag() {
+            let left = if !n.is_done_flag() {
                 let (err, cause) = n.inherited();
                 // SAFETY: we hold the lock and the node is live.
                 let displaced = unsafe { n.set_done(err, cause, false) };
-                n.drain(guard, &mut batch, &mut runs, &mut work);
+                let left = n.drain(guard, &mut batch, &mut runs, &mut work);
                 drop(displaced);
                 n.after_done();
+                left
             } else {
                 drop(guard);
+                false
+            };
+            if left {
+                // Its free link is ours again (popped from `work`).
+                later.push(n_ptr);
+            } else {
+                // SAFETY: we owned one reference through the work list.
+                unsafe { release_node(n_ptr) };
             }
-            // SAFETY: we owned one reference through the work list.
+        }
+        // Phase 2.
+        if node_left {
+            batch.run();
+            this.drain_wakers(&mut batch);
+        }
+        if owned {
+            // SAFETY: the caller handed us this reference; `this` is not used
+            // after this point.
             unsafe { release_node(node) };
         }
         batch.run();
+        while let Some(n_ptr) = later.pop() {
+            // SAFETY: `later` holds a reference (invariant 6).
+            unsafe { (*n_ptr).drain_wakers(&mut batch) };
+            // SAFETY: as above; not used after this.
+            unsafe { release_node(n_ptr) };
+            batch.run();
+        }
+        // Phase 3.
         runs.run(&mut batch);
         batch.finish();
         true
@@ -812,24 +861,31 @@ impl Node {
         displaced
     }
 
-    /// Empties both lists of a done node whose lock `guard` holds; releases
-    /// the lock. Children go to `work`; waiters to `batch`, which is flushed
-    /// (with the lock dropped) whenever it fills.
-    fn drain<'a>(&'a self, mut guard: LockGuard<'a>, batch: &mut Batch, runs: &mut RunList, work: &mut WorkList) {
-        loop {
-            if batch.is_full() {
-                drop(guard);
-                batch.run();
-                guard = self.lock.lock();
+    /// Takes everything out of a done node whose lock `guard` holds, and
+    /// releases the lock: children go to `work`, after-funcs to `runs`,
+    /// `any` targets to `work`, and wakers to `batch` while it has room.
+    /// Returns true if wakers are left (the batch filled up): the caller then
+    /// finishes them with [`drain_wakers`](Self::drain_wakers) once every
+    /// other node is done. No user code runs in here.
+    fn drain(&self, guard: LockGuard<'_>, batch: &mut Batch, runs: &mut RunList, work: &mut WorkList) -> bool {
+        let mut left = false;
+        // SAFETY: we hold the lock (invariant 1) while walking the list;
+        // `next` is read before the current entry is unlinked.
+        unsafe {
+            let mut cur = self.waiters.first();
+            while !cur.is_null() {
+                let next = self.waiters.next(cur);
+                let e = cur as *const Entry;
+                if (*e).kind == EntryKind::Waker && batch.is_full() {
+                    left = true;
+                } else {
+                    self.waiters.remove(cur);
+                    // A just-unlinked entry is valid until its owner learns
+                    // it is unlinked, which needs this lock (invariant 8).
+                    self.take_entry(e, batch, runs, work);
+                }
+                cur = next;
             }
-            // SAFETY: we hold the lock (invariant 1).
-            let e = unsafe { self.waiters.pop_front() } as *const Entry;
-            if e.is_null() {
-                break;
-            }
-            // SAFETY: a popped entry is valid until its owner learns it is
-            // unlinked, which needs this lock (invariant 8).
-            unsafe { self.take_entry(e, batch, runs, work) };
         }
         loop {
             // SAFETY: we hold the lock (invariant 1).
@@ -845,6 +901,40 @@ impl Node {
             }
         }
         drop(guard);
+        left
+    }
+
+    /// Wakes the wakers [`drain`](Self::drain) had no room for, 32 at a
+    /// time. Returns with the last (possibly partial) batch *not yet run*, so
+    /// that the caller can release its reference to this node first: once
+    /// the list is empty nothing borrows a scoped node any more, and its
+    /// owner may be dropped by one of those very wakers.
+    fn drain_wakers(&self, batch: &mut Batch) {
+        loop {
+            let guard = self.lock.lock();
+            // SAFETY: we hold the lock (invariant 1); the node is done, so only
+            // wakers are left (invariant 3 and `drain`).
+            let empty = unsafe {
+                while !batch.is_full() {
+                    let e = self.waiters.pop_front() as *const Entry;
+                    if e.is_null() {
+                        break;
+                    }
+                    let w = e as *const Waiter;
+                    if let Some(waker) = (*w).waker.with_mut(|p| (*p).take()) {
+                        batch.push(waker);
+                    }
+                }
+                self.waiters.is_empty()
+            };
+            drop(guard);
+            if empty {
+                return;
+            }
+            // Still waiters left, so this node is still borrowed by them:
+            // holding our reference while waking is safe.
+            batch.run();
+        }
     }
 
     /// Moves what a popped waiter entry needs into the batch or work list.
@@ -859,7 +949,7 @@ impl Node {
                 let w = e as *const Waiter;
                 // SAFETY: the waker slot is guarded by our lock (invariant 1).
                 if let Some(waker) = unsafe { (*w).waker.with_mut(|p| (*p).take()) } {
-                    batch.push(Task::Wake(waker));
+                    batch.push(waker);
                 }
             }
             #[cfg(feature = "alloc")]
@@ -877,14 +967,12 @@ impl Node {
                 // SAFETY: the target is valid while its link is reachable under
                 // our lock (invariant 5).
                 let t = unsafe { &*target };
-                if t.try_retain() {
-                    let prev = t.state.fetch_or(QUEUED, Ordering::AcqRel);
-                    if prev & (QUEUED | DONE) == 0 {
-                        work.push(target);
-                    } else {
-                        // SAFETY: we hold a reference just taken.
-                        batch.push(Task::Release(unsafe { NonNull::new_unchecked(target as *mut Node) }));
-                    }
+                // Win `QUEUED` first, then retain: a loser takes no reference
+                // (so none has to be given back under this lock), and a target
+                // whose count is already zero is being freed and needs nothing.
+                let prev = t.state.fetch_or(QUEUED, Ordering::AcqRel);
+                if prev & (QUEUED | DONE) == 0 && t.try_retain() {
+                    work.push(target);
                 }
             }
         }
@@ -1106,10 +1194,12 @@ impl TimerFiring {
     /// Cancels the context with `DeadlineExceeded` (and its deadline cause),
     /// waking its waiters and running its after-funcs on this thread.
     pub fn fire(self) {
-        // SAFETY: we own a reference (claimed).
-        let node = unsafe { self.node.as_ref() };
-        node.cancel_inner(Error::DeadlineExceeded, None, true);
-        // `Drop` releases the reference.
+        let node = self.node.as_ptr() as *const Node;
+        core::mem::forget(self);
+        // SAFETY: we own a reference (claimed) and hand it over: it is
+        // released before the context's wakers and after-funcs run, so one of
+        // them may drop the context (even a pinned `ScopedContext`).
+        unsafe { Node::cancel_raw(node, Error::DeadlineExceeded, None, true, true) };
     }
 }
 

@@ -2567,7 +2567,6 @@ fn after_func_on_the_timer_thread_may_wait_for_another_deadline() {
 
 #[test]
 #[cfg_attr(miri, ignore)]
-#[ignore = "bug (edge): a waker that drops a ScopedContext while the same cancel still holds it in its work list deadlocks (src/node.rs drain runs a full wake batch mid-cancel; detach_scoped spins)"]
 fn scoped_dropped_by_a_waker_during_a_cancel() {
     struct DropOnWake(Mutex<Option<Pin<Box<ScopedContext<'static>>>>>);
     impl Wake for DropOnWake {

@@ -53,7 +53,6 @@ impl Wake for InlineTask {
 
 #[test]
 #[cfg_attr(miri, ignore)]
-#[ignore = "bug: a ScopedContext dropped by the task its deadline's firing wakes, while the TimerFiring still holds the node, spins forever in detach_scoped (src/node.rs): TimerFiring::fire wakes waiters (cancel_inner's batch.run) before its reference is released"]
 fn scoped_dropped_by_the_task_its_deadline_wakes() {
     assert!(finishes(|| {
         static CLOCK: ManualClock = ManualClock::new();
