@@ -258,8 +258,11 @@ fn create_drop_churn() {
             thread::spawn(move || {
                 let mut rng = Rng::new(t as u64 + 100);
                 let mut kept: Vec<(Context, Option<ctxcore::CancelHandle>)> = Vec::new();
+                // Miri ends the program with the std timer thread still
+                // idling: no std-timer deadlines there.
+                let kinds = if cfg!(miri) { [0, 2, 4, 4, 0] } else { [0, 1, 2, 3, 4] };
                 for _ in 0..iters {
-                    let (c, h) = match rng.below(5) {
+                    let (c, h) = match kinds[rng.below(5)] {
                         0 => parent.with_cancel(),
                         // Long enough never to fire during the test.
                         1 => parent.with_timeout(Duration::from_secs(3600)),
@@ -432,6 +435,7 @@ fn after_funcs_race_stop() {
 /// context ends with one consistent error/cause pair, its after-func ran
 /// once and its waiter woke, and no timer entry is left.
 #[test]
+#[cfg_attr(miri, ignore)] // the timer thread outlives the test under Miri
 fn deadlines_race_cancel_std_timer() {
     let _g = serial();
     let token = Arc::new(());
