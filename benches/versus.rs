@@ -50,9 +50,14 @@ impl Clock {
         if self.cpu {
             thread_cpu_time()
         } else {
-            static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-            EPOCH.get_or_init(Instant::now).elapsed()
+            Clock::wall_now()
         }
+    }
+
+    /// Now on the wall clock, as a duration since a fixed instant.
+    fn wall_now() -> Duration {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        EPOCH.get_or_init(Instant::now).elapsed()
     }
 }
 
@@ -148,8 +153,13 @@ fn batched<S>(iters: u64, batch: usize, mut setup: impl FnMut() -> S, mut op: im
 /// clock, whatever `BENCH_CLOCK` says: a thread's CPU clock would not count
 /// the time it sleeps on a contended mutex, which is what these scenarios
 /// are about. (The 1-thread variants use this harness too, so that "flat as
-/// threads are added" compares like with like.)
+/// threads are added" compares like with like.) As a diagnostic on a loaded
+/// machine, `BENCH_THREAD_CLOCK=cpu` times each thread by its CPU clock: fair
+/// for lock-free readers (ctxcore's `is_done`), flattering for anything that
+/// sleeps on a lock.
 fn parallel(threads: usize, iters: u64, work: &(dyn Fn(u64) + Sync)) -> Duration {
+    let cpu = std::env::var("BENCH_THREAD_CLOCK").is_ok_and(|v| v == "cpu") && cfg!(target_os = "linux");
+    let now = move || if cpu { thread_cpu_time() } else { Clock::wall_now() };
     let ready = AtomicUsize::new(0);
     thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -161,9 +171,9 @@ fn parallel(threads: usize, iters: u64, work: &(dyn Fn(u64) + Sync)) -> Duration
                         // More threads than cores: let the others start.
                         thread::yield_now();
                     }
-                    let start = Instant::now();
+                    let start = now();
                     work(iters);
-                    start.elapsed()
+                    now().saturating_sub(start)
                 })
             })
             .collect();
