@@ -975,9 +975,9 @@ impl Model {
         pick(k, live.len()).map(|i| live[i])
     }
 
-    /// Can node `n` still be done (by a handle, a deadline or an ancestor)?
-    /// Every child has a handle, which is dropped at teardown at the latest;
-    /// roots never are; an `any` node can be iff one of its parents can.
+    /// Can node `n` ever be done (by a handle, a deadline or an ancestor)?
+    /// Roots never are; every child has a handle (dropped at teardown at the
+    /// latest); an `any` node can be iff one of its parents can.
     fn can_be_done(&self, n: usize) -> bool {
         let node = &self.nodes[n];
         if node.done.is_some() {
@@ -1127,12 +1127,7 @@ impl Model {
                 if af.dropped {
                     return None;
                 }
-                // A pending after-func on a context that can never be done
-                // would keep its context alive forever once its handle is
-                // gone (by design: it may still run); keep such handles aside
-                // so teardown can stop them.
-                let stranded = af.state == AfState::Pending && !af.node.is_some_and(|n| self.can_be_done(n));
-                Action::DropAfter { a, really: !stranded }
+                Action::DropAfter { a, really: true }
             }
             Op::Advance { x } => Action::Advance {
                 d: Duration::from_nanos((x as u64) << 10),
@@ -1528,7 +1523,10 @@ impl Model {
             Action::AfterFunc { ctx, capture } => {
                 let node = self.ctxs[ctx].node;
                 let (state, seen) = match node {
+                    // Nothing can ever cancel it: the callback is dropped
+                    // unrun at once (not kept, so it cannot leak).
                     None => (AfState::Never { stopped: false }, 0),
+                    Some(n) if !self.can_be_done(n) => (AfState::Never { stopped: false }, 0),
                     Some(n) => match self.nodes[n].done {
                         Some((e, _)) => (AfState::Ran, if capture { err_code(Some(e)) } else { 0 }),
                         None => (AfState::Pending, 0),
