@@ -8,6 +8,7 @@
 #   ci/bench.sh                 # criterion's default settings, 1 round (~12 min)
 #   BENCH_ROUNDS=5 ci/bench.sh  # any number of rounds; each figure is the
 #                               # lowest median over the rounds
+#   BENCH_GO=1 ci/bench.sh      # also Go's context (ci/bench_go.sh), if `go` exists
 #
 # Single-thread scenarios are timed by the thread's CPU clock unless
 # BENCH_CLOCK=wall is set (see benches/versus.rs): on a shared machine, time
@@ -53,4 +54,8 @@ for round in $(seq 1 "$rounds"); do
 done
 
 python3 ci/bench_table.py "$out/memory.txt" "$out/results.json" "${homes[@]}" || true
+# Optional third column: Go's context on the same scenarios (needs `go`).
+if [ "${BENCH_GO:-0}" != "0" ]; then
+    ci/bench_go.sh || true
+fi
 exit 0

@@ -1,0 +1,3 @@
+module ctxcore.invalid/gobench
+
+go 1.19
