@@ -197,6 +197,23 @@ fn floors(c: &mut Criterion) {
     // The size of a context node in both crates is around 100 bytes; a bare
     // allocation of that size is what "one allocation per child" costs at least.
     g.bench_function("box_alloc", |b| b.iter(|| drop(black_box(Box::new([0u64; 16])))));
+    // Independent work (a private atomic per thread, nothing shared) on 1 and
+    // 2 threads: how well this machine scales right now. On a shared machine
+    // whose second core is busy, 2 threads take twice as long per operation
+    // whatever the code does; `ci/bench_table.py` divides the thread-count
+    // checks by this ratio.
+    for threads in [1usize, 2] {
+        g.bench_function(format!("spin_{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, &|n| {
+                    let own = AtomicU32::new(0);
+                    for _ in 0..n {
+                        black_box(&own).load(Ordering::Acquire);
+                    }
+                })
+            })
+        });
+    }
     g.finish();
 }
 
