@@ -17,13 +17,13 @@
 #![allow(dead_code)]
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU32};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32};
 
 #[cfg(all(not(loom), feature = "portable-atomic"))]
-pub(crate) use portable_atomic::{fence, AtomicBool, AtomicU32};
+pub(crate) use portable_atomic::{AtomicBool, AtomicU32};
 
 #[cfg(all(not(loom), not(feature = "portable-atomic")))]
-pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU32};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicU32};
 
 pub(crate) use core::sync::atomic::Ordering;
 
