@@ -3,12 +3,15 @@
 //!
 //! Run with `cargo run --example tour`.
 
-use ctxcore::{Context, Error, Key};
+use ctxcore::{Context, Error, Key, ScopedContext, StaticContext};
+use std::pin::pin;
 use std::thread;
 use std::time::{Duration, Instant};
 
 static REQUEST_ID: Key<u64> = Key::new("request_id");
 static USER: Key<&'static str> = Key::new("user");
+/// A heap-free root, as firmware would keep it (cancellable from anywhere).
+static POWER: StaticContext = StaticContext::new();
 
 #[derive(Debug)]
 struct ClientGone {
@@ -130,5 +133,23 @@ fn main() {
         t(),
         server.err().unwrap(),
         request.cause().unwrap()
+    );
+
+    // The heap-free tier: children pinned in their owner, no allocation.
+    let sensor = pin!(ScopedContext::with_timeout(POWER.as_ref(), Duration::from_secs(1)));
+    let sensor_ctx = sensor.as_ref().context();
+    let step = pin!(ScopedContext::new(sensor_ctx));
+    let step_ctx = step.as_ref().context();
+    println!(
+        "{}  heap-free: sensor and step pinned on the stack, deadline {:?}",
+        t(),
+        sensor_ctx.deadline().is_some()
+    );
+    POWER.cancel_with("brown-out");
+    println!(
+        "{}  heap-free: power root cancelled -> step: {:?} ({})",
+        t(),
+        step_ctx.err().unwrap(),
+        step_ctx.cause().unwrap()
     );
 }
