@@ -138,12 +138,12 @@ impl Context {
     }
 
     fn child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
-        let node = NodeRef::new_child(self.node.as_ref(), default_timer(), deadline, cause);
+        let (node, handle) = NodeRef::new_child_pair(self.node.as_ref(), default_timer(), deadline, cause);
         let ctx = Context {
-            node: Some(node.clone()),
+            node: Some(node),
             values: self.values.clone(),
         };
-        (ctx, CancelHandle { node: Some(node) })
+        (ctx, CancelHandle { node: Some(handle) })
     }
 
     /// A child cancelled by its handle or by any ancestor. Costs one
