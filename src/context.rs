@@ -138,6 +138,21 @@ impl Context {
     }
 
     fn child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
+        if deadline.is_none() {
+            if let Some(parent) = &self.node {
+                if parent.node().is_done_flag() {
+                    // A child of a done parent is done at birth with the
+                    // parent's error and cause, and nothing can ever change
+                    // it: it can share the parent's node (no allocation), and
+                    // its handle has nothing left to cancel.
+                    let ctx = Context {
+                        node: Some(parent.clone()),
+                        values: self.values.clone(),
+                    };
+                    return (ctx, CancelHandle { node: None });
+                }
+            }
+        }
         let (node, handle) = NodeRef::new_child_pair(self.node.as_ref(), default_timer(), deadline, cause);
         let ctx = Context {
             node: Some(node),
@@ -539,7 +554,8 @@ impl CancelHandle {
 
     /// Whether the context is done (for any reason).
     pub fn is_done(&self) -> bool {
-        self.node.as_ref().is_some_and(|n| n.node().is_done())
+        // No node: the context was born done (a child of a done parent).
+        self.node.as_ref().is_none_or(|n| n.node().is_done())
     }
 
     /// Gives up cancel-on-drop: the context then lives until an ancestor is

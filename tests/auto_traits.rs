@@ -56,3 +56,19 @@ fn run_future_is_send_for_send_futures() {
     assert_send(&fut);
     assert_eq!(futures::executor::block_on(fut), Ok(1));
 }
+
+/// A child of a done parent shares the parent's node: done at birth, same
+/// error and cause, its handle reports done and cancelling it changes nothing.
+#[test]
+fn child_of_a_done_parent_is_done_at_birth() {
+    let (parent, h) = Context::background().with_cancel();
+    h.cancel_with("gone");
+    let (child, ch) = parent.with_cancel();
+    assert!(ch.is_done());
+    assert_eq!(child.err(), Some(Error::Canceled));
+    assert_eq!(child.cause().unwrap().as_str(), Some("gone"));
+    ch.cancel_with("ignored");
+    assert_eq!(child.cause().unwrap().as_str(), Some("gone"));
+    let (grandchild, _gh) = child.with_deadline(Instant::MAX);
+    assert_eq!(grandchild.cause().unwrap().as_str(), Some("gone"));
+}
