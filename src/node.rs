@@ -130,6 +130,13 @@ pub(crate) struct Node {
     state: AtomicU32,
     refs: AtomicU32,
     lock: RawLock,
+    /// How many entries of `waiters` are callbacks (after-funcs, `any`
+    /// links) rather than futures' wakers, so that a canceller whose wake
+    /// batch is full can stop walking the list (it fits in padding).
+    ///
+    /// # Safety
+    /// Guarded by `lock`.
+    callbacks: UnsafeCell<u32>,
     /// Up-pointer, immutable (invariant 4): the tree parent (null for a
     /// root), or, for an `any` node (flag `ANY`), its `AnyLinks`.
     up: *const (),
@@ -393,6 +400,7 @@ impl Node {
             state: AtomicU32::new(flags),
             refs: AtomicU32::new(1),
             lock: RawLock::new(),
+            callbacks: UnsafeCell::new(0),
             up: parent as *const (),
             children: List::new(),
             waiters: List::new(),
@@ -412,6 +420,7 @@ impl Node {
             state: AtomicU32::new(0),
             refs: AtomicU32::new(1),
             lock: RawLock::new(),
+            callbacks: UnsafeCell::new(0),
             up: ptr::null(),
             children: List::new(),
             waiters: List::new(),
@@ -525,6 +534,16 @@ impl Node {
         while self.refs.load(Ordering::Acquire) != 1 {
             crate::sync::spin_hint(&mut spins);
         }
+    }
+
+    /// Adjusts the callback count.
+    ///
+    /// # Safety
+    /// The lock is held (invariant 1).
+    unsafe fn add_callbacks(&self, delta: i32) {
+        // SAFETY: the caller holds the lock.
+        self.callbacks
+            .with_mut(|p| unsafe { *p = (*p).wrapping_add_signed(delta) });
     }
 
     /// The tree parent, or null (a root or an `any` node).
@@ -878,8 +897,15 @@ impl Node {
                 let e = cur as *const Entry;
                 if (*e).kind == EntryKind::Waker && batch.is_full() {
                     left = true;
+                    if self.callbacks.with(|p| *p) == 0 {
+                        // Only wakers from here on: `drain_wakers` takes them.
+                        break;
+                    }
                 } else {
                     self.waiters.remove(cur);
+                    if (*e).kind != EntryKind::Waker {
+                        self.add_callbacks(-1);
+                    }
                     // A just-unlinked entry is valid until its owner learns
                     // it is unlinked, which needs this lock (invariant 8).
                     self.take_entry(e, batch, runs, work);
@@ -1112,6 +1138,7 @@ unsafe fn release_last(node: NonNull<Node>) {
                 unsafe {
                     if l.entry.link.is_linked() {
                         p.waiters.remove(&l.entry.link);
+                        p.add_callbacks(-1);
                     }
                 }
                 drop(g);
@@ -1531,7 +1558,10 @@ impl NodeRef {
             }
             // SAFETY: we hold the parent's lock; the link is pinned in the
             // boxed Vec and unlinked (invariant 8).
-            unsafe { p.waiters.push(l as *const AnyLink as *const Link) };
+            unsafe {
+                p.waiters.push(l as *const AnyLink as *const Link);
+                p.add_callbacks(1);
+            }
             drop(guard);
         }
         if born_done {
@@ -1616,7 +1646,10 @@ impl AfterFuncInner {
         let list_ref = Arc::into_raw(inner.clone());
         // SAFETY: we hold the lock; the entry is pinned in its `Arc`, and the
         // list now owns the reference `list_ref` (invariant 8).
-        unsafe { n.waiters.push(list_ref as *const Link) };
+        unsafe {
+            n.waiters.push(list_ref as *const Link);
+            n.add_callbacks(1);
+        }
         drop(guard);
         Some(inner)
     }
@@ -1631,6 +1664,7 @@ impl AfterFuncInner {
         let taken = unsafe {
             if this.entry.link.is_linked() {
                 n.waiters.remove(&this.entry.link);
+                n.add_callbacks(-1);
                 let f = this.func.with_mut(|p| (*p).take());
                 Some((f, Arc::from_raw(Arc::as_ptr(this))))
             } else {
