@@ -48,6 +48,11 @@ pub struct StdTimer {
 struct State {
     entries: BTreeMap<(Instant, usize), TimerEntry>,
     thread_running: bool,
+    /// What the thread sleeps towards: `arm` wakes it only for an earlier
+    /// deadline (`Instant::ZERO` while it is awake, `Instant::MAX` while it
+    /// idles), so that creating and dropping deadline contexts costs no
+    /// futex wake each.
+    sleeping_until: Instant,
 }
 
 impl StdTimer {
@@ -61,6 +66,7 @@ impl StdTimer {
             state: Mutex::new(State {
                 entries: BTreeMap::new(),
                 thread_running: false,
+                sleeping_until: Instant::ZERO,
             }),
             wake: Condvar::new(),
         })
@@ -111,11 +117,13 @@ impl StdTimer {
                         // Sleep until shortly before the deadline: the kernel's
                         // timer slack makes a sleep end up to ~50 µs late.
                         let sleep = wait - SPIN_BEFORE;
+                        state.sleeping_until = next;
                         state = self
                             .wake
                             .wait_timeout(state, sleep)
                             .unwrap_or_else(|e| e.into_inner())
                             .0;
+                        state.sleeping_until = Instant::ZERO;
                     } else {
                         // Spin the last few microseconds, without the lock so
                         // that `arm` and `disarm` never wait for us.
@@ -127,11 +135,13 @@ impl StdTimer {
                     }
                 }
                 None => {
+                    state.sleeping_until = Instant::MAX;
                     let (s, res) = self
                         .wake
                         .wait_timeout(state, IDLE_EXIT)
                         .unwrap_or_else(|e| e.into_inner());
                     state = s;
+                    state.sleeping_until = Instant::ZERO;
                     if res.timed_out() && state.entries.is_empty() {
                         state.thread_running = false;
                         return;
@@ -164,7 +174,8 @@ unsafe impl Timer for StdTimer {
     fn arm(&self, entry: TimerEntry) {
         let key = entry.key();
         let mut state = self.lock();
-        let earliest = state.entries.first_key_value().is_none_or(|(k, _)| key < *k);
+        // Wake the thread only if it sleeps towards a later instant.
+        let earliest = key.0 < state.sleeping_until;
         state.entries.insert(key, entry);
         if !state.thread_running {
             let this: &'static StdTimer = StdTimer::global();
@@ -175,6 +186,7 @@ unsafe impl Timer for StdTimer {
                 // If the thread cannot start, deadlines are still exact when
                 // observed; only wake-ups are lost until the next arm retries.
                 state.thread_running = spawned.is_ok();
+                state.sleeping_until = Instant::ZERO;
             }
         } else if earliest {
             self.wake.notify_one();
