@@ -9,7 +9,7 @@ cargo +nightly miri setup >/dev/null 2>&1 || cargo +nightly miri setup
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/miri"
 # Tests that need real time or many threads are #[cfg_attr(miri, ignore)].
 TESTS=(--lib)
-for t in conformance alloc_budget scoped virtual_time; do
+for t in conformance alloc_budget scoped virtual_time stress; do
   [ -f "tests/$t.rs" ] && TESTS+=(--test "$t")
 done
 base="-Zmiri-strict-provenance -Zmiri-symbolic-alignment-check"
