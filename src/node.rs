@@ -243,9 +243,9 @@ impl Batch {
 
     /// Takes the initialised tasks out, leaving the batch empty.
     fn take(&mut self, i: usize) -> Task {
-        // SAFETY: callers read each of the first `len` slots exactly once,
-        // after setting `len` to zero, so every slot read is initialised and
-        // never read again.
+        // Callers read each of the first `len` slots exactly once, after
+        // setting `len` to zero.
+        // SAFETY: so every slot read is initialised and never read again.
         unsafe { self.tasks[i].assume_init_read() }
     }
 
@@ -440,9 +440,28 @@ impl Node {
         deadline: Option<Instant>,
         deadline_cause: Option<Cause>,
     ) -> Node {
-        let (parent_ptr, parent_deadline, timer) = match parent {
-            Some(p) => (p as *const Node, p.deadline, p.timer.or(fallback_timer)),
-            None => (ptr::null(), Instant::MAX, fallback_timer),
+        let parent_ptr = parent.map_or(ptr::null(), |p| p as *const Node);
+        let (flags, eff, timer) = Node::child_layout(parent, fallback_timer, deadline);
+        let cause = if flags & OWNS_DEADLINE != 0 {
+            deadline_cause
+        } else {
+            None
+        };
+        Node::new(parent_ptr, flags, eff, cause, timer)
+    }
+
+    /// A child's immutable flags, effective deadline and timer: the deadline
+    /// is the earlier of its own and its parent's (the parent's wins a tie,
+    /// as in Go), and the child owns it (arms a timer entry, reports its
+    /// cause) only if its own is strictly earlier.
+    fn child_layout(
+        parent: Option<&Node>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+    ) -> (u32, Instant, Option<&'static dyn Timer>) {
+        let (parent_deadline, timer) = match parent {
+            Some(p) => (p.deadline, p.timer.or(fallback_timer)),
+            None => (Instant::MAX, fallback_timer),
         };
         let own = deadline.unwrap_or(Instant::MAX);
         let owns = own < parent_deadline;
@@ -454,7 +473,7 @@ impl Node {
         if owns {
             flags |= OWNS_DEADLINE;
         }
-        Node::new(parent_ptr, flags, eff, if owns { deadline_cause } else { None }, timer)
+        (flags, eff, timer)
     }
 
     /// Links a scoped node to its parent and arms its deadline, once; later
@@ -919,9 +938,9 @@ impl Node {
             if c.is_null() {
                 break;
             }
-            // SAFETY: a linked child is valid while we hold the parent lock
-            // (invariant 5); if it is being freed it no longer finds itself
-            // linked and will not touch its link again.
+            // If it is being freed, it no longer finds itself linked and will
+            // not touch its link again.
+            // SAFETY: a linked child is valid under the parent lock (inv. 5).
             if unsafe { (*c).try_retain() } {
                 work.push(c);
             }
@@ -1227,9 +1246,9 @@ impl TimerFiring {
     pub fn fire(self) {
         let node = self.node.as_ptr() as *const Node;
         core::mem::forget(self);
-        // SAFETY: we own a reference (claimed) and hand it over: it is
-        // released before the context's wakers and after-funcs run, so one of
-        // them may drop the context (even a pinned `ScopedContext`).
+        // The reference is released before the context's wakers and
+        // after-funcs run, so one may drop it (even a `ScopedContext`).
+        // SAFETY: we own a reference (claimed) and hand it over.
         unsafe { Node::cancel_raw(node, Error::DeadlineExceeded, None, true, true) };
     }
 }
@@ -1438,27 +1457,17 @@ impl NodeRef {
         deadline_cause: Option<Cause>,
         refs: u32,
     ) -> NodeRef {
-        let (parent_ptr, parent_deadline, timer) = match parent {
+        // The up-pointer comes from the parent's own allocation pointer (not
+        // a shared reference): the last release may free through it.
+        let parent_ptr = match parent {
             Some(p) => {
                 p.node().retain();
-                (
-                    p.ptr.as_ptr() as *const Node,
-                    p.node().deadline,
-                    p.node().timer.or(fallback_timer),
-                )
+                p.ptr.as_ptr() as *const Node
             }
-            None => (ptr::null(), Instant::MAX, fallback_timer),
+            None => ptr::null(),
         };
-        let own = deadline.unwrap_or(Instant::MAX);
-        let owns = own < parent_deadline;
-        let eff = if owns { own } else { parent_deadline };
-        let mut flags = 0;
-        if eff != Instant::MAX {
-            flags |= HAS_DEADLINE;
-        }
-        if owns {
-            flags |= OWNS_DEADLINE;
-        }
+        let (flags, eff, timer) = Node::child_layout(parent.map(NodeRef::node), fallback_timer, deadline);
+        let owns = flags & OWNS_DEADLINE != 0;
         let cause = if owns { deadline_cause } else { None };
         let child = Self::alloc(Node::new(parent_ptr, flags, eff, cause, timer));
         // Not shared yet (not linked, not armed): a plain store is enough.
@@ -1472,9 +1481,8 @@ impl NodeRef {
                 // Born done: nobody else can see the child yet, so no lock and
                 // no propagation machinery are needed.
                 let (err, cause) = child.node().inherited();
-                // SAFETY: the child is not shared (not linked, not armed):
-                // this thread is the only one that can touch it, which is
-                // what the lock would guarantee (invariant 1).
+                // Not linked, not armed: only this thread can touch it.
+                // SAFETY: that exclusivity is what the lock gives (inv. 1).
                 drop(unsafe { child.node().set_done(err, cause, false) });
                 return child;
             }
@@ -1658,9 +1666,9 @@ impl AfterFuncInner {
     pub(crate) fn stop(this: &Arc<AfterFuncInner>) -> bool {
         let n = this.node.node();
         let guard = n.lock.lock();
-        // SAFETY: we hold the lock (invariant 1). A linked entry has not
-        // been taken by a canceller: unlinking it makes its func and the
-        // list's reference ours (invariant 8).
+        // A linked entry has not been taken by a canceller: unlinking it
+        // makes its func and the list's reference ours (invariant 8).
+        // SAFETY: we hold the lock (invariant 1).
         let taken = unsafe {
             if this.entry.link.is_linked() {
                 n.waiters.remove(&this.entry.link);

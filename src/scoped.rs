@@ -215,9 +215,9 @@ impl<'p> ScopedContext<'p> {
 
 impl Drop for ScopedContext<'_> {
     fn drop(&mut self) {
-        // SAFETY: `drop` runs once, and no `ContextRef` or waiting future can
-        // still borrow us (they borrow `self`); a node that was attached was
-        // pinned, and drop is the end of its pinning.
+        // No `ContextRef` or waiting future can still borrow us (they borrow
+        // `self`); an attached node was pinned, and drop ends its pinning.
+        // SAFETY: so this is the owner's one, last call.
         unsafe { self.node.detach_scoped() };
     }
 }

@@ -118,9 +118,9 @@ impl RawLock {
     #[inline]
     pub(crate) fn lock(&self) -> LockGuard<'_> {
         #[cfg(feature = "critical-section")]
-        // SAFETY: (sync.rs invariant CS) the matching `release` runs in
-        // `LockGuard::drop`, with the state returned here, in LIFO order because
-        // guards are scoped values that are never leaked by this crate.
+        // The matching `release` runs in `LockGuard::drop`, with the state
+        // returned here, in LIFO order: guards are scoped, never leaked.
+        // SAFETY: acquire/release are paired and nested (see above).
         let restore = unsafe { critical_section::acquire() };
         let mut spins = 0u32;
         loop {
