@@ -3,7 +3,6 @@
 
 use super::{Clock, Instant, Timer, TimerEntry};
 use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 use core::future::{poll_fn, Future};
@@ -12,13 +11,6 @@ use critical_section::Mutex;
 use embassy_time::{Instant as EmbassyInstant, Timer as EmbassySleep, TICK_HZ};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
-
-/// How many due entries the driver claims before firing them: one. A
-/// claimed entry holds its context, and firing one entry may run an
-/// after-func that drops another entry's (scoped) context, which waits for
-/// every holder to let go: holding a second claim here would deadlock
-/// (`Timer` contract, point 4).
-const FIRE_BATCH: usize = 1;
 
 /// A [`Timer`] on `embassy_time`: the clock is `embassy_time::Instant::now()`
 /// (converted to nanoseconds), and a driver future, [`EmbassyTimer::run`],
@@ -67,7 +59,7 @@ pub struct EmbassyTimer {
 }
 
 struct State {
-    entries: BTreeMap<(Instant, usize), TimerEntry>,
+    entries: super::EntryMap,
     /// The driver's waker, taken by `arm` when it arms an earlier deadline.
     driver: Option<Waker>,
     /// Set by `arm` when the driver must recompute its sleep; cleared by the
@@ -119,24 +111,17 @@ impl EmbassyTimer {
     /// (or until an earlier one is armed). Spawn it once, on any embassy
     /// executor, for the life of the program; it never returns.
     pub async fn run(&self) -> ! {
-        let mut due = Vec::with_capacity(FIRE_BATCH);
         loop {
             let now = self.now();
-            let next = critical_section::with(|cs| {
+            let (due, next) = critical_section::with(|cs| {
                 let mut state = self.state.borrow_ref_mut(cs);
-                while let Some(entry) = state.entries.first_entry() {
-                    if entry.key().0 > now || due.len() == FIRE_BATCH {
-                        break;
-                    }
-                    // Claimed under the lock, removed at once (contract 1, 3).
-                    if let Some(f) = entry.remove().claim() {
-                        due.push(f);
-                    }
-                }
-                state.entries.first_key_value().map(|(k, _)| k.0)
+                // Claimed under the lock, removed at once, one at a time
+                // (contract 1, 3, 4).
+                let due = super::claim_due(&mut state.entries, now);
+                (due, state.entries.first_key_value().map(|(k, _)| k.0))
             });
-            if !due.is_empty() {
-                for f in due.drain(..) {
+            if let Some(firing) = due {
+                if let Some(f) = firing {
                     f.fire();
                 }
                 yield_now().await;

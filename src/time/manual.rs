@@ -39,7 +39,7 @@ pub struct ManualClock {
     lock: RawLock,
     /// # Safety
     /// Guarded by `lock`.
-    entries: UnsafeCell<BTreeMap<(Instant, usize), TimerEntry>>,
+    entries: UnsafeCell<super::EntryMap>,
 }
 
 // SAFETY: `entries` is only touched under `lock`.
@@ -92,14 +92,9 @@ impl ManualClock {
             let guard = self.lock.lock();
             // SAFETY: we hold `lock`.
             let entries = unsafe { &mut *self.entries.get() };
-            let firing = match entries.first_entry() {
-                Some(entry) if entry.key().0 <= now => entry.remove().claim(),
-                _ => {
-                    drop(guard);
-                    break;
-                }
-            };
+            let due = super::claim_due(entries, now);
             drop(guard);
+            let Some(firing) = due else { break };
             let Some(f) = firing else { continue };
             #[cfg(feature = "std")]
             {

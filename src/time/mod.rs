@@ -193,6 +193,25 @@ pub unsafe trait Timer: Clock {
     fn disarm(&self, entry: &TimerEntry);
 }
 
+/// The entries of a timer backed by an ordered map, keyed by
+/// [`TimerEntry::key`].
+#[cfg(feature = "alloc")]
+pub(crate) type EntryMap = alloc::collections::BTreeMap<(Instant, usize), TimerEntry>;
+
+/// Takes the earliest entry out of `entries` if it is due at `now` and claims
+/// it: `Some(Some(firing))` to fire after releasing the timer's lock,
+/// `Some(None)` if its context was being freed (nothing to fire), `None` if
+/// nothing is due. One entry per call, as the `Timer` contract's point 4
+/// asks; call it under the timer's lock.
+#[cfg(feature = "alloc")]
+pub(crate) fn claim_due(entries: &mut EntryMap, now: Instant) -> Option<Option<TimerFiring>> {
+    let entry = entries.first_entry()?;
+    if entry.key().0 > now {
+        return None;
+    }
+    Some(entry.remove().claim())
+}
+
 /// The timer used by [`Context::background`](crate::Context::background)'s
 /// descendants: the process-wide [`StdTimer`] with the `std` feature, none
 /// without it.

@@ -46,7 +46,7 @@ pub struct StdTimer {
 }
 
 struct State {
-    entries: BTreeMap<(Instant, usize), TimerEntry>,
+    entries: super::EntryMap,
     thread_running: bool,
     /// What the thread sleeps towards: `arm` wakes it only for an earlier
     /// deadline (`Instant::ZERO` while it is awake, `Instant::MAX` while it
@@ -97,11 +97,7 @@ impl StdTimer {
             // One entry at a time: the thread never holds a claimed entry (a
             // reference to its context) while it runs another's after-funcs,
             // which may drop that context.
-            let firing = match state.entries.first_entry() {
-                Some(entry) if entry.key().0 <= now => Some(entry.remove().claim()),
-                _ => None,
-            };
-            if let Some(firing) = firing {
+            if let Some(firing) = super::claim_due(&mut state.entries, now) {
                 drop(state);
                 if let Some(f) = firing {
                     // A panicking after-func must not kill the timer thread.

@@ -10,7 +10,6 @@ use ::tokio::time::Instant as TokioInstant;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::fmt;
 use core::future::{poll_fn, Future};
 use core::pin::pin;
@@ -25,13 +24,6 @@ use std::sync::{Mutex, MutexGuard};
 /// simply sleeps again. Nothing fires early: an entry is claimed only when
 /// the clock has reached it.
 const MAX_SLEEP: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// How many due entries the driver claims before firing them: one. A
-/// claimed entry holds its context, and firing one entry may run an
-/// after-func that drops another entry's (scoped) context, which waits for
-/// every holder to let go: holding a second claim here would deadlock
-/// (`Timer` contract, point 4).
-const FIRE_BATCH: usize = 1;
 
 /// A [`Timer`] on a tokio runtime: the clock is the runtime's
 /// (`tokio::time::Instant`, relative to when the timer was made), and one task
@@ -90,7 +82,7 @@ struct Shared {
 }
 
 struct State {
-    entries: BTreeMap<(Instant, usize), TimerEntry>,
+    entries: super::EntryMap,
     driver_running: bool,
 }
 
@@ -202,27 +194,20 @@ async fn drive(running: DriverRunning) {
     loop {
         let now = TokioInstant::now();
         let now_i = shared.to_instant(now);
-        let mut due = Vec::new();
-        let next = {
+        let (due, next) = {
             let mut state = shared.lock();
-            while let Some(entry) = state.entries.first_entry() {
-                if entry.key().0 > now_i || due.len() == FIRE_BATCH {
-                    break;
-                }
-                // Claimed under the lock, removed at once (contract 1, 3).
-                if let Some(f) = entry.remove().claim() {
-                    due.push(f);
-                }
-            }
-            state.entries.first_key_value().map(|(k, _)| k.0)
+            // Claimed under the lock, removed at once, one at a time
+            // (contract 1, 3, 4).
+            let due = super::claim_due(&mut state.entries, now_i);
+            (due, state.entries.first_key_value().map(|(k, _)| k.0))
         };
-        if !due.is_empty() {
-            for f in due {
-                // A panicking after-func must not kill the driver (its other
-                // claimed entries would never fire).
+        if let Some(firing) = due {
+            if let Some(f) = firing {
+                // A panicking after-func must not kill the driver (the other
+                // entries would never fire).
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.fire()));
             }
-            // Let other tasks run between batches.
+            // Let other tasks run between firings.
             ::tokio::task::yield_now().await;
             continue;
         }
