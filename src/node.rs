@@ -15,11 +15,12 @@
 //!
 //! 1. **Lock scope.** `children`, `waiters`, the `link` of every element in
 //!    them, and `cause` while the node is live are guarded by the node's own
-//!    `lock` (list.rs invariant 1). At most one node lock is held at a time by
-//!    any code path; the timer's lock is a leaf taken with no node lock held,
-//!    except nothing: `claim` under the timer lock only touches `refs`.
-//! 2. **Done is final and published last.** `DONE` is set with a Release RMW
-//!    while the lock is held, after `cause` is written; after that `cause` is
+//!    `lock` (list.rs invariant 1). A code path waits for at most one node
+//!    lock at a time (the one nesting, a single attempt that never waits, is
+//!    invariant 12); the timer's lock is a leaf taken with no node lock held:
+//!    `claim` under the timer lock only touches `refs`.
+//! 2. **Done is final and published last.** `DONE` is set with a Release
+//!    write (invariant 11) while the lock is held, after `cause` is written; after that `cause` is
 //!    immutable until the node is freed, so a reader that observed `DONE` with
 //!    Acquire may read `cause` without the lock.
 //! 3. **No entries after done.** A node whose state has `DONE` never gains a
@@ -62,13 +63,34 @@
 //!     its `Drop` cancels and unlinks it, disarms its timer entry, then waits
 //!     until the transient references of cancellers and timers (bounded
 //!     work, no user code: invariant 9) are gone.
+//! 11. **One writer of `state`.** Once a node other than an `any` node can be
+//!     reached by another thread, its `state` is written only under its own
+//!     lock (`set_done`; `ATTACHED` is set before a scoped node is linked or
+//!     armed, by the thread that attaches it). So `set_done` publishes `DONE`
+//!     with a plain Release store. An `any` node's `QUEUED` is set by
+//!     cancellers of its parents without its lock, so its `DONE` is set with
+//!     a read-modify-write.
+//! 12. **Finishing a child under its parent's lock.** A canceller that pops a
+//!     child from a done parent's `children` may, still holding the parent's
+//!     lock, *try* the child's lock (never wait for it) and, if it gets it,
+//!     cancel the child there without taking a reference: the child cannot be
+//!     freed meanwhile, because its last release takes the parent's lock to
+//!     unlink it (invariant 5), and the canceller lets go of the child's lock
+//!     before the parent's. Only children without a deadline of their own and
+//!     without waiters are finished so: their `cause` slot is empty before
+//!     they are done (nothing displaced, no user data dropped under a lock),
+//!     they have no timer entry to disarm (the timer's lock stays a leaf), and
+//!     they have nothing to wake or run. Their own children are retained into
+//!     the work list as `drain` does.
 //!
 //! # Lock order
 //!
-//! There is none to get wrong: no path holds two node locks at once, and the
-//! timer's lock is taken only with no node lock held. Cancellation of a
-//! subtree takes each node's lock in turn. So no cycle of waiting exists, and a
-//! cancel may run from any thread, a waker, an after-func or a drop.
+//! No path *waits* for a lock while holding another. The one nesting is
+//! invariant 12: a canceller holding a parent's lock makes a single attempt at
+//! a child's lock and falls back to the reference-counted work list if it is
+//! taken. The timer's lock is taken only with no node lock held. So no cycle
+//! of waiting can exist, and a cancel may run from any thread, a waker, an
+//! after-func or a drop.
 //!
 //! With the `critical-section` feature each lock section also masks
 //! interrupts, so an interrupt handler that cancels can never spin on a lock
@@ -895,7 +917,15 @@ impl Node {
             Error::Canceled => DONE,
             Error::DeadlineExceeded => DONE | DEADLINE_ERR,
         };
-        self.state.fetch_or(bits, Ordering::Release);
+        let s = self.state.load(Ordering::Relaxed);
+        if s & ANY == 0 {
+            // Nobody else writes this word now (invariant 11): a plain store
+            // publishes `DONE`, one atomic read-modify-write fewer per node.
+            self.state.store(s | bits, Ordering::Release);
+        } else {
+            // Another canceller may be setting `QUEUED` without our lock.
+            self.state.fetch_or(bits, Ordering::Release);
+        }
         displaced
     }
 
@@ -932,21 +962,91 @@ impl Node {
                 cur = next;
             }
         }
+        let mut inherit: Option<(Error, Option<Cause>)> = None;
         loop {
             // SAFETY: we hold the lock (invariant 1).
             let c = unsafe { self.children.pop_front() } as *const Node;
             if c.is_null() {
                 break;
             }
+            // SAFETY: a linked child is valid under the parent lock (inv. 5),
+            // and we still hold it.
+            let child = unsafe { &*c };
+            if child.state.load(Ordering::Relaxed) & OWNS_DEADLINE == 0 {
+                if let Some(child_guard) = child.lock.try_lock() {
+                    let (err, cause) = inherit.get_or_insert_with(|| self.done_with());
+                    // SAFETY: we hold the parent's lock and the child's; the
+                    // child was linked until just now (invariant 12).
+                    unsafe { child.finish_under_parent(child_guard, *err, cause, work) };
+                    continue;
+                }
+            }
             // If it is being freed, it no longer finds itself linked and will
             // not touch its link again.
-            // SAFETY: a linked child is valid under the parent lock (inv. 5).
-            if unsafe { (*c).try_retain() } {
+            if child.try_retain() {
                 work.push(c);
             }
         }
         drop(guard);
         left
+    }
+
+    /// Error and cause of a node whose lock is held and that is done.
+    fn done_with(&self) -> (Error, Option<Cause>) {
+        // SAFETY: `DONE` is set (the caller), so `cause` is immutable
+        // (invariant 2).
+        let cause = self.cause.with(|c| unsafe { (*c).clone() });
+        (self.err_of_done(), cause)
+    }
+
+    /// Cancels a child that a canceller has just popped from its parent's
+    /// `children`, while the parent's lock is still held, without taking a
+    /// reference (invariant 12): marks it done and moves its children to
+    /// `work` (retained, as [`drain`](Self::drain) does). If it has waiters
+    /// the rest is left to the slow path: the child is retained and queued in
+    /// `work` still live, where the usual processing finds it.
+    ///
+    /// # Safety
+    /// `guard` holds this node's lock; the caller holds the lock of the parent
+    /// from whose `children` this node was popped under that same lock
+    /// section; the node has no deadline of its own.
+    unsafe fn finish_under_parent(&self, guard: LockGuard<'_>, err: Error, cause: &Option<Cause>, work: &mut WorkList) {
+        if self.is_done_flag() {
+            // Done by its own cancel, which will not touch the parent's list
+            // again: it finds itself unlinked.
+            drop(guard);
+            return;
+        }
+        // SAFETY: we hold the lock (invariant 1).
+        if unsafe { !self.waiters.is_empty() } {
+            // Wakers and callbacks need the batch and its bookkeeping: take a
+            // reference (a waiter's owner holds one, so the count is not zero
+            // while the list is not empty and we hold the lock; invariants 5
+            // and 8) and let the work loop cancel it.
+            drop(guard);
+            if self.try_retain() {
+                work.push(self);
+            }
+            return;
+        }
+        // SAFETY: we hold the lock and the node is live; a node without a
+        // deadline of its own holds no cause before it is done, so nothing is
+        // displaced (invariant 12).
+        let displaced = unsafe { self.set_done(err, cause.clone(), false) };
+        debug_assert!(displaced.is_none());
+        core::mem::forget(displaced);
+        loop {
+            // SAFETY: we hold this node's lock (invariant 1).
+            let c = unsafe { self.children.pop_front() } as *const Node;
+            if c.is_null() {
+                break;
+            }
+            // SAFETY: a linked child is valid under its parent's lock (inv. 5).
+            if unsafe { (*c).try_retain() } {
+                work.push(c);
+            }
+        }
+        drop(guard);
     }
 
     /// Wakes the wakers [`drain`](Self::drain) had no room for, 32 at a

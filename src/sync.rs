@@ -143,6 +143,40 @@ impl RawLock {
     }
 }
 
+impl RawLock {
+    /// One attempt to take the lock, never waiting: `None` if it is held.
+    ///
+    /// The only lock taken while another is held: a canceller holding a
+    /// parent's lock *tries* a child's (node.rs, "Lock order"). Because it
+    /// never waits, no cycle of waiting can form through it.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<LockGuard<'_>> {
+        #[cfg(feature = "critical-section")]
+        // As in `lock`: released by the guard's drop, or just below.
+        // SAFETY: acquire/release are paired and nested.
+        let restore = unsafe { critical_section::acquire() };
+        if !self.locked.load(Ordering::Relaxed)
+            && self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(LockGuard {
+                lock: self,
+                #[cfg(feature = "critical-section")]
+                restore,
+            });
+        }
+        #[cfg(feature = "critical-section")]
+        // SAFETY: (sync.rs invariant CS) pairs with the `acquire` above, the
+        // innermost one still open.
+        unsafe {
+            critical_section::release(restore)
+        };
+        None
+    }
+}
+
 impl Drop for LockGuard<'_> {
     #[inline]
     fn drop(&mut self) {

@@ -150,3 +150,66 @@ fn scoped_detach_vs_parent_cancel() {
         assert!(parent.is_done());
     });
 }
+
+/// A canceller finishing a child under its parent's lock (node.rs invariant
+/// 12) while the child cancels itself with its own cause and is dropped on
+/// another thread: the child's lock is only ever *tried* under the parent's,
+/// the grandchild always ends up done with one of the two causes, and the
+/// child is never touched after it is freed.
+#[test]
+fn child_finished_under_parent_vs_own_cancel_and_drop() {
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let (child, child_handle) = parent.with_cancel();
+        let (grandchild, gh) = child.with_cancel();
+        gh.detach();
+        let t = thread::spawn(move || {
+            child_handle.cancel_with("own");
+            drop(child);
+        });
+        handle.cancel_with("parent");
+        t.join().unwrap();
+        assert!(grandchild.is_done());
+        let cause = grandchild.cause().unwrap().as_str().unwrap();
+        assert!(cause == "own" || cause == "parent", "cause {cause}");
+    });
+}
+
+/// Two leaves finished under their parent's lock while one of them is being
+/// dropped (its last release waits for the parent's lock to unlink it) and
+/// the other gains a child of its own: nothing is lost or freed early.
+#[test]
+fn leaves_finished_under_parent_vs_drop_and_attach() {
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let (a, ah) = parent.with_cancel();
+        let (b, bh) = parent.with_cancel();
+        bh.detach();
+        let t = thread::spawn(move || {
+            drop(ah);
+            drop(a);
+            let (grandchild, gh) = b.with_cancel();
+            gh.detach();
+            grandchild
+        });
+        handle.cancel();
+        let grandchild = t.join().unwrap();
+        assert!(grandchild.is_done());
+        assert_eq!(grandchild.err(), Some(Error::Canceled));
+    });
+}
+
+/// A task waiting on a direct child while the parent is cancelled: the
+/// canceller meets the child either before the waiter registers (finished
+/// under the parent's lock, then the registration sees `DONE`) or after (the
+/// child has a waiter, so it goes through the work list and its waker runs).
+#[test]
+fn waiter_on_child_vs_parent_cancel() {
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let (child, _ch) = parent.with_cancel();
+        let t = thread::spawn(move || loom::future::block_on(child.done()));
+        handle.cancel();
+        assert_eq!(t.join().unwrap(), Error::Canceled);
+    });
+}
