@@ -82,6 +82,18 @@
 //!     they have no timer entry to disarm (the timer's lock stays a leaf), and
 //!     they have nothing to wake or run. Their own children are retained into
 //!     the work list as `drain` does.
+//! 13. **Descending.** When the child finished under its parent's lock
+//!     (invariant 12) was the parent's last and has children of its own, the
+//!     canceller keeps the child's lock, lets go of the parent's
+//!     ([`LockGuard::hand_over`]) and goes on emptying the child's list. The
+//!     child stays valid with no reference of ours: every child linked under
+//!     it when we took its lock holds it alive (a reference, invariant 4, or
+//!     its scoped owner's borrow of it) and gives that up only after taking
+//!     the child's lock to unlink itself (`release_last` and
+//!     `detach_scoped` take the parent's lock whether or not they are still
+//!     linked), and we hold that lock until we descend again or finish. So a
+//!     chain is cancelled with one read-modify-write per level, holding at
+//!     most two node locks, the second one only ever tried.
 //!
 //! # Lock order
 //!
@@ -962,22 +974,68 @@ impl Node {
                 cur = next;
             }
         }
+        self.drain_children(guard, work);
+        left
+    }
+
+    /// Empties the `children` of this done node, whose lock `guard` holds,
+    /// and releases the lock. Children without a deadline of their own and
+    /// without waiters whose lock is free are cancelled on the spot
+    /// (invariant 12); when such a child is the last one and has children of
+    /// its own, the walk descends into it (invariant 13). Every other child
+    /// goes to `work`, retained, unless it is being freed.
+    fn drain_children(&self, guard: LockGuard<'_>, work: &mut WorkList) {
         let mut inherit: Option<(Error, Option<Cause>)> = None;
+        let mut guard = guard;
+        // The node whose list we are emptying; `guard` holds its lock.
+        let mut cur: &Node = self;
         loop {
-            // SAFETY: we hold the lock (invariant 1).
-            let c = unsafe { self.children.pop_front() } as *const Node;
+            // SAFETY: we hold `cur`'s lock (invariant 1).
+            let c = unsafe { cur.children.pop_front() } as *const Node;
             if c.is_null() {
                 break;
             }
-            // SAFETY: a linked child is valid under the parent lock (inv. 5),
-            // and we still hold it.
-            let child = unsafe { &*c };
+            // SAFETY: a child popped under its parent's lock, still held, is
+            // valid (invariants 5 and 12); a reference of any lifetime is fine
+            // because it is used only while that holds (or, once we descend,
+            // while invariant 13 does).
+            let child: &Node = unsafe { &*c };
             if child.state.load(Ordering::Relaxed) & OWNS_DEADLINE == 0 {
                 if let Some(child_guard) = child.lock.try_lock() {
+                    if child.is_done_flag() {
+                        // Done by its own cancel, which will not touch the
+                        // parent's list again: it finds itself unlinked.
+                        drop(child_guard);
+                        continue;
+                    }
+                    // SAFETY: we hold the child's lock (invariant 1).
+                    if unsafe { !child.waiters.is_empty() } {
+                        // Wakers and callbacks need the batch and its
+                        // bookkeeping: the work loop cancels it.
+                        drop(child_guard);
+                        if child.try_retain() {
+                            work.push(c);
+                        }
+                        continue;
+                    }
                     let (err, cause) = inherit.get_or_insert_with(|| self.done_with());
-                    // SAFETY: we hold the parent's lock and the child's; the
-                    // child was linked until just now (invariant 12).
-                    unsafe { child.finish_under_parent(child_guard, *err, cause, work) };
+                    // SAFETY: we hold the child's lock and it is live; without
+                    // a deadline of its own its cause slot is empty, so
+                    // nothing is displaced (invariant 12).
+                    let displaced = unsafe { child.set_done(*err, cause.clone(), false) };
+                    debug_assert!(displaced.is_none());
+                    core::mem::forget(displaced);
+                    // SAFETY: we hold both locks (invariant 1).
+                    if unsafe { cur.children.is_empty() && !child.children.is_empty() } {
+                        // Descend: keep the child's lock, let go of the
+                        // parent's (invariant 13).
+                        guard = guard.hand_over(child_guard);
+                        cur = child;
+                    } else {
+                        // SAFETY: we hold the child's lock.
+                        unsafe { child.retain_children_into(work) };
+                        drop(child_guard);
+                    }
                     continue;
                 }
             }
@@ -988,65 +1046,35 @@ impl Node {
             }
         }
         drop(guard);
-        left
     }
 
-    /// Error and cause of a node whose lock is held and that is done.
-    fn done_with(&self) -> (Error, Option<Cause>) {
-        // SAFETY: `DONE` is set (the caller), so `cause` is immutable
-        // (invariant 2).
-        let cause = self.cause.with(|c| unsafe { (*c).clone() });
-        (self.err_of_done(), cause)
-    }
-
-    /// Cancels a child that a canceller has just popped from its parent's
-    /// `children`, while the parent's lock is still held, without taking a
-    /// reference (invariant 12): marks it done and moves its children to
-    /// `work` (retained, as [`drain`](Self::drain) does). If it has waiters
-    /// the rest is left to the slow path: the child is retained and queued in
-    /// `work` still live, where the usual processing finds it.
+    /// Moves this node's children to `work`, retained, skipping those being
+    /// freed (they find themselves unlinked).
     ///
     /// # Safety
-    /// `guard` holds this node's lock; the caller holds the lock of the parent
-    /// from whose `children` this node was popped under that same lock
-    /// section; the node has no deadline of its own.
-    unsafe fn finish_under_parent(&self, guard: LockGuard<'_>, err: Error, cause: &Option<Cause>, work: &mut WorkList) {
-        if self.is_done_flag() {
-            // Done by its own cancel, which will not touch the parent's list
-            // again: it finds itself unlinked.
-            drop(guard);
-            return;
-        }
-        // SAFETY: we hold the lock (invariant 1).
-        if unsafe { !self.waiters.is_empty() } {
-            // Wakers and callbacks need the batch and its bookkeeping: take a
-            // reference (a waiter's owner holds one, so the count is not zero
-            // while the list is not empty and we hold the lock; invariants 5
-            // and 8) and let the work loop cancel it.
-            drop(guard);
-            if self.try_retain() {
-                work.push(self);
-            }
-            return;
-        }
-        // SAFETY: we hold the lock and the node is live; a node without a
-        // deadline of its own holds no cause before it is done, so nothing is
-        // displaced (invariant 12).
-        let displaced = unsafe { self.set_done(err, cause.clone(), false) };
-        debug_assert!(displaced.is_none());
-        core::mem::forget(displaced);
+    /// The node's lock is held.
+    unsafe fn retain_children_into(&self, work: &mut WorkList) {
         loop {
-            // SAFETY: we hold this node's lock (invariant 1).
+            // SAFETY: the caller holds our lock (invariant 1).
             let c = unsafe { self.children.pop_front() } as *const Node;
             if c.is_null() {
-                break;
+                return;
             }
-            // SAFETY: a linked child is valid under its parent's lock (inv. 5).
+            // SAFETY: a child popped under its parent's lock is valid while
+            // that lock is held (invariant 5).
             if unsafe { (*c).try_retain() } {
                 work.push(c);
             }
         }
-        drop(guard);
+    }
+
+    /// Error and cause of a done node (its `cause` is immutable: invariant 2).
+    fn done_with(&self) -> (Error, Option<Cause>) {
+        // SAFETY: `DONE` is set (the caller) and was observed by this thread
+        // (it set it, or read it with Acquire), so `cause` is immutable and
+        // visible (invariant 2).
+        let cause = self.cause.with(|c| unsafe { (*c).clone() });
+        (self.err_of_done(), cause)
     }
 
     /// Wakes the wakers [`drain`](Self::drain) had no room for, 32 at a

@@ -13,6 +13,12 @@
 //! it safe to take from an interrupt handler on a single core (the interrupted
 //! code cannot be inside the lock while the handler runs, because interrupts are
 //! masked while the lock is held). See `docs/design.md`, "Locks".
+//!
+//! **Invariant CS.** Critical sections are acquired and released in LIFO
+//! order: each guard releases the section its own `lock`/`try_lock` opened,
+//! guards are scoped (never leaked), and the one guard that outlives a guard
+//! taken inside it ([`LockGuard::hand_over`]) closes the inner section first
+//! and inherits the outer one.
 
 #![allow(dead_code)]
 
@@ -174,6 +180,33 @@ impl RawLock {
             critical_section::release(restore)
         };
         None
+    }
+}
+
+impl<'a> LockGuard<'a> {
+    /// Hand-over-hand: releases this guard's lock and keeps `next`'s, which
+    /// was taken while this one was held (node.rs invariant 13).
+    ///
+    /// With `critical-section` the sections stay properly nested: `next`'s
+    /// (inner) section is closed first, which leaves interrupts masked by
+    /// this guard's (outer) one, and the returned guard carries the outer
+    /// section's state, to be restored when it drops.
+    #[inline]
+    pub(crate) fn hand_over(self, next: LockGuard<'a>) -> LockGuard<'a> {
+        let this = core::mem::ManuallyDrop::new(self);
+        let next = core::mem::ManuallyDrop::new(next);
+        #[cfg(feature = "critical-section")]
+        // SAFETY: (sync.rs invariant CS) `next`'s section is the innermost
+        // one open: closing it first keeps acquire/release in LIFO order.
+        unsafe {
+            critical_section::release(next.restore)
+        };
+        this.lock.locked.store(false, Ordering::Release);
+        LockGuard {
+            lock: next.lock,
+            #[cfg(feature = "critical-section")]
+            restore: this.restore,
+        }
     }
 }
 

@@ -213,3 +213,51 @@ fn waiter_on_child_vs_parent_cancel() {
         assert_eq!(t.join().unwrap(), Error::Canceled);
     });
 }
+
+/// The canceller descending a chain (node.rs invariant 13: it keeps a
+/// child's lock and lets go of the parent's) while the middle of the chain is
+/// dropped on another thread: the nodes it walks through stay valid because
+/// their own children need their locks to let go of them, and the bottom of
+/// the chain ends up cancelled.
+#[test]
+fn descent_vs_chain_drop() {
+    loom::model(|| {
+        let (root, handle) = Context::background().with_cancel();
+        let (a, ah) = root.with_cancel();
+        let (b, bh) = a.with_cancel();
+        let (c, ch) = b.with_cancel();
+        ah.detach();
+        bh.detach();
+        ch.detach();
+        let t = thread::spawn(move || {
+            drop(a);
+            drop(b);
+        });
+        handle.cancel_with("root");
+        t.join().unwrap();
+        assert!(c.is_done());
+        assert_eq!(c.cause().unwrap().as_str(), Some("root"));
+    });
+}
+
+/// A chain of pinned scoped contexts dropped, innermost first, while the
+/// canceller descends through it: scoped children keep their parent alive by
+/// their owner's borrow, which ends only after their drop has taken the
+/// parent's lock.
+#[test]
+fn descent_vs_scoped_chain_drop() {
+    use core::pin::pin;
+    use ctxcore::ScopedContext;
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let t = thread::spawn(move || handle.cancel());
+        {
+            let outer = pin!(ScopedContext::new(parent.as_ref()));
+            let outer_ctx = outer.as_ref().context();
+            let inner = pin!(ScopedContext::new(outer_ctx));
+            let _ = inner.as_ref().context().is_done();
+        }
+        t.join().unwrap();
+        assert!(parent.is_done());
+    });
+}
