@@ -15,10 +15,12 @@
 //!
 //! 1. **Lock scope.** `children`, `waiters`, the `link` of every element in
 //!    them, and `cause` while the node is live are guarded by the node's own
-//!    `lock` (list.rs invariant 1). A code path waits for at most one node
-//!    lock at a time (the one nesting, a single attempt that never waits, is
-//!    invariant 12); the timer's lock is a leaf taken with no node lock held:
-//!    `claim` under the timer lock only touches `refs`.
+//!    `lock` (list.rs invariant 1). Node locks nest only in tree order, an
+//!    ancestor's before a descendant's: a node's own cancel takes its
+//!    parent's lock and then its own (invariant 14), and a canceller holding
+//!    a parent's lock *tries* a child's (invariant 12). The timer's lock is a
+//!    leaf taken with no node lock held: `claim` under the timer lock only
+//!    touches `refs`.
 //! 2. **Done is final and published last.** `DONE` is set with a Release
 //!    write (invariant 11) while the lock is held, after `cause` is written; after that `cause` is
 //!    immutable until the node is freed, so a reader that observed `DONE` with
@@ -91,18 +93,32 @@
 //!     its scoped owner's borrow of it) and gives that up only after taking
 //!     the child's lock to unlink itself (`release_last` and
 //!     `detach_scoped` take the parent's lock whether or not they are still
-//!     linked), and we hold that lock until we descend again or finish. So a
+//!     linked, except after the child unlinked *itself* under that lock,
+//!     invariant 14, when it was no longer linked), and we hold that lock
+//!     until we descend again or finish. So a
 //!     chain is cancelled with one read-modify-write per level, holding at
 //!     most two node locks, the second one only ever tried.
+//! 14. **A cancelled node leaves its parent at once.** A node's own cancel
+//!     (a handle, its deadline, a scoped owner's drop; not propagation from
+//!     above) takes its parent's lock and then its own (tree order: the only
+//!     place a path waits for a lock while holding another, always an
+//!     ancestor's before a descendant's, so no cycle), unlinks itself and
+//!     sets `UNLINKED` with `DONE`. A node with `UNLINKED` is in no parent's
+//!     list and was taken out by itself, so no canceller popped it and none
+//!     can reach it through the parent; its last release skips the parent's
+//!     lock. (It still holds its reference to the parent: invariant 4.)
 //!
 //! # Lock order
 //!
-//! No path *waits* for a lock while holding another. The one nesting is
-//! invariant 12: a canceller holding a parent's lock makes a single attempt at
-//! a child's lock and falls back to the reference-counted work list if it is
-//! taken. The timer's lock is taken only with no node lock held. So no cycle
-//! of waiting can exist, and a cancel may run from any thread, a waker, an
-//! after-func or a drop.
+//! Tree order: a path that holds one node lock and takes another takes a
+//! descendant's while holding an ancestor's, never the reverse. A node's own
+//! cancel waits for its parent's lock and then for its own (invariant 14); a
+//! canceller holding a parent's lock makes a single attempt at a child's
+//! (invariant 12) and falls back to the reference-counted work list if it is
+//! taken; the descent (invariant 13) lets go of the parent once it holds the
+//! child. Every other path holds one node lock at a time. The timer's lock is
+//! taken only with no node lock held. So no cycle of waiting can exist, and a
+//! cancel may run from any thread, a waker, an after-func or a drop.
 //!
 //! With the `critical-section` feature each lock section also masks
 //! interrupts, so an interrupt handler that cancels can never spin on a lock
@@ -148,6 +164,10 @@ pub(crate) const ATTACHED: u32 = 1 << 6;
 /// Immutable: nothing can ever cancel the node (a `with_timer` or
 /// `without_cancel` root, or an `any` over such roots).
 pub(crate) const NEVER_DONE: u32 = 1 << 7;
+/// Set with `DONE` by a node's own cancel that unlinked it from its parent's
+/// list under the parent's lock (invariant 14): its release need not take
+/// that lock again.
+pub(crate) const UNLINKED: u32 = 1 << 8;
 
 const MAX_REFS: u32 = u32::MAX / 2;
 
@@ -799,9 +819,19 @@ impl Node {
         // SAFETY: the caller keeps `node` valid until we release it (below,
         // after the last use of `this`).
         let this = unsafe { &*node };
+        // A cancelled node leaves its parent's list at once (invariant 14):
+        // the parent's lock first, then ours (tree order).
+        let parent = this.parent_ptr();
+        let parent_guard = if this.is_done_flag() {
+            None
+        } else {
+            // SAFETY: the parent outlives us (invariant 4).
+            unsafe { parent.as_ref() }.map(|p| p.lock.lock())
+        };
         let guard = this.lock.lock();
         if this.is_done_flag() {
             drop(guard);
+            drop(parent_guard);
             drop(cause);
             if owned {
                 // SAFETY: the caller handed us this reference.
@@ -809,8 +839,23 @@ impl Node {
             }
             return false;
         }
+        let (guard, unlinked) = match parent_guard {
+            Some(pg) => {
+                // SAFETY: we hold the parent's lock (invariant 1), which
+                // guards our link; the parent is valid (invariant 4).
+                let unlinked = unsafe {
+                    let linked = this.link.is_linked();
+                    if linked {
+                        (*parent).children.remove(&this.link);
+                    }
+                    linked
+                };
+                (pg.hand_over(guard), unlinked)
+            }
+            None => (guard, false),
+        };
         // SAFETY: we hold the lock and the node is live (invariant 1).
-        let displaced = unsafe { this.set_done(err, cause, own_deadline) };
+        let displaced = unsafe { this.set_done_with(err, cause, own_deadline, if unlinked { UNLINKED } else { 0 }) };
         // SAFETY: we hold the lock (invariant 1).
         if unsafe { this.waiters.is_empty() && this.children.is_empty() } {
             // A leaf nobody waits on (the common case: a request's last
@@ -918,6 +963,15 @@ impl Node {
     /// # Safety
     /// The lock is held and the node is live.
     unsafe fn set_done(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> Option<Cause> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.set_done_with(err, cause, own_deadline, 0) }
+    }
+
+    /// [`set_done`](Self::set_done), also setting `extra` flags.
+    ///
+    /// # Safety
+    /// As for `set_done`.
+    unsafe fn set_done_with(&self, err: Error, cause: Option<Cause>, own_deadline: bool, extra: u32) -> Option<Cause> {
         let displaced = if own_deadline && cause.is_none() {
             None
         } else {
@@ -925,10 +979,11 @@ impl Node {
             // (invariant 1).
             self.cause.with_mut(|p| unsafe { core::mem::replace(&mut *p, cause) })
         };
-        let bits = match err {
-            Error::Canceled => DONE,
-            Error::DeadlineExceeded => DONE | DEADLINE_ERR,
-        };
+        let bits = extra
+            | match err {
+                Error::Canceled => DONE,
+                Error::DeadlineExceeded => DONE | DEADLINE_ERR,
+            };
         let s = self.state.load(Ordering::Relaxed);
         if s & ANY == 0 {
             // Nobody else writes this word now (invariant 11): a plain store
@@ -1261,7 +1316,7 @@ unsafe fn release_last(node: NonNull<Node>) {
         // reach it by a list pointer (invariant 5), then free it.
         n.after_done();
         let parent = n.parent_ptr();
-        if let Some(p) = NonNull::new(parent as *mut Node) {
+        if let Some(p) = NonNull::new(parent as *mut Node).filter(|_| n.state.load(Ordering::Relaxed) & UNLINKED == 0) {
             // SAFETY: the parent outlives us (invariant 4).
             let p = unsafe { p.as_ref() };
             let g = p.lock.lock();
@@ -1816,6 +1871,43 @@ impl AfterFuncInner {
 mod tests {
     use super::*;
 
+    /// Invariant 14: a child cancelled by its own handle leaves its parent's
+    /// list at once (as Go's `CancelFunc` removes the child), even while its
+    /// context lives on; a child cancelled by its parent is taken out by
+    /// the parent's cancel. Either way the parent's list is empty.
+    #[test]
+    fn a_cancelled_child_leaves_its_parent_at_once() {
+        let parent = NodeRef::new_child(None, None, None, None);
+        let children_empty = |p: &NodeRef| {
+            let n = p.node();
+            let g = n.lock.lock();
+            // SAFETY: we hold the lock (invariant 1).
+            let empty = unsafe { n.children.is_empty() };
+            drop(g);
+            empty
+        };
+        let a = NodeRef::new_child(Some(&parent), None, None, None);
+        let b = NodeRef::new_child(Some(&parent), None, None, None);
+        assert!(!children_empty(&parent));
+        assert!(a.node().cancel(Error::Canceled, None));
+        assert!(a.node().state.load(Ordering::Relaxed) & UNLINKED != 0);
+        // `b` is still linked.
+        assert!(!children_empty(&parent));
+        assert!(b.node().cancel(Error::Canceled, Some(Cause::from("b"))));
+        assert!(children_empty(&parent));
+        // A second cancel of a done node takes no lock and changes nothing.
+        assert!(!a.node().cancel(Error::DeadlineExceeded, None));
+        assert_eq!(a.node().err(), Some(Error::Canceled));
+        // Propagation from the parent does not mark a child `UNLINKED`: the
+        // parent's canceller popped it.
+        let c = NodeRef::new_child(Some(&parent), None, None, None);
+        assert!(parent.node().cancel(Error::Canceled, None));
+        assert!(c.node().is_done_flag());
+        assert!(c.node().state.load(Ordering::Relaxed) & UNLINKED == 0);
+        assert!(children_empty(&parent));
+        drop((a, b, c, parent));
+    }
+
     #[test]
     fn node_size_is_documented() {
         // docs/design.md reports this figure; keep them in step.
@@ -1836,6 +1928,7 @@ mod tests {
             ANY,
             ATTACHED,
             NEVER_DONE,
+            UNLINKED,
         ];
         let mut acc = 0;
         for b in all {
