@@ -143,10 +143,11 @@ impl Context {
                 if parent.node().is_done_flag() {
                     // A child of a done parent is done at birth with the
                     // parent's error and cause, and nothing can ever change
-                    // it: it can share the parent's node (no allocation), and
-                    // its handle has nothing left to cancel.
+                    // it: it needs no node of its own (no allocation; the
+                    // shared immortal one if the parent was plainly
+                    // cancelled), and its handle has nothing left to cancel.
                     let ctx = Context {
-                        node: Some(parent.clone()),
+                        node: Some(parent.done_child(default_timer)),
                         values: self.values.clone(),
                     };
                     return (ctx, CancelHandle { node: None });

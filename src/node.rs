@@ -107,6 +107,23 @@
 //!     list and was taken out by itself, so no canceller popped it and none
 //!     can reach it through the parent; its last release skips the parent's
 //!     lock. (It still holds its reference to the parent: invariant 4.)
+//! 15. **Immortal node.** [`CANCELED`] is a `static` node born done with
+//!     `Canceled`, no cause, no deadline and no timer; a child without a
+//!     deadline of its own of a done node in that same state (and whose timer
+//!     is none or the default one, which is what a missing timer falls back
+//!     to) gets it instead of sharing its parent's node: nothing can tell
+//!     them apart (values live in the `Context`, not the node). References to
+//!     it are never counted — `NodeRef`'s `clone` and `drop` skip it by
+//!     comparing the pointer with the static's address, a child's reference
+//!     to it as parent is a forgotten clone, and `release_last` skips it
+//!     when walking up to a parent or an `any` link's parent — so its count
+//!     keeps its initial 1 and it is never freed (it is not on the heap).
+//!     Nothing else can reach it by a counted path: being done from the
+//!     start it never gains a child or a waiter (invariant 3), so no list
+//!     holds it and `try_retain` or a work list never sees it, and with no
+//!     deadline it has no timer entry (invariant 7). `cancel` on it loses at
+//!     once. Under loom (no `const` atomics) there is no such node and such
+//!     children share their parent's node.
 //!
 //! # Lock order
 //!
@@ -469,9 +486,15 @@ impl Node {
     /// `NodeRef` (invariant 5: the count never reaches zero).
     #[cfg(not(loom))]
     pub(crate) const fn new_static(timer: Option<&'static dyn Timer>) -> Self {
+        Node::static_with_state(0, timer)
+    }
+
+    /// A root in a `static` whose state word starts as `state`.
+    #[cfg(not(loom))]
+    const fn static_with_state(state: u32, timer: Option<&'static dyn Timer>) -> Self {
         Node {
             link: Link::new(),
-            state: AtomicU32::new(0),
+            state: AtomicU32::new(state),
             refs: AtomicU32::new(1),
             lock: RawLock::new(),
             callbacks: UnsafeCell::new(0),
@@ -1123,6 +1146,26 @@ impl Node {
         }
     }
 
+    /// Whether this done node (`DONE` observed with Acquire) is in the state
+    /// of [`CANCELED`]: `Canceled`, no cause, no deadline, and no timer or
+    /// `default_timer` (what a missing timer falls back to), so that a child
+    /// of it without a deadline of its own may be given the immortal node
+    /// (invariant 15).
+    #[cfg(all(feature = "alloc", not(loom)))]
+    #[inline]
+    fn plainly_canceled(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> bool {
+        if self.state.load(Ordering::Relaxed) & (DONE | DEADLINE_ERR | HAS_DEADLINE) != DONE {
+            return false;
+        }
+        let timer_ok = match self.timer {
+            None => true,
+            Some(t) => default_timer().is_some_and(|d| ptr::addr_eq(t as *const dyn Timer, d as *const dyn Timer)),
+        };
+        // SAFETY: the caller observed `DONE` with Acquire, so `cause` is
+        // immutable and its write visible (invariant 2).
+        timer_ok && self.cause.with(|p| unsafe { (*p).is_none() })
+    }
+
     /// Error and cause of a done node (its `cause` is immutable: invariant 2).
     fn done_with(&self) -> (Error, Option<Cause>) {
         // SAFETY: `DONE` is set (the caller) and was observed by this thread
@@ -1248,6 +1291,7 @@ unsafe fn release_node(node: *const Node) {
 #[cfg(feature = "alloc")]
 #[inline]
 unsafe fn release(node: NonNull<Node>) {
+    debug_assert!(!is_immortal(node), "the immortal node is never counted (invariant 15)");
     // SAFETY: we own a reference, so the node is valid.
     let n = unsafe { node.as_ref() };
     let old = n.refs.fetch_sub(1, Ordering::Release);
@@ -1298,6 +1342,11 @@ unsafe fn release_last(node: NonNull<Node>) {
         // node is valid.
         let n = unsafe { cur.as_ref() };
         if !core::mem::replace(&mut zeroed, false) {
+            if is_immortal(cur) {
+                // A parent's or an `any` link's reference to the immortal
+                // node was never counted (invariant 15).
+                continue;
+            }
             let old = n.refs.fetch_sub(1, Ordering::Release);
             if old != 1 {
                 if old > MAX_REFS {
@@ -1552,17 +1601,46 @@ unsafe impl Send for NodeRef {}
 #[cfg(feature = "alloc")]
 unsafe impl Sync for NodeRef {}
 
+/// The immortal node (invariant 15): done with `Canceled`, no cause, no
+/// deadline, no timer; never counted, never freed.
+#[cfg(all(feature = "alloc", not(loom)))]
+static CANCELED: Node = Node::static_with_state(DONE, None);
+
+/// Whether `ptr` is [`CANCELED`]: a compare with the static's address, no
+/// load (invariant 15).
+#[cfg(feature = "alloc")]
+#[inline(always)]
+fn is_immortal(ptr: NonNull<Node>) -> bool {
+    #[cfg(not(loom))]
+    {
+        ptr::eq(ptr.as_ptr() as *const Node, &CANCELED)
+    }
+    #[cfg(loom)]
+    {
+        let _ = ptr;
+        false
+    }
+}
+
 #[cfg(feature = "alloc")]
 impl Clone for NodeRef {
+    #[inline]
     fn clone(&self) -> Self {
-        self.node().retain();
+        if !is_immortal(self.ptr) {
+            self.node().retain();
+        }
         NodeRef { ptr: self.ptr }
     }
 }
 
 #[cfg(feature = "alloc")]
 impl Drop for NodeRef {
+    #[inline]
     fn drop(&mut self) {
+        if is_immortal(self.ptr) {
+            // Never counted (invariant 15).
+            return;
+        }
         // SAFETY: we own one reference.
         unsafe { release(self.ptr) }
     }
@@ -1581,6 +1659,25 @@ impl NodeRef {
         let ptr = self.ptr;
         core::mem::forget(self);
         ptr
+    }
+
+    /// The node for a child, without a deadline of its own, of this node
+    /// that the caller saw done: such a child is done at birth with this
+    /// node's error and cause and nothing can change that, so it needs no
+    /// node of its own. A plainly cancelled node's child gets the immortal
+    /// node (invariant 15: no reference count at all); any other shares this
+    /// node.
+    #[inline]
+    pub(crate) fn done_child(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> NodeRef {
+        #[cfg(not(loom))]
+        if self.node().plainly_canceled(default_timer) {
+            return NodeRef {
+                ptr: NonNull::from(&CANCELED),
+            };
+        }
+        #[cfg(loom)]
+        let _ = default_timer;
+        self.clone()
     }
 
     pub(crate) fn ptr_eq(&self, other: &NodeRef) -> bool {
@@ -1644,7 +1741,10 @@ impl NodeRef {
         // a shared reference): the last release may free through it.
         let parent_ptr = match parent {
             Some(p) => {
-                p.node().retain();
+                // The child's reference (released by `release_last`): a
+                // forgotten clone, so the immortal node stays uncounted
+                // (invariant 15).
+                core::mem::forget(p.clone());
                 p.ptr.as_ptr() as *const Node
             }
             None => ptr::null(),
@@ -1958,6 +2058,30 @@ mod tests {
         assert!(root.node().cancel(Error::Canceled, Some(Cause::from("first"))));
         assert!(!root.node().cancel(Error::Canceled, Some(Cause::from("second"))));
         assert_eq!(root.node().cause().unwrap().as_str(), Some("first"));
+    }
+
+    #[test]
+    fn children_of_plainly_cancelled_nodes_share_the_uncounted_immortal_node() {
+        let is_canceled = |c: &crate::Context| ptr::eq(c.node_ref().unwrap(), &CANCELED);
+        let (parent, h) = crate::Context::background().with_cancel();
+        h.cancel();
+        let (child, hc) = parent.with_cancel();
+        assert!(is_canceled(&child), "the immortal node is handed out");
+        assert!(!is_canceled(&parent));
+        let (grandchild, _hg) = child.clone().with_cancel();
+        assert!(is_canceled(&grandchild));
+        let (dl, _hd) = child.with_timeout(core::time::Duration::from_secs(60));
+        assert!(!is_canceled(&dl), "a deadline child has its own node");
+        let any = crate::Context::any([&child, &grandchild]);
+        let (of_any, _ha) = any.with_cancel();
+        assert!(is_canceled(&of_any));
+        drop((child, hc, grandchild, dl, any, of_any));
+        // Never counted: other tests running meanwhile cannot move it either.
+        assert_eq!(CANCELED.refs.load(Ordering::Relaxed), 1);
+        assert_eq!(CANCELED.state.load(Ordering::Relaxed), DONE);
+        let (p2, h2) = crate::Context::background().with_cancel();
+        h2.cancel_with("why");
+        assert!(!is_canceled(&p2.with_cancel().0), "a cause needs the parent's node");
     }
 
     #[test]
