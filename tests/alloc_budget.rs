@@ -362,6 +362,19 @@ fn churn_of_cancel_children_leaves_nothing_behind() {
 
     assert!(!parent.is_done());
     hp.cancel();
+
+    // Children of a done parent need no node: plainly cancelled (the shared
+    // immortal node) or with a cause (the parent's node).
+    let per = churn(n, |_| {
+        let (c, h) = parent.with_cancel();
+        assert!(c.is_done());
+        drop((c.clone(), c, h));
+    });
+    assert_eq!(per, 0.0, "child of a cancelled parent allocates");
+    let (caused, hc) = Context::background().with_cancel();
+    hc.cancel_with("why");
+    let per = churn(n, |_| drop(caused.with_cancel()));
+    assert_eq!(per, 0.0, "child of a parent cancelled with a cause allocates");
 }
 
 #[test]

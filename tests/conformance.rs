@@ -395,6 +395,256 @@ fn child_of_a_done_parent_is_born_done_with_the_parent_cause() {
     assert_eq!(cause_str(&grandchild).as_deref(), Some("gone"));
 }
 
+// Children of a done parent need no node of their own; those of a plainly
+// cancelled one (no cause, no deadline) share one immortal node
+// (node.rs invariant 14). Nothing about them may differ from a child of that
+// parent with a node of its own.
+
+/// A parent cancelled with no cause, carrying a value.
+fn plainly_cancelled() -> Context {
+    let (parent, h) = Context::background().with_cancel();
+    let parent = parent.with_value(&NAME, "parent");
+    h.cancel();
+    parent
+}
+
+#[test]
+fn child_of_a_plainly_cancelled_parent_is_canceled_with_the_error_as_cause() {
+    let parent = plainly_cancelled();
+    let (child, hc) = parent.with_cancel();
+    let (grandchild, hg) = child.with_cancel();
+    for ctx in [&child, &grandchild, &child.clone()] {
+        assert!(ctx.is_done());
+        assert_eq!(ctx.err(), Some(Error::Canceled));
+        assert_eq!(ctx.cause().unwrap().as_error(), Some(Error::Canceled));
+        assert_eq!(cause_str(ctx), cause_str(&parent));
+        assert_eq!(ctx.deadline(), None);
+        assert_eq!(ctx.value(&NAME), Some(&"parent"));
+    }
+    assert!(hc.is_done() && hg.is_done());
+    // Later cancellations change nothing, whoever asks.
+    hc.cancel_with("late");
+    hg.cancel_with("late");
+    assert_eq!(child.cause().unwrap().as_error(), Some(Error::Canceled));
+    assert_eq!(format!("{child:?}"), format!("{parent:?}"));
+}
+
+#[test]
+fn children_of_plainly_cancelled_parents_keep_their_own_values() {
+    // Two unrelated cancelled trees: their children look alike to the node
+    // layer but must keep each one its own values.
+    let a = plainly_cancelled().with_value(&COUNT, 1);
+    let (b, hb) = Context::background().with_value(&COUNT, 2).with_cancel();
+    hb.cancel();
+    let (ca, _ha) = a.with_cancel();
+    let (cb, _hb) = b.with_cancel();
+    assert_eq!(ca.value(&COUNT), Some(&1));
+    assert_eq!(ca.value(&NAME), Some(&"parent"));
+    assert_eq!(cb.value(&COUNT), Some(&2));
+    assert_eq!(cb.value(&NAME), None);
+    let ca2 = ca.with_value(&COUNT, 3);
+    assert_eq!(ca2.value(&COUNT), Some(&3));
+    assert_eq!(ca.value(&COUNT), Some(&1));
+    assert_eq!(ca2.err(), Some(Error::Canceled));
+    // `any` over them: done, values from the first parent.
+    let (live, _hl) = Context::background().with_value(&COUNT, 9).with_cancel();
+    let either = Context::any([&live, &cb, &ca]);
+    assert!(either.is_done());
+    assert_eq!(either.err(), Some(Error::Canceled));
+    assert_eq!(either.cause().unwrap().as_error(), Some(Error::Canceled));
+    assert_eq!(either.value(&COUNT), Some(&9));
+    assert_eq!(either.deadline(), None);
+    let both = Context::any([&ca, &cb]);
+    assert_eq!(both.value(&COUNT), Some(&1));
+    assert_eq!(both.err(), Some(Error::Canceled));
+    let (child_of_any, _h) = both.with_cancel();
+    assert_eq!(child_of_any.err(), Some(Error::Canceled));
+}
+
+#[test]
+fn child_of_a_plainly_cancelled_parent_waits_for_nothing() {
+    let (child, _h) = plainly_cancelled().with_cancel();
+    let (c, f) = counter();
+    let af = child.after_func(f);
+    assert_eq!(count(&c), 1, "an after-func on a done context runs at once");
+    assert!(!af.stop());
+    assert_eq!(block_on(child.done()), Error::Canceled);
+    assert_eq!(block_on(child.done_owned()), Error::Canceled);
+    assert_eq!(
+        block_on(child.run(futures::future::pending::<()>())),
+        Err(Error::Canceled)
+    );
+    let flag = Flag::new();
+    let mut done = pin!(child.done());
+    assert_eq!(poll_with(done.as_mut(), &waker_of(&flag)), Poll::Ready(Error::Canceled));
+    assert_eq!(child.wait_blocking(), Error::Canceled);
+    assert_eq!(
+        child.wait_blocking_timeout(Duration::from_secs(3600)),
+        Some(Error::Canceled)
+    );
+    // Scoped children of it are born done too.
+    let scoped = pin!(ScopedContext::new(child.as_ref()));
+    let scoped = scoped.as_ref();
+    let sctx = scoped.context();
+    assert!(sctx.is_done());
+    assert_eq!(sctx.err(), Some(Error::Canceled));
+    assert_eq!(sctx.cause().unwrap().as_error(), Some(Error::Canceled));
+    // `without_cancel` keeps values and is live.
+    let detached = child.without_cancel();
+    assert!(!detached.is_done());
+    assert_eq!(detached.value(&NAME), Some(&"parent"));
+}
+
+#[test]
+fn deadline_children_of_a_plainly_cancelled_parent_report_their_own_deadline() {
+    let (child, _h) = plainly_cancelled().with_cancel();
+    let t = Instant::from_nanos(u64::MAX / 2);
+    let (dl, hd) = child.with_deadline(t);
+    assert_eq!(dl.deadline(), Some(t));
+    assert_eq!(dl.err(), Some(Error::Canceled));
+    assert_eq!(dl.cause().unwrap().as_error(), Some(Error::Canceled));
+    assert_eq!(dl.value(&NAME), Some(&"parent"));
+    let (dlc, _h2) = child.with_deadline_cause(Instant::ZERO, "too slow");
+    assert_eq!(dlc.deadline(), Some(Instant::ZERO));
+    assert_eq!(dlc.err(), Some(Error::Canceled), "born cancelled, not expired");
+    assert_eq!(dlc.cause().unwrap().as_error(), Some(Error::Canceled));
+    // Their own children inherit that deadline.
+    let (gc, _h3) = dl.with_cancel();
+    assert_eq!(gc.deadline(), Some(t));
+    assert_eq!(gc.err(), Some(Error::Canceled));
+    drop((dl, hd));
+}
+
+#[test]
+fn children_of_a_cancelled_parent_on_another_timer_keep_that_timer() {
+    // The timer of a tree is part of what a child inherits: deadlines of its
+    // descendants are read on it.
+    static CLOCK: ManualClock = ManualClock::new();
+    CLOCK.advance(Duration::from_secs(1_000_000));
+    let start = CLOCK.now();
+    let (parent, h) = Context::with_timer(&CLOCK).with_cancel();
+    h.cancel();
+    let (child, _h) = parent.with_cancel();
+    let (dl, _hd) = child.with_timeout(Duration::from_secs(10));
+    assert_eq!(dl.deadline(), Some(start + Duration::from_secs(10)));
+    let detached = child.without_cancel();
+    let (later, _hl) = detached.with_timeout(Duration::from_secs(10));
+    assert_eq!(later.deadline(), Some(start + Duration::from_secs(10)));
+    assert!(!later.is_done());
+    CLOCK.advance(Duration::from_secs(10));
+    assert_eq!(later.err(), Some(Error::DeadlineExceeded));
+}
+
+#[test]
+fn child_of_a_parent_cancelled_with_a_cause_keeps_that_cause() {
+    let (parent, h) = Context::background().with_cancel();
+    h.cancel_with(ClientGone(7));
+    let (child, _hc) = parent.with_cancel();
+    let (grandchild, _hg) = child.with_cancel();
+    for ctx in [&child, &grandchild] {
+        assert_eq!(ctx.err(), Some(Error::Canceled));
+        let cause = ctx.cause().unwrap();
+        assert_eq!(cause.downcast_ref::<ClientGone>().map(|c| c.0), Some(7));
+        assert_eq!(cause.as_error(), None);
+    }
+    let (dl, _hd) = child.with_timeout(Duration::from_secs(3600));
+    assert_eq!(cause_str(&dl).as_deref(), Some("client 7 went away"));
+    let either = Context::any([&grandchild]);
+    assert_eq!(cause_str(&either).as_deref(), Some("client 7 went away"));
+}
+
+#[test]
+fn child_of_an_expired_parent_reports_its_error_and_deadline() {
+    static CLOCK: FrozenClock = FrozenClock::new();
+    let root = Context::with_timer(&CLOCK);
+    let (parent, _hp) = root.with_deadline(at(5));
+    let (caused, _hcp) = root.with_deadline_cause(at(5), "slow");
+    CLOCK.set(at(5));
+    assert_eq!(parent.err(), Some(Error::DeadlineExceeded));
+    let (child, hc) = parent.with_cancel();
+    let (grandchild, _hg) = child.with_cancel();
+    for ctx in [&child, &grandchild] {
+        assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+        assert_eq!(ctx.cause().unwrap().as_error(), Some(Error::DeadlineExceeded));
+        assert_eq!(ctx.deadline(), Some(at(5)));
+    }
+    hc.cancel();
+    assert_eq!(child.err(), Some(Error::DeadlineExceeded));
+    let (c2, _h2) = caused.with_cancel();
+    assert_eq!(c2.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(cause_str(&c2).as_deref(), Some("slow"));
+    assert_eq!(c2.deadline(), Some(at(5)));
+}
+
+#[test]
+fn child_of_a_cancelled_parent_with_a_deadline_keeps_the_deadline() {
+    static CLOCK: FrozenClock = FrozenClock::new();
+    let (parent, h) = Context::with_timer(&CLOCK).with_deadline(at(50));
+    h.cancel();
+    assert_eq!(parent.err(), Some(Error::Canceled));
+    let (child, _hc) = parent.with_cancel();
+    assert_eq!(child.err(), Some(Error::Canceled));
+    assert_eq!(child.cause().unwrap().as_error(), Some(Error::Canceled));
+    assert_eq!(child.deadline(), Some(at(50)));
+}
+
+#[test]
+fn children_of_cancelled_parents_cloned_and_dropped_across_threads() {
+    // Clones and drops of such children on many threads at once, mixed with
+    // everything built on them: no count may go wrong (a lost or extra
+    // decrement would free or leak something, which Miri would report).
+    let threads = scale(8, 3);
+    let rounds = scale(2_000, 20);
+    let (live, _hl) = base().with_cancel();
+    let parent = plainly_cancelled();
+    let (child, _hc) = parent.with_cancel();
+    let barrier = Arc::new(Barrier::new(threads));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let child = child.clone();
+            let parent = parent.clone();
+            let live = live.clone();
+            let barrier = barrier.clone();
+            let ran = ran.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let mut keep = Vec::new();
+                for r in 0..rounds {
+                    let c = child.clone();
+                    let (g, hg) = c.with_cancel();
+                    let (p, hp) = parent.with_cancel();
+                    let v = g.with_value(&COUNT, r as u64);
+                    let either = Context::any([&live, &v, &p]);
+                    let (dl, hd) = p.with_deadline(Instant::from_nanos(u64::MAX / 2));
+                    let ran = ran.clone();
+                    g.after_func(move || {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert_eq!(either.err(), Some(Error::Canceled));
+                    assert_eq!(v.value(&COUNT), Some(&(r as u64)));
+                    assert_eq!(dl.err(), Some(Error::Canceled));
+                    if (r + i) % 3 == 0 {
+                        keep.push((c, g, hg, p, hp, v, either, dl, hd));
+                    } else if (r + i) % 3 == 1 {
+                        drop((hd, dl, either, v, hp, p, hg, g, c));
+                    }
+                }
+                keep.len()
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(ran.load(Ordering::Relaxed), threads * rounds);
+    assert_eq!(child.err(), Some(Error::Canceled));
+    assert_eq!(child.value(&NAME), Some(&"parent"));
+    let (fresh, _h) = plainly_cancelled().with_cancel();
+    assert_eq!(fresh.cause().unwrap().as_error(), Some(Error::Canceled));
+    assert!(!live.is_done());
+}
+
 #[test]
 fn dropping_the_handle_cancels_and_detach_does_not() {
     let (ctx, h) = Context::background().with_cancel();
