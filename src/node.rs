@@ -146,7 +146,16 @@
 #![allow(clippy::missing_safety_doc)]
 // Without `alloc` the heap paths (`any` links, after-funcs, freeing) are
 // compiled out, leaving some flags and helpers unused.
-#![cfg_attr(not(feature = "alloc"), allow(dead_code, unused_imports, unused_variables))]
+#![cfg_attr(
+    not(feature = "alloc"),
+    allow(
+        dead_code,
+        unused_imports,
+        unused_variables,
+        clippy::drop_non_drop,
+        clippy::forget_non_drop
+    )
+)]
 
 use crate::cause::Cause;
 use crate::error::Error;
