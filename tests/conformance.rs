@@ -2370,7 +2370,7 @@ fn std_timer_firing_races_with_drop_and_cancel() {
 #[test]
 fn panicking_after_func_still_cancels_the_whole_subtree() {
     // Go never leaves a done parent with a live child. Here more than one
-    // batch (32) of entries makes `drain` run callbacks before it has taken
+    // batch (16) of entries makes `drain` run callbacks before it has taken
     // the children; a panic there unwinds out of the cancel.
     let (ctx, h) = Context::background().with_cancel();
     let (child, _hc) = ctx.with_cancel();
@@ -2398,7 +2398,7 @@ fn panicking_waker_still_cancels_the_whole_subtree() {
     let (child, _hc) = ctx.with_cancel();
     let boom = Waker::from(Arc::new(Boom));
     let quiet = Flag::new();
-    // More than one batch (32) of waiters: wakers run before the children
+    // More than one batch (16) of waiters: wakers run before the children
     // are taken.
     let mut futs: Vec<_> = (0..40).map(|_| Box::pin(ctx.done())).collect();
     for (i, f) in futs.iter_mut().enumerate() {
@@ -2831,7 +2831,7 @@ fn scoped_dropped_by_a_waker_during_a_cancel() {
         let (x, _hx) = ROOT.context().with_cancel(); // second child
         let dropper = Waker::from(Arc::new(DropOnWake(Mutex::new(Some(s)))));
         let quiet = futures::task::noop_waker();
-        // More than one batch (32) of waiters on `x`: the first batch is
+        // More than one batch (16) of waiters on `x`: the first batch is
         // woken while `s` is still queued in the cancel's work list.
         let mut futs: Vec<_> = (0..40).map(|_| Box::pin(x.done())).collect();
         for (i, f) in futs.iter_mut().enumerate() {
