@@ -67,11 +67,13 @@
 //!     work, no user code: invariant 9) are gone.
 //! 11. **One writer of `state`.** Once a node other than an `any` node can be
 //!     reached by another thread, its `state` is written only under its own
-//!     lock (`set_done`; `ATTACHED` is set before a scoped node is linked or
-//!     armed, by the thread that attaches it). So `set_done` publishes `DONE`
-//!     with a plain Release store. An `any` node's `QUEUED` is set by
-//!     cancellers of its parents without its lock, so its `DONE` is set with
-//!     a read-modify-write.
+//!     lock: `set_done`, and `ATTACHED`, which `attach_scoped` sets under the
+//!     lock because a `ScopedContext` may be cancelled from another thread
+//!     before (or while) it is attached. So `set_done` publishes `DONE` with a
+//!     plain Release store. An `any` node's `QUEUED` is set by cancellers of
+//!     its parents without its lock, so its `DONE` is set with a
+//!     read-modify-write. (A node born done is written once more, without
+//!     the lock, before anyone else can see it.)
 //! 12. **Finishing a child under its parent's lock.** A canceller that pops a
 //!     child from a done parent's `children` may, still holding the parent's
 //!     lock, *try* the child's lock (never wait for it) and, if it gets it,
@@ -97,7 +99,10 @@
 //!     invariant 14, when it was no longer linked), and we hold that lock
 //!     until we descend again or finish. So a
 //!     chain is cancelled with one read-modify-write per level, holding at
-//!     most two node locks, the second one only ever tried.
+//!     most two node locks, the second one only ever tried. A descent goes
+//!     at most `DESCENT_MAX` levels in one lock section, then leaves the
+//!     rest to the work list, so with `critical-section` interrupts are
+//!     masked for a bounded stretch, not for a whole chain.
 //! 14. **A cancelled node leaves its parent at once.** A node's own cancel
 //!     (a handle, its deadline, a scoped owner's drop; not propagation from
 //!     above) takes its parent's lock and then its own (tree order: the only
@@ -291,6 +296,11 @@ type Task = Waker;
 /// slots stay hot), and 16 needs half the lock round trips of 8; 256 bytes
 /// of stack suits small targets too.
 const BATCH: usize = 16;
+
+/// Levels a canceller descends hand over hand before it hands the rest of a
+/// chain to the work list (invariant 13): one unbroken lock section (with
+/// `critical-section`, interrupts masked) per this many levels, not per chain.
+const DESCENT_MAX: u32 = 16;
 
 /// Up to 32 tasks collected under a lock and run after it is dropped.
 struct Batch {
@@ -578,7 +588,16 @@ impl Node {
         if self.state.load(Ordering::Acquire) & ATTACHED != 0 {
             return;
         }
-        if self.state.fetch_or(ATTACHED, Ordering::AcqRel) & ATTACHED != 0 {
+        // Under our own lock: another thread may be cancelling this node
+        // right now (`ScopedContext` is `Sync`; its `cancel` needs no
+        // attach), and a cancel writes `state` with a plain store under the
+        // lock (invariant 11). Outside the lock, that store could erase
+        // `ATTACHED`, and the owner's drop would then skip unlinking a node
+        // that is linked.
+        let guard = self.lock.lock();
+        let prev = self.state.fetch_or(ATTACHED, Ordering::AcqRel);
+        drop(guard);
+        if prev & ATTACHED != 0 {
             return;
         }
         // SAFETY: the caller guarantees the parent outlives us (invariant 4).
@@ -1078,6 +1097,8 @@ impl Node {
     fn drain_children(&self, guard: LockGuard<'_>, work: &mut WorkList) {
         let mut inherit: Option<(Error, Option<Cause>)> = None;
         let mut guard = guard;
+        // Levels descended in this lock section (bounded: see invariant 13).
+        let mut depth = 0u32;
         // The node whose list we are emptying; `guard` holds its lock.
         let mut cur: &Node = self;
         loop {
@@ -1117,7 +1138,8 @@ impl Node {
                     debug_assert!(displaced.is_none());
                     core::mem::forget(displaced);
                     // SAFETY: we hold both locks (invariant 1).
-                    if unsafe { cur.children.is_empty() && !child.children.is_empty() } {
+                    if depth < DESCENT_MAX && unsafe { cur.children.is_empty() && !child.children.is_empty() } {
+                        depth += 1;
                         // Descend: keep the child's lock, let go of the
                         // parent's (invariant 13).
                         guard = guard.hand_over(child_guard);

@@ -247,3 +247,34 @@ fn scoped_drop_races_timer_firing() {
         }
     }
 }
+
+/// A `ScopedContext` is `Sync`: one thread may cancel it while another
+/// attaches it (its first `context()`). The cancel writes the node's state
+/// under the node's lock; attaching must too, or the cancel's store erases
+/// the "attached" mark and the owner's drop skips the unlink, leaving freed
+/// memory in the parent's list (found by review, seen under
+/// AddressSanitizer with the window widened). After the race the dropped
+/// child must be gone from the parent: cancelling the parent walks its list.
+#[test]
+#[cfg_attr(miri, ignore)]
+fn scoped_attach_races_its_own_cancel() {
+    for _ in 0..2000 {
+        let (parent, handle) = Context::background().with_cancel();
+        {
+            let child = pin!(ScopedContext::new(parent.as_ref()));
+            let child = child.as_ref();
+            std::thread::scope(|s| {
+                s.spawn(|| child.cancel());
+                let ctx = child.context();
+                let _ = ctx.is_done();
+            });
+            assert!(child.is_done());
+            // Still listed (or not) consistently: a sibling added and dropped
+            // now must find the list intact.
+            let (sibling, _sh) = parent.with_cancel();
+            drop(sibling);
+        }
+        handle.cancel();
+        assert!(parent.is_done());
+    }
+}

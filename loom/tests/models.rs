@@ -261,3 +261,45 @@ fn descent_vs_scoped_chain_drop() {
         assert!(parent.is_done());
     });
 }
+
+/// A pinned scoped context attached on one thread (its first `context()`)
+/// while it is cancelled (`cancel(&self)`, which needs no attach) on another
+/// (node.rs invariant 11: attaching sets its mark under the node's lock).
+/// Found by review: with the mark set outside the lock, the cancel's plain
+/// store could erase it, the owner's drop then skipped the unlink, and the
+/// parent's list kept a pointer to freed memory. To observe that without
+/// undefined behaviour in the harness, the scoped context is dropped in place
+/// and a fresh, parentless one is written into the same memory: a stale link
+/// in the parent's list would make the parent's cancel reach it.
+#[test]
+fn scoped_attach_vs_own_cancel() {
+    use core::pin::Pin;
+    use ctxcore::{ContextRef, ScopedContext};
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        // The scoped context borrows its parent for `'static` here (loom's
+        // threads are `'static`); the parent is leaked, once per execution.
+        let parent: &'static Context = Box::leak(Box::new(parent));
+        let raw: *mut ScopedContext<'static> = Box::into_raw(Box::new(ScopedContext::new(parent.as_ref())));
+        let addr = raw as usize;
+        let t = thread::spawn(move || {
+            // SAFETY: heap memory that does not move and is freed only after
+            // this thread is joined.
+            let pinned = unsafe { Pin::new_unchecked(&*(addr as *const ScopedContext<'static>)) };
+            let _ = pinned.context();
+        });
+        // SAFETY: as above.
+        unsafe { &*raw }.cancel();
+        t.join().unwrap();
+        // SAFETY: nothing borrows it any more; this is the owner's drop.
+        unsafe { core::ptr::drop_in_place(raw) };
+        // SAFETY: the memory is ours again; a fresh, unattached context.
+        unsafe { core::ptr::write(raw, ScopedContext::new(ContextRef::background())) };
+        handle.cancel();
+        // SAFETY: as above.
+        let fresh = unsafe { &*raw };
+        assert!(!fresh.is_done(), "the parent reached a dropped scope through a stale link");
+        // SAFETY: allocated by `Box::into_raw` above.
+        unsafe { drop(Box::from_raw(raw)) };
+    });
+}
