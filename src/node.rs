@@ -1107,10 +1107,10 @@ impl Node {
             if c.is_null() {
                 break;
             }
-            // SAFETY: a child popped under its parent's lock, still held, is
-            // valid (invariants 5 and 12); a reference of any lifetime is fine
-            // because it is used only while that holds (or, once we descend,
-            // while invariant 13 does).
+            // A reference of any lifetime is fine: it is used only while the
+            // parent's lock holds (or, once we descend, while invariant 13 does).
+            // SAFETY: a child popped under its parent's still-held lock is
+            // valid (invariants 5 and 12).
             let child: &Node = unsafe { &*c };
             if child.state.load(Ordering::Relaxed) & OWNS_DEADLINE == 0 {
                 if let Some(child_guard) = child.lock.try_lock() {
@@ -1131,9 +1131,9 @@ impl Node {
                         continue;
                     }
                     let (err, cause) = inherit.get_or_insert_with(|| self.done_with());
-                    // SAFETY: we hold the child's lock and it is live; without
-                    // a deadline of its own its cause slot is empty, so
+                    // Without a deadline of its own its cause slot is empty, so
                     // nothing is displaced (invariant 12).
+                    // SAFETY: we hold the child's lock and it is live (inv. 1).
                     let displaced = unsafe { child.set_done(*err, cause.clone(), false) };
                     debug_assert!(displaced.is_none());
                     core::mem::forget(displaced);
@@ -1203,9 +1203,8 @@ impl Node {
 
     /// Error and cause of a done node (its `cause` is immutable: invariant 2).
     fn done_with(&self) -> (Error, Option<Cause>) {
-        // SAFETY: `DONE` is set (the caller) and was observed by this thread
-        // (it set it, or read it with Acquire), so `cause` is immutable and
-        // visible (invariant 2).
+        // The caller set `DONE` or read it with Acquire.
+        // SAFETY: so `cause` is immutable and its write visible (invariant 2).
         let cause = self.cause.with(|c| unsafe { (*c).clone() });
         (self.err_of_done(), cause)
     }
