@@ -147,14 +147,12 @@ impl RawLock {
             restore,
         }
     }
-}
 
-impl RawLock {
     /// One attempt to take the lock, never waiting: `None` if it is held.
     ///
-    /// The only lock taken while another is held: a canceller holding a
-    /// parent's lock *tries* a child's (node.rs, "Lock order"). Because it
-    /// never waits, no cycle of waiting can form through it.
+    /// A canceller holding a parent's lock *tries* a child's with it (node.rs
+    /// invariant 12, "Lock order"): because it never waits, no cycle of
+    /// waiting can form through it.
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<LockGuard<'_>> {
         #[cfg(feature = "critical-section")]
