@@ -874,15 +874,22 @@ impl Node {
         // SAFETY: the caller keeps `node` valid until we release it (below,
         // after the last use of `this`).
         let this = unsafe { &*node };
+        if this.is_done_flag() {
+            // Already done (`DONE` is final, invariant 2): this call loses
+            // without taking a lock. The common case is a handle dropped
+            // after an explicit `cancel`.
+            drop(cause);
+            if owned {
+                // SAFETY: the caller handed us this reference.
+                unsafe { release_node(node) };
+            }
+            return false;
+        }
         // A cancelled node leaves its parent's list at once (invariant 14):
         // the parent's lock first, then ours (tree order).
         let parent = this.parent_ptr();
-        let parent_guard = if this.is_done_flag() {
-            None
-        } else {
-            // SAFETY: the parent outlives us (invariant 4).
-            unsafe { parent.as_ref() }.map(|p| p.lock.lock())
-        };
+        // SAFETY: the parent outlives us (invariant 4).
+        let parent_guard = unsafe { parent.as_ref() }.map(|p| p.lock.lock());
         let guard = this.lock.lock();
         if this.is_done_flag() {
             drop(guard);
@@ -1430,8 +1437,8 @@ unsafe fn release_last(node: NonNull<Node>) {
             }
         }
         // SAFETY: refs is zero and nothing can reach the node any more; it was
-        // allocated by `Box::leak` in `NodeRef::alloc`.
-        drop(unsafe { Box::from_raw(cur.as_ptr()) });
+        // allocated by `cache::alloc_node` in `NodeRef::alloc`.
+        unsafe { crate::cache::free_node(cur) };
         if let Some(any) = any {
             // SAFETY: the links are unlinked from every parent and the node
             // that owned them is gone: this loop owns them now.
@@ -1730,7 +1737,7 @@ impl NodeRef {
 
     fn alloc(node: Node) -> NodeRef {
         NodeRef {
-            ptr: NonNull::from(Box::leak(Box::new(node))),
+            ptr: crate::cache::alloc_node(node),
         }
     }
 
