@@ -65,12 +65,6 @@ pub struct CancelHandle {
 }
 
 impl Context {
-    /// The address of the node, for tests that follow a block's reuse.
-    #[cfg(all(test, feature = "std", not(loom)))]
-    pub(crate) fn node_addr(&self) -> usize {
-        self.node.as_ref().map_or(0, |n| n.node() as *const _ as usize)
-    }
-
     /// The root of every tree: never done, no deadline, no values. Allocates
     /// nothing. Its descendants' deadlines use the default timer (the `std`
     /// timer thread with feature `std`).

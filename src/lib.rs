@@ -55,8 +55,6 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
-#[cfg(feature = "alloc")]
-mod cache;
 mod cause;
 mod error;
 mod list;
@@ -81,28 +79,6 @@ pub use root::StaticContext;
 pub use scoped::{ContextRef, ScopedContext};
 pub use time::{Clock, Instant, Timer};
 pub use value::Key;
-
-/// Frees the heap blocks this thread keeps for reuse by new contexts.
-///
-/// With `std`, a freed context node's block is kept in a small per-thread
-/// cache (at most 8 blocks) and handed to the next context made on that
-/// thread, which saves a round trip through the global allocator on every
-/// child created and dropped. The cache is freed when the thread exits;
-/// call this to give the blocks back sooner, for instance before a thread
-/// parks for a long time, or before measuring live heap bytes.
-///
-/// ```
-/// use ctxcore::Context;
-///
-/// let (ctx, handle) = Context::background().with_cancel();
-/// drop((ctx, handle)); // the node's block stays in this thread's cache
-/// ctxcore::trim_node_cache(); // now it is back with the allocator
-/// ```
-#[cfg(feature = "std")]
-pub fn trim_node_cache() {
-    #[cfg(not(loom))]
-    cache::trim();
-}
 
 #[cfg(feature = "alloc")]
 pub use after::AfterFunc;

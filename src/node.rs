@@ -1437,8 +1437,8 @@ unsafe fn release_last(node: NonNull<Node>) {
             }
         }
         // SAFETY: refs is zero and nothing can reach the node any more; it was
-        // allocated by `cache::alloc_node` in `NodeRef::alloc`.
-        unsafe { crate::cache::free_node(cur) };
+        // allocated by `Box::leak` in `NodeRef::alloc`.
+        drop(unsafe { Box::from_raw(cur.as_ptr()) });
         if let Some(any) = any {
             // SAFETY: the links are unlinked from every parent and the node
             // that owned them is gone: this loop owns them now.
@@ -1737,7 +1737,7 @@ impl NodeRef {
 
     fn alloc(node: Node) -> NodeRef {
         NodeRef {
-            ptr: crate::cache::alloc_node(node),
+            ptr: NonNull::from(Box::leak(Box::new(node))),
         }
     }
 

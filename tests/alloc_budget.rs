@@ -86,16 +86,10 @@ struct Usage {
     live_bytes: isize,
 }
 
-///
-/// Freed nodes' blocks are kept in a per-thread cache for reuse (at most 8):
-/// it is emptied before and after, so live bytes count what is really still
-/// held, and an allocation saved by the cache shows as none.
 fn measure<R>(f: impl FnOnce() -> R) -> (R, Usage) {
-    ctxcore::trim_node_cache();
     let a0 = ALLOCS.with(Cell::get);
     let l0 = LIVE.with(Cell::get);
     let r = f();
-    ctxcore::trim_node_cache();
     let usage = Usage {
         allocs: ALLOCS.with(Cell::get) - a0,
         live_bytes: LIVE.with(Cell::get) - l0,
