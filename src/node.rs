@@ -931,6 +931,23 @@ impl Node {
             }
             return true;
         }
+        // SAFETY: forwarded from our caller; we hold `this`'s lock.
+        unsafe { Self::propagate(node, guard, displaced, owned) };
+        true
+    }
+
+    /// The rest of [`cancel_raw`](Self::cancel_raw) for a node that has
+    /// waiters or children: out of line, so that the common leaf cancel
+    /// does not pay for the batch's stack frame.
+    ///
+    /// # Safety
+    /// As for `cancel_raw`; `guard` holds the lock of `node`, which this call
+    /// just made done, and `displaced` is the cause that `set_done` displaced.
+    #[inline(never)]
+    unsafe fn propagate(node: *const Node, guard: LockGuard<'_>, displaced: Option<Cause>, owned: bool) {
+        // SAFETY: the caller keeps `node` valid until we release it (below,
+        // after the last use of `this`).
+        let this = unsafe { &*node };
         let mut batch = Batch::new();
         let mut runs = RunList::new();
         let mut work = WorkList { head: ptr::null() };
@@ -985,7 +1002,6 @@ impl Node {
         // Phase 3.
         runs.run(&mut batch);
         batch.finish();
-        true
     }
 
     /// Error and cause to inherit from the done node that cancels this one.
