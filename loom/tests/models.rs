@@ -303,3 +303,29 @@ fn scoped_attach_vs_own_cancel() {
         unsafe { drop(Box::from_raw(raw)) };
     });
 }
+
+/// A cancel that finds its node already done loses at once, without taking
+/// the node's lock. Here a child's handle is cancelled and dropped, then its
+/// context, while the parent is cancelled: whichever cancel reaches the child
+/// second loses, in some interleavings on the lock-free path while the winner
+/// is still finishing the grandchild. The grandchild ends up done with the
+/// winner's cause, and the child is never freed under the canceller.
+#[test]
+fn late_cancel_of_a_done_node_vs_propagation() {
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let (child, ch) = parent.with_cancel();
+        let (grandchild, gh) = child.with_cancel();
+        gh.detach();
+        let t = thread::spawn(move || {
+            ch.cancel_with("own");
+            drop(ch);
+            drop(child);
+        });
+        handle.cancel_with("parent");
+        t.join().unwrap();
+        assert!(grandchild.is_done());
+        let cause = grandchild.cause().unwrap().as_str().unwrap();
+        assert!(cause == "own" || cause == "parent", "cause {cause}");
+    });
+}
