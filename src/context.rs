@@ -65,6 +65,12 @@ pub struct CancelHandle {
 }
 
 impl Context {
+    /// The node, for the core's unit tests.
+    #[cfg(test)]
+    pub(crate) fn test_node_ref(&self) -> Option<&NodeRef> {
+        self.node.as_ref()
+    }
+
     /// The root of every tree: never done, no deadline, no values. Allocates
     /// nothing. Its descendants' deadlines use the default timer (the `std`
     /// timer thread with feature `std`).

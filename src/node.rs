@@ -14,11 +14,14 @@
 //! # Invariants
 //!
 //! 1. **Lock scope.** `children`, `waiters`, the `link` of every element in
-//!    them, and `cause` while the node is live are guarded by the node's own
-//!    `lock` (list.rs invariant 1). Node locks nest only in tree order, an
-//!    ancestor's before a descendant's: a node's own cancel takes its
-//!    parent's lock and then its own (invariant 14), and a canceller holding
-//!    a parent's lock *tries* a child's (invariant 12). The timer's lock is a
+//!    them, `callbacks`, `kids`, and `cause` while the node is live are
+//!    guarded by the node's own `lock` (list.rs invariant 1). Node locks nest
+//!    only between a parent and its child, and never both ways across the
+//!    same edge (see "Lock order"): a node's own cancel takes its parent's
+//!    lock and then its own, a kid's its own and then its parent's
+//!    (invariants 14, 16), and a canceller holding a parent's lock *tries* a
+//!    child's (invariant 12), waiting for it only to hold an orphan
+//!    (invariant 16). The timer's lock is a
 //!    leaf taken with no node lock held: `claim` under the timer lock only
 //!    touches `refs`.
 //! 2. **Done is final and published last.** `DONE` is set with a Release
@@ -29,20 +32,25 @@
 //!    child or a waiter: registration checks `DONE` under the lock. So a
 //!    canceller that drains both lists under the lock (possibly in several
 //!    lock sections) drains them for good.
-//! 4. **Parents outlive children.** A node retains its parent (and an `any`
-//!    node retains every parent) for its whole life, so `parent`, the deadline
-//!    parent and every ancestor are valid for as long as the node is.
+//! 4. **Parents outlive children.** A node holds its parent for its whole
+//!    life — by a reference, or, for a kid, by the parent's kid count
+//!    (invariant 16) — and an `any` node retains every parent, so `parent`,
+//!    the deadline parent and every ancestor are valid for as long as the
+//!    node is.
 //! 5. **Reference counts.** `refs` counts owners: contexts, handles, waiting
-//!    futures' contexts, after-func entries, children (invariant 4) and
-//!    retained work-list entries. A node is unlinked from its parent, from its
-//!    timer and from every `any` parent, and only then freed, when `refs` drops
-//!    to zero. Code that holds only a *list* pointer to a node (a parent's
-//!    children list, a timer, an `any` link) may use it only while holding
-//!    that list's lock, and may keep it past the lock only after
-//!    `try_retain` succeeded under the lock.
+//!    futures' contexts, after-func entries, children that are not kids
+//!    (invariants 4, 16) and retained work-list entries. A node is unlinked
+//!    from its parent, from its timer and from every `any` parent, and only
+//!    then freed, when `refs` drops to zero and no kid count holds it
+//!    (invariant 16). Code that holds only a *list* pointer to a node (a
+//!    parent's children list, a timer, an `any` link) may use it only while
+//!    holding that list's lock, and may keep it past the lock only after
+//!    `try_retain` succeeded under the lock (or, for an orphan popped from a
+//!    children list, `hold_popped` took a kid count: invariant 16).
 //! 6. **Work list.** A canceller that pops a child (or wins `QUEUED` on an
 //!    `any` node) owns that node's free `link.next` (list.rs invariant 4) and
-//!    one reference to it until it has processed it.
+//!    one hold on it — a reference, or a kid count on an orphan (invariant
+//!    16) — until it has processed it.
 //! 7. **Timer entries.** A node with `OWNS_DEADLINE` has armed at most one
 //!    entry on its timer. `disarm` runs before the node is freed; the timer
 //!    serialises `claim` with `disarm` (the `Timer` safety contract), so a
@@ -91,8 +99,9 @@
 //!     canceller keeps the child's lock, lets go of the parent's
 //!     ([`LockGuard::hand_over`]) and goes on emptying the child's list. The
 //!     child stays valid with no reference of ours: every child linked under
-//!     it when we took its lock holds it alive (a reference, invariant 4, or
-//!     its scoped owner's borrow of it) and gives that up only after taking
+//!     it when we took its lock holds it alive (a reference or a kid count,
+//!     invariants 4 and 16, or its scoped owner's borrow of it) and gives
+//!     that up only after taking
 //!     the child's lock to unlink itself (`release_last` and
 //!     `detach_scoped` take the parent's lock whether or not they are still
 //!     linked, except after the child unlinked *itself* under that lock,
@@ -105,10 +114,9 @@
 //!     masked for a bounded stretch, not for a whole chain.
 //! 14. **A cancelled node leaves its parent at once.** A node's own cancel
 //!     (a handle, its deadline, a scoped owner's drop; not propagation from
-//!     above) takes its parent's lock and then its own (tree order: the only
-//!     place a path waits for a lock while holding another, always an
-//!     ancestor's before a descendant's, so no cycle), unlinks itself and
-//!     sets `UNLINKED` with `DONE`. A node with `UNLINKED` is in no parent's
+//!     above) takes its parent's lock and then its own (a kid: its own, then
+//!     its parent's, invariant 16), unlinks itself and sets `UNLINKED` with
+//!     `DONE`. A node with `UNLINKED` is in no parent's
 //!     list and was taken out by itself, so no canceller popped it and none
 //!     can reach it through the parent; its last release skips the parent's
 //!     lock. (It still holds its reference to the parent: invariant 4.)
@@ -129,18 +137,56 @@
 //!     deadline it has no timer entry (invariant 7). `cancel` on it loses at
 //!     once. Under loom (no `const` atomics) there is no such node and such
 //!     children share their parent's node.
+//! 16. **Kids and orphans.** A child without a deadline (`HAS_DEADLINE`
+//!     unset) of a plain heap node (`HEAP`, not `ANY`) holds its parent not
+//!     by a reference but by the parent's `kids` count, raised under the
+//!     parent's lock in the section that links the child (flag `KID` on the
+//!     child, `HAD_KIDS` on the parent): no atomic read-modify-write on the
+//!     parent's count at creation, none at the end. The count is given up
+//!     under the parent's lock in the section that takes the kid out of the
+//!     list: its own cancel's (then `UNLINKED` is set and its release skips
+//!     the parent), or, if it was never cancelled by itself, its last
+//!     release's. A kid's own cancel takes its *own* lock first and checks
+//!     `DONE` before it takes its parent's: a second, concurrent cancel of
+//!     the same kid (through a shared handle) then sees `DONE` and never
+//!     touches the parent, whose count the first one may have given up and
+//!     which may be gone. A kid popped by its parent's canceller keeps its
+//!     count until its release. Nothing else walks up from a kid: it has no
+//!     deadline, so no deadline walk passes it, and a canceller that
+//!     inherits through it holds the kid, which holds the parent. When a
+//!     node's reference count reaches zero while kids hold it, its last
+//!     release marks it an *orphan* (`ORPHAN` in `kids`, under its lock) and
+//!     stops; it stays linked under its own parent, and whoever gives up its
+//!     last kid count frees it (the decision is made under its lock, so
+//!     exactly once). An orphan has no owners, so no waiters, after-funcs or
+//!     `any` links, and no timer entry (a node with a deadline gives its
+//!     children one, so it has no kids). A canceller that pops an orphan
+//!     finds its count at zero and holds it by a kid count instead
+//!     (`hold_popped`, waiting for the orphan's lock while holding the
+//!     parent's); children stop one short of the largest count, so that hold
+//!     always fits, and only one canceller can pop a node. A count that
+//!     reached zero never rises again, so a work-list entry whose count reads
+//!     zero is held by a kid count (`release_held`).
 //!
 //! # Lock order
 //!
-//! Tree order: a path that holds one node lock and takes another takes a
-//! descendant's while holding an ancestor's, never the reverse. A node's own
-//! cancel waits for its parent's lock and then for its own (invariant 14); a
-//! canceller holding a parent's lock makes a single attempt at a child's
-//! (invariant 12) and falls back to the reference-counted work list if it is
-//! taken; the descent (invariant 13) lets go of the parent once it holds the
-//! child. Every other path holds one node lock at a time. The timer's lock is
-//! taken only with no node lock held. So no cycle of waiting can exist, and a
-//! cancel may run from any thread, a waker, an after-func or a drop.
+//! A path waits for a node lock while holding another only across one
+//! parent-child edge, and only in these places: a node's own cancel (parent,
+//! then own; a kid's: own, then parent, invariants 14 and 16) and a
+//! canceller holding a parent's lock that holds a popped orphan or node
+//! being freed (parent, then child, only for a child whose reference count
+//! is zero, invariant 16). A canceller holding a parent's lock otherwise
+//! makes a single attempt at a child's (invariant 12) and falls back to the
+//! work list if it is taken; the descent (invariant 13) lets go of the parent
+//! once it holds the child. Every other path holds one node lock at a time.
+//! A cycle of waiting threads would, in a tree, have to cross some edge both
+//! ways at once: one thread holding a child and waiting for the parent (so
+//! the child is a kid in its own cancel, whose caller holds a reference to
+//! it) and another holding the parent and waiting for that child (so the
+//! child is not a kid, or its count is zero) — which cannot both be true.
+//! The timer's lock is taken only with no node lock held. So no deadlock can
+//! form, and a cancel may run from any thread, a waker, an after-func or a
+//! drop.
 //!
 //! With the `critical-section` feature each lock section also masks
 //! interrupts, so an interrupt handler that cancels can never spin on a lock
@@ -199,6 +245,23 @@ pub(crate) const NEVER_DONE: u32 = 1 << 7;
 /// list under the parent's lock (invariant 14): its release need not take
 /// that lock again.
 pub(crate) const UNLINKED: u32 = 1 << 8;
+/// Immutable: a heap tree node (not `any`, scoped or static), whose children
+/// without a deadline hold it by its `kids` count instead of by a reference
+/// (invariant 16).
+pub(crate) const HEAP: u32 = 1 << 9;
+/// Immutable once shared: this node holds its parent by the parent's `kids`
+/// count, not by a reference (invariant 16).
+pub(crate) const KID: u32 = 1 << 10;
+/// Set under the lock, never cleared, when the node first gains a child
+/// that holds it by `kids`: its last release then checks `kids` under its
+/// lock (invariant 16).
+pub(crate) const HAD_KIDS: u32 = 1 << 11;
+
+/// In `kids`: the node's reference count reached zero while kids still held
+/// it; whoever lets go of the last kid count frees it (invariant 16).
+const ORPHAN: u32 = 1 << 31;
+/// Mask of the count in `kids`, and the largest count.
+const KIDS_MAX: u32 = ORPHAN - 1;
 
 const MAX_REFS: u32 = u32::MAX / 2;
 
@@ -221,7 +284,13 @@ pub(crate) struct Node {
     ///
     /// # Safety
     /// Guarded by `lock`.
-    callbacks: UnsafeCell<u32>,
+    callbacks: UnsafeCell<u16>,
+    /// How many children (and cancellers, for an orphan) hold this node by
+    /// count rather than by reference, plus the `ORPHAN` bit (invariant 16).
+    ///
+    /// # Safety
+    /// Guarded by `lock`.
+    kids: UnsafeCell<u32>,
     /// Up-pointer, immutable (invariant 4): the tree parent (null for a
     /// root), or, for an `any` node (flag `ANY`), its `AnyLinks`.
     up: *const (),
@@ -495,6 +564,7 @@ impl Node {
             refs: AtomicU32::new(1),
             lock: RawLock::new(),
             callbacks: UnsafeCell::new(0),
+            kids: UnsafeCell::new(0),
             up: parent as *const (),
             children: List::new(),
             waiters: List::new(),
@@ -521,6 +591,7 @@ impl Node {
             refs: AtomicU32::new(1),
             lock: RawLock::new(),
             callbacks: UnsafeCell::new(0),
+            kids: UnsafeCell::new(0),
             up: ptr::null(),
             children: List::new(),
             waiters: List::new(),
@@ -668,10 +739,16 @@ impl Node {
     ///
     /// # Safety
     /// The lock is held (invariant 1).
-    unsafe fn add_callbacks(&self, delta: i32) {
+    unsafe fn add_callbacks(&self, delta: i16) {
         // SAFETY: the caller holds the lock.
-        self.callbacks
-            .with_mut(|p| unsafe { *p = (*p).wrapping_add_signed(delta) });
+        self.callbacks.with_mut(|p| unsafe {
+            // Sticky at the maximum: a saturated count is never decremented
+            // again, so it never reads zero while callbacks are left (the
+            // canceller then just walks the whole list).
+            if *p != u16::MAX {
+                *p = (*p).saturating_add_signed(delta);
+            }
+        });
     }
 
     /// The tree parent, or null (a root or an `any` node).
@@ -809,6 +886,53 @@ impl Node {
         true
     }
 
+    /// Drops one kid count; returns true if the node is an orphan and that
+    /// was its last (the caller must then free it: invariant 16).
+    ///
+    /// # Safety
+    /// The lock is held and the caller held one kid count.
+    unsafe fn drop_kid(&self) -> bool {
+        // SAFETY: the caller holds the lock (invariant 1).
+        self.kids.with_mut(|k| unsafe {
+            debug_assert!(*k & KIDS_MAX != 0);
+            *k -= 1;
+            *k == ORPHAN
+        })
+    }
+
+    /// Holds a node just popped from its parent's list, under the parent's
+    /// still-held lock, for a work list (invariant 6): by a reference, or,
+    /// if its count is zero but kids still hold it (an orphan, invariant
+    /// 16), by one more kid count. A node with neither is being freed and
+    /// finds itself unlinked: it needs nothing, and false is returned.
+    ///
+    /// Waits for the popped node's lock while holding its parent's, only for
+    /// a node whose count is zero, which no own cancel is working on ("Lock
+    /// order").
+    #[inline]
+    fn hold_popped(&self) -> bool {
+        if self.try_retain() {
+            return true;
+        }
+        #[cfg(feature = "alloc")]
+        {
+            let _g = self.lock.lock();
+            // SAFETY: we hold the lock, which guards `kids` (invariant 1).
+            self.kids.with_mut(|k| unsafe {
+                if *k & KIDS_MAX != 0 {
+                    // The count never saturates here: children stop one short
+                    // of the maximum (invariant 16).
+                    *k += 1;
+                    true
+                } else {
+                    false
+                }
+            })
+        }
+        #[cfg(not(feature = "alloc"))]
+        false
+    }
+
     /// Increments `refs` unless it is zero (the node is being freed).
     fn try_retain(&self) -> bool {
         let mut cur = self.refs.load(Ordering::Relaxed);
@@ -885,36 +1009,78 @@ impl Node {
             }
             return false;
         }
-        // A cancelled node leaves its parent's list at once (invariant 14):
-        // the parent's lock first, then ours (tree order).
+        // A cancelled node leaves its parent's list at once (invariant 14).
         let parent = this.parent_ptr();
-        // SAFETY: the parent outlives us (invariant 4).
-        let parent_guard = unsafe { parent.as_ref() }.map(|p| p.lock.lock());
-        let guard = this.lock.lock();
-        if this.is_done_flag() {
-            drop(guard);
-            drop(parent_guard);
-            drop(cause);
-            if owned {
-                // SAFETY: the caller handed us this reference.
-                unsafe { release_node(node) };
+        // With its parent an orphan whose last kid count this cancel gave up:
+        // freed when this guard drops, after every lock below is released,
+        // even if a waker or after-func panics (invariant 16). Declared
+        // before the lock guards, so it drops after them.
+        let mut orphaned = OrphanGuard(None);
+        let (guard, unlinked) = if this.state.load(Ordering::Relaxed) & KID != 0 {
+            // A kid takes its own lock first: a second cancel of the same
+            // node (through a shared handle) then sees `DONE` before it
+            // could touch the parent, whose kid count we give up below
+            // (invariant 16).
+            let guard = this.lock.lock();
+            if this.is_done_flag() {
+                drop(guard);
+                drop(cause);
+                if owned {
+                    // SAFETY: the caller handed us this reference.
+                    unsafe { release_node(node) };
+                }
+                return false;
             }
-            return false;
-        }
-        let (guard, unlinked) = match parent_guard {
-            Some(pg) => {
-                // SAFETY: we hold the parent's lock (invariant 1), which
-                // guards our link; the parent is valid (invariant 4).
-                let unlinked = unsafe {
-                    let linked = this.link.is_linked();
-                    if linked {
-                        (*parent).children.remove(&this.link);
+            // SAFETY: a kid always has a parent, which our kid count holds
+            // (invariant 16); only a section of ours gives that count up.
+            let p = unsafe { &*parent };
+            let pg = p.lock.lock();
+            // SAFETY: we hold the parent's lock (invariant 1), which guards
+            // our link and its `kids`.
+            let unlinked = unsafe {
+                let linked = this.link.is_linked();
+                if linked {
+                    p.children.remove(&this.link);
+                    if p.drop_kid() {
+                        // The up-pointer (the parent's allocation pointer,
+                        // not `p`): freeing goes through it.
+                        orphaned.0 = NonNull::new(parent as *mut Node);
                     }
-                    linked
-                };
-                (pg.hand_over(guard), unlinked)
+                }
+                linked
+            };
+            drop(pg);
+            (guard, unlinked)
+        } else {
+            // The parent's lock first, then ours (tree order).
+            // SAFETY: the parent outlives us (invariant 4).
+            let parent_guard = unsafe { parent.as_ref() }.map(|p| p.lock.lock());
+            let guard = this.lock.lock();
+            if this.is_done_flag() {
+                drop(guard);
+                drop(parent_guard);
+                drop(cause);
+                if owned {
+                    // SAFETY: the caller handed us this reference.
+                    unsafe { release_node(node) };
+                }
+                return false;
             }
-            None => (guard, false),
+            match parent_guard {
+                Some(pg) => {
+                    // SAFETY: we hold the parent's lock (invariant 1), which
+                    // guards our link; the parent is valid (invariant 4).
+                    let unlinked = unsafe {
+                        let linked = this.link.is_linked();
+                        if linked {
+                            (*parent).children.remove(&this.link);
+                        }
+                        linked
+                    };
+                    (pg.hand_over(guard), unlinked)
+                }
+                None => (guard, false),
+            }
         };
         // SAFETY: we hold the lock and the node is live (invariant 1).
         let displaced = unsafe { this.set_done_with(err, cause, own_deadline, if unlinked { UNLINKED } else { 0 }) };
@@ -929,10 +1095,12 @@ impl Node {
                 // SAFETY: the caller handed us this reference.
                 unsafe { release_node(node) };
             }
+            drop(orphaned);
             return true;
         }
         // SAFETY: forwarded from our caller; we hold `this`'s lock.
         unsafe { Self::propagate(node, guard, displaced, owned) };
+        drop(orphaned);
         true
     }
 
@@ -977,8 +1145,8 @@ impl Node {
                 // Its free link is ours again (popped from `work`).
                 later.push(n_ptr);
             } else {
-                // SAFETY: we owned one reference through the work list.
-                unsafe { release_node(n_ptr) };
+                // SAFETY: we owned one hold through the work list.
+                unsafe { release_held(n_ptr) };
             }
         }
         // Phase 2.
@@ -996,7 +1164,7 @@ impl Node {
             // SAFETY: `later` holds a reference (invariant 6).
             unsafe { (*n_ptr).drain_wakers(&mut batch) };
             // SAFETY: as above; not used after this.
-            unsafe { release_node(n_ptr) };
+            unsafe { release_held(n_ptr) };
             batch.run();
         }
         // Phase 3.
@@ -1177,7 +1345,7 @@ impl Node {
             }
             // If it is being freed, it no longer finds itself linked and will
             // not touch its link again.
-            if child.try_retain() {
+            if child.hold_popped() {
                 work.push(c);
             }
         }
@@ -1198,7 +1366,7 @@ impl Node {
             }
             // SAFETY: a child popped under its parent's lock is valid while
             // that lock is held (invariant 5).
-            if unsafe { (*c).try_retain() } {
+            if unsafe { (*c).hold_popped() } {
                 work.push(c);
             }
         }
@@ -1338,6 +1506,84 @@ unsafe fn release_node(node: *const Node) {
     }
 }
 
+/// At a heap node's last release (its count is zero, or it is an orphan
+/// whose last kid count just went): if kids still hold it, marks it an
+/// orphan and returns false; otherwise returns true and it may be freed
+/// (invariant 16).
+///
+/// A raw pointer, not `&self`: once the lock is released another thread may
+/// free the orphan while this call is still returning, which a protected
+/// reference argument would forbid.
+///
+/// # Safety
+/// The caller owns the node's last reference or last kid count.
+#[cfg(feature = "alloc")]
+unsafe fn orphan_or_free(node: NonNull<Node>) -> bool {
+    // SAFETY: what the caller owns keeps the node valid until the lock is
+    // released below.
+    let n = unsafe { node.as_ref() };
+    let g = n.lock.lock();
+    // SAFETY: we hold the lock, which guards `kids` (invariant 1).
+    let free = n.kids.with_mut(|k| unsafe {
+        if *k & KIDS_MAX != 0 {
+            *k |= ORPHAN;
+            false
+        } else {
+            true
+        }
+    });
+    drop(g);
+    free
+}
+
+/// Frees, when dropped, the orphan (if any) whose last kid count a cancel
+/// gave up (invariant 16): also when a waker or after-func of that cancel
+/// panics, so an orphan is never leaked.
+struct OrphanGuard(Option<NonNull<Node>>);
+
+impl Drop for OrphanGuard {
+    fn drop(&mut self) {
+        // SAFETY: the cancel that set it gave up the orphan's last kid count,
+        // and this guard is dropped after every lock of that cancel.
+        unsafe { free_orphan(self.0.take()) };
+    }
+}
+
+/// Frees the orphan (if any) whose last kid count a cancel just gave up
+/// (invariant 16).
+///
+/// # Safety
+/// The caller gave up that count and holds no node lock.
+#[inline]
+unsafe fn free_orphan(orphan: Option<NonNull<Node>>) {
+    #[cfg(feature = "alloc")]
+    if let Some(p) = orphan {
+        // SAFETY: an orphan's count is zero and its last kid count is gone:
+        // the caller is the one to free it.
+        unsafe { release_last(p) };
+    }
+    #[cfg(not(feature = "alloc"))]
+    let _ = orphan;
+}
+
+/// Gives up a work list's hold on a node (invariant 6): a reference, or, on
+/// an orphan (whose count is zero for good: nothing revives it), a kid count
+/// (invariant 16).
+///
+/// # Safety
+/// The caller owns that hold.
+unsafe fn release_held(node: *const Node) {
+    #[cfg(feature = "alloc")]
+    // SAFETY: our hold keeps the node valid. A held reference keeps the count
+    // above zero, so zero means our hold is a kid count.
+    if unsafe { (*node).refs.load(Ordering::Relaxed) } == 0 {
+        // SAFETY: as above.
+        return unsafe { release_kid(NonNull::new_unchecked(node as *mut Node)) };
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { release_node(node) }
+}
+
 /// # Safety
 /// The caller owns one reference to the heap node `node`.
 ///
@@ -1384,7 +1630,10 @@ unsafe fn release_last(node: NonNull<Node>) {
                 // are unlinked everywhere and owned by this loop alone.
                 let top = unsafe { &mut *pending };
                 match top.links.pop() {
-                    Some(link) => next = Some(link.parent.into_raw()),
+                    Some(link) => {
+                        next = Some(link.parent.into_raw());
+                        zeroed = false;
+                    }
                     None => {
                         // SAFETY: allocated by `Box::leak` in
                         // `NodeRef::new_any`; nothing refers to it any more.
@@ -1418,12 +1667,23 @@ unsafe fn release_last(node: NonNull<Node>) {
         // guarantee, and ThreadSanitizer understands it (it does not model
         // fences, and reported the free as racing with a timer's read).
         let _ = n.refs.load(Ordering::Acquire);
+        let s = n.state.load(Ordering::Relaxed);
+        // SAFETY: `HAD_KIDS` is set only on heap nodes; we own the last
+        // reference or an orphan's last kid count.
+        if s & HAD_KIDS != 0 && unsafe { !orphan_or_free(cur) } {
+            // Kids still hold it: the last of them frees it (invariant 16).
+            continue;
+        }
         // Last reference: unhook the node from everything that can still
         // reach it by a list pointer (invariant 5), then free it.
         n.after_done();
         let parent = n.parent_ptr();
-        if let Some(p) = NonNull::new(parent as *mut Node).filter(|_| n.state.load(Ordering::Relaxed) & UNLINKED == 0) {
-            // SAFETY: the parent outlives us (invariant 4).
+        // Whether to walk on to the parent, and whether its count is already
+        // settled (an orphan whose last kid count this node held).
+        // A kid that left the list by its own cancel gave its count up there.
+        let mut walk_up = s & (KID | UNLINKED) != KID | UNLINKED;
+        if let Some(p) = NonNull::new(parent as *mut Node).filter(|_| s & (UNLINKED | ANY) == 0) {
+            // SAFETY: the parent outlives us (invariants 4, 16).
             let p = unsafe { p.as_ref() };
             let g = p.lock.lock();
             // SAFETY: we hold the parent's lock (invariant 1).
@@ -1431,6 +1691,12 @@ unsafe fn release_last(node: NonNull<Node>) {
                 if n.link.is_linked() {
                     p.children.remove(&n.link);
                 }
+            }
+            if s & KID != 0 {
+                // Our hold on the parent was a kid count (invariant 16).
+                // SAFETY: we hold the parent's lock.
+                walk_up = unsafe { p.drop_kid() };
+                zeroed = walk_up;
             }
             drop(g);
         }
@@ -1461,7 +1727,30 @@ unsafe fn release_last(node: NonNull<Node>) {
             unsafe { (*any.as_ptr()).next_pending = pending };
             pending = any.as_ptr();
         }
-        next = NonNull::new(parent as *mut Node);
+        if walk_up {
+            next = NonNull::new(parent as *mut Node);
+        }
+    }
+}
+
+/// Gives up one kid count on `node` (a canceller's hold on an orphan,
+/// invariant 16), freeing it if that was the orphan's last.
+///
+/// # Safety
+/// The caller holds one kid count on `node`.
+#[cfg(feature = "alloc")]
+#[cold]
+unsafe fn release_kid(node: NonNull<Node>) {
+    // SAFETY: our kid count keeps the node alive (invariant 16).
+    let n = unsafe { node.as_ref() };
+    let g = n.lock.lock();
+    // SAFETY: we hold its lock.
+    let last = unsafe { n.drop_kid() };
+    drop(g);
+    if last {
+        // SAFETY: an orphan with no kid count left: its count is zero and
+        // nobody else can free it.
+        unsafe { release_last(node) };
     }
 }
 
@@ -1759,7 +2048,7 @@ impl NodeRef {
 
     /// A root that is never cancelled, carrying a timer for its descendants.
     pub(crate) fn new_root(timer: Option<&'static dyn Timer>) -> NodeRef {
-        Self::alloc(Node::new(ptr::null(), NEVER_DONE, Instant::MAX, None, timer))
+        Self::alloc(Node::new(ptr::null(), NEVER_DONE | HEAP, Instant::MAX, None, timer))
     }
 
     /// A child of `parent` (or a new root if `None`), with an optional own
@@ -1794,22 +2083,29 @@ impl NodeRef {
         deadline_cause: Option<Cause>,
         refs: u32,
     ) -> NodeRef {
+        let (flags, eff, timer) = Node::child_layout(parent.map(NodeRef::node), fallback_timer, deadline);
+        // A child without a deadline of a plain heap node holds its parent
+        // by the parent's kid count, under the lock it takes anyway to link
+        // itself, instead of by an atomic reference (invariant 16).
+        let kid_capable = flags & HAS_DEADLINE == 0
+            && parent.is_some_and(|p| p.node().state.load(Ordering::Relaxed) & (HEAP | ANY) == HEAP);
         // The up-pointer comes from the parent's own allocation pointer (not
         // a shared reference): the last release may free through it.
         let parent_ptr = match parent {
             Some(p) => {
-                // The child's reference (released by `release_last`): a
-                // forgotten clone, so the immortal node stays uncounted
-                // (invariant 15).
-                core::mem::forget(p.clone());
+                if !kid_capable {
+                    // The child's reference (released by `release_last`): a
+                    // forgotten clone, so the immortal node stays uncounted
+                    // (invariant 15).
+                    core::mem::forget(p.clone());
+                }
                 p.ptr.as_ptr() as *const Node
             }
             None => ptr::null(),
         };
-        let (flags, eff, timer) = Node::child_layout(parent.map(NodeRef::node), fallback_timer, deadline);
         let owns = flags & OWNS_DEADLINE != 0;
         let cause = if owns { deadline_cause } else { None };
-        let child = Self::alloc(Node::new(parent_ptr, flags, eff, cause, timer));
+        let child = Self::alloc(Node::new(parent_ptr, flags | HEAP, eff, cause, timer));
         // Not shared yet (not linked, not armed): a plain store is enough.
         // Every reference counted here is handed out by the caller.
         child.node().refs.store(refs, Ordering::Relaxed);
@@ -1818,6 +2114,10 @@ impl NodeRef {
             let guard = pn.lock.lock();
             if pn.is_done_flag() {
                 drop(guard);
+                if kid_capable {
+                    // Never linked: it holds its parent by a reference.
+                    core::mem::forget(p.clone());
+                }
                 // Born done: nobody else can see the child yet, so no lock and
                 // no propagation machinery are needed.
                 let (err, cause) = child.node().inherited();
@@ -1825,6 +2125,34 @@ impl NodeRef {
                 // SAFETY: that exclusivity is what the lock gives (inv. 1).
                 drop(unsafe { child.node().set_done(err, cause, false) });
                 return child;
+            }
+            if kid_capable {
+                // SAFETY: we hold the parent's lock, which guards `kids`
+                // (invariant 1).
+                let counted = pn.kids.with_mut(|k| unsafe {
+                    // One count stays free for a canceller's hold (inv. 16).
+                    if *k & KIDS_MAX < KIDS_MAX - 1 {
+                        *k += 1;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if counted {
+                    let cs = child.node().state.load(Ordering::Relaxed);
+                    // The child is not shared yet: a plain store.
+                    child.node().state.store(cs | KID, Ordering::Relaxed);
+                    let ps = pn.state.load(Ordering::Relaxed);
+                    if ps & HAD_KIDS == 0 {
+                        // The parent is not an `any` node, so its state is
+                        // written only under its lock, which we hold
+                        // (invariant 11).
+                        pn.state.store(ps | HAD_KIDS, Ordering::Release);
+                    }
+                } else {
+                    // A saturated count: a reference instead.
+                    core::mem::forget(p.clone());
+                }
             }
             // SAFETY: we hold the parent's lock; the child is new, pinned on
             // the heap and unlinked (invariants 1, 2 of list.rs).
@@ -2043,8 +2371,12 @@ mod tests {
             drop(g);
             empty
         };
-        let a = NodeRef::new_child(Some(&parent), None, None, None);
-        let b = NodeRef::new_child(Some(&parent), None, None, None);
+        // Deadline children hold their parent by reference (invariant 16),
+        // so they leave its list when cancelled (invariant 14).
+        let far = Some(Instant::from_nanos(u64::MAX / 2));
+        let a = NodeRef::new_child(Some(&parent), None, far, None);
+        let b = NodeRef::new_child(Some(&parent), None, far, None);
+        assert_eq!(a.node().state.load(Ordering::Relaxed) & KID, 0);
         assert!(!children_empty(&parent));
         assert!(a.node().cancel(Error::Canceled, None));
         assert!(a.node().state.load(Ordering::Relaxed) & UNLINKED != 0);
@@ -2057,12 +2389,141 @@ mod tests {
         assert_eq!(a.node().err(), Some(Error::Canceled));
         // Propagation from the parent does not mark a child `UNLINKED`: the
         // parent's canceller popped it.
-        let c = NodeRef::new_child(Some(&parent), None, None, None);
+        let c = NodeRef::new_child(Some(&parent), None, far, None);
         assert!(parent.node().cancel(Error::Canceled, None));
         assert!(c.node().is_done_flag());
         assert!(c.node().state.load(Ordering::Relaxed) & UNLINKED == 0);
         assert!(children_empty(&parent));
         drop((a, b, c, parent));
+    }
+
+    fn kid_count(p: &NodeRef) -> u32 {
+        let n = p.node();
+        let _g = n.lock.lock();
+        // SAFETY: we hold the lock (invariant 1).
+        n.kids.with(|k| unsafe { *k })
+    }
+
+    /// A child without a deadline holds its parent by the parent's kid
+    /// count, not by a reference. Its own cancel takes it out of the list and
+    /// gives the count up at once; dropped live, its release does
+    /// (invariant 16).
+    #[test]
+    fn a_kid_holds_its_parent_by_count() {
+        let parent = NodeRef::new_child(None, None, None, None);
+        let linked = |k: &NodeRef| {
+            let g = parent.node().lock.lock();
+            // SAFETY: we hold the parent's lock, which guards the link (inv. 1).
+            let l = unsafe { k.node().link.is_linked() };
+            drop(g);
+            l
+        };
+        let k = NodeRef::new_child(Some(&parent), None, None, None);
+        assert_ne!(k.node().state.load(Ordering::Relaxed) & KID, 0);
+        assert_ne!(parent.node().state.load(Ordering::Relaxed) & HAD_KIDS, 0);
+        assert_eq!(parent.node().refs.load(Ordering::Relaxed), 1);
+        assert_eq!(kid_count(&parent), 1);
+        assert!(k.node().cancel(Error::Canceled, None));
+        assert_ne!(k.node().state.load(Ordering::Relaxed) & UNLINKED, 0);
+        assert!(!linked(&k));
+        assert_eq!(kid_count(&parent), 0);
+        drop(k);
+        assert_eq!(kid_count(&parent), 0);
+        // Dropped without a cancel: the last release unlinks it and gives
+        // the count up under the parent's lock.
+        let k = NodeRef::new_child(Some(&parent), None, None, None);
+        assert_eq!(kid_count(&parent), 1);
+        drop(k);
+        assert_eq!(kid_count(&parent), 0);
+        // Popped by the parent's cancel: still counted until it is freed.
+        let k = NodeRef::new_child(Some(&parent), None, None, None);
+        assert!(parent.node().cancel(Error::Canceled, None));
+        assert!(k.node().is_done_flag());
+        assert!(!linked(&k));
+        assert_eq!(kid_count(&parent), 1);
+        drop(k);
+        assert_eq!(kid_count(&parent), 0);
+        // A child of a done parent is born done and holds it by reference.
+        let late = NodeRef::new_child(Some(&parent), None, None, None);
+        assert_eq!(late.node().state.load(Ordering::Relaxed) & KID, 0);
+        assert_eq!(parent.node().refs.load(Ordering::Relaxed), 2);
+        drop((late, parent));
+    }
+
+    /// A node whose last reference goes while kids still hold it becomes an
+    /// orphan: still linked under its own parent, cancelled through it, and
+    /// freed by the last kid to let go (invariant 16).
+    #[test]
+    fn an_orphan_lives_while_kids_hold_it() {
+        let root = NodeRef::new_child(None, None, None, None);
+        let mid = NodeRef::new_child(Some(&root), None, None, None);
+        let leaf = NodeRef::new_child(Some(&mid), None, None, None);
+        let leaf2 = NodeRef::new_child(Some(&mid), None, None, None);
+        drop(mid);
+        assert_eq!(kid_count(&root), 1, "the orphan still holds the root");
+        // The root's cancel reaches the leaves through the orphan (a
+        // canceller's kid count holds it meanwhile).
+        assert!(root.node().cancel(Error::Canceled, Some(Cause::from("root"))));
+        assert!(leaf.node().is_done_flag());
+        assert_eq!(leaf.node().cause().unwrap().as_str(), Some("root"));
+        drop(leaf);
+        assert_eq!(kid_count(&root), 1);
+        drop(leaf2);
+        assert_eq!(kid_count(&root), 0, "the last kid freed the orphan");
+        drop(root);
+    }
+
+    /// A kid's own cancel gives up its orphaned parent's last kid count and
+    /// frees it (through the parent's allocation pointer: Miri checks the
+    /// provenance).
+    #[test]
+    fn a_kids_cancel_frees_its_orphaned_parent() {
+        let root = NodeRef::new_child(None, None, None, None);
+        let mid = NodeRef::new_child(Some(&root), None, None, None);
+        let leaf = NodeRef::new_child(Some(&mid), None, None, None);
+        drop(mid);
+        assert_eq!(kid_count(&root), 1);
+        assert!(leaf.node().cancel(Error::Canceled, None));
+        assert_eq!(kid_count(&root), 0, "the orphan was freed");
+        assert!(!root.node().is_done_flag());
+        drop((leaf, root));
+    }
+
+    /// A kid's cancel whose after-func panics still frees the orphaned
+    /// parent whose last kid count it gave up (found by review: the free ran
+    /// after the re-raise and was skipped by the unwind).
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_panicking_after_func_does_not_leak_the_orphan() {
+        let (root, _hr) = crate::Context::background().with_cancel();
+        let (mid, hm) = root.with_cancel();
+        hm.detach();
+        let (leaf, hl) = mid.with_cancel();
+        drop(mid);
+        assert_eq!(kid_count(root.test_node_ref().unwrap()), 1);
+        let _af = leaf.after_func(|| panic!("boom"));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hl.cancel()));
+        assert!(caught.is_err());
+        assert_eq!(kid_count(root.test_node_ref().unwrap()), 0, "the orphan leaked");
+        drop((leaf, hl));
+    }
+
+    /// The same without a cancel: dropping the kids frees the orphan and
+    /// unlinks it from its parent.
+    #[test]
+    fn the_last_kid_frees_an_uncancelled_orphan() {
+        let root = NodeRef::new_child(None, None, None, None);
+        let mid = NodeRef::new_child(Some(&root), None, None, None);
+        let leaf = NodeRef::new_child(Some(&mid), None, None, None);
+        drop(mid);
+        assert!(!leaf.node().is_done_flag());
+        drop(leaf);
+        assert_eq!(kid_count(&root), 0);
+        let g = root.node().lock.lock();
+        // SAFETY: we hold the lock (invariant 1).
+        assert!(unsafe { root.node().children.is_empty() });
+        drop(g);
+        drop(root);
     }
 
     #[test]
@@ -2086,6 +2547,9 @@ mod tests {
             ATTACHED,
             NEVER_DONE,
             UNLINKED,
+            HEAP,
+            KID,
+            HAD_KIDS,
         ];
         let mut acc = 0;
         for b in all {
@@ -2098,11 +2562,14 @@ mod tests {
     fn refcount_frees_on_last_release() {
         let root = NodeRef::new_root(None);
         let child = NodeRef::new_child(Some(&root), None, None, None);
-        assert_eq!(root.node().refs.load(Ordering::Relaxed), 2);
+        // A kid holds its parent by count (invariant 16).
+        assert_eq!(root.node().refs.load(Ordering::Relaxed), 1);
+        assert_eq!(kid_count(&root), 1);
         let c2 = child.clone();
         assert_eq!(child.node().refs.load(Ordering::Relaxed), 2);
         drop(child);
         drop(c2);
+        assert_eq!(kid_count(&root), 0);
         assert_eq!(root.node().refs.load(Ordering::Relaxed), 1);
         let _g = root.node().lock.lock();
         // SAFETY: we hold the lock.

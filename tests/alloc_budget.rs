@@ -360,6 +360,30 @@ fn churn_of_cancel_children_leaves_nothing_behind() {
         drop((any, c));
     });
 
+    // Orphans (node.rs invariant 16): a detached child dropped while its own
+    // child lives is kept by that child alone, then freed by it; or a whole
+    // orphaned subtree is cancelled from above and then dropped.
+    let per = churn(n, |_| {
+        let (mid, mh) = parent.with_cancel();
+        mh.detach();
+        let (kid, kh) = mid.with_cancel();
+        drop(mid);
+        assert!(!kid.is_done());
+        drop((kid, kh));
+    });
+    assert!(per <= 2.0, "orphan: {per}");
+    churn(n / 10, |_| {
+        let (sub, sh) = parent.with_cancel();
+        let (mid, mh) = sub.with_cancel();
+        mh.detach();
+        let (kid, kh) = mid.with_cancel();
+        kh.detach();
+        drop(mid);
+        sh.cancel();
+        assert!(kid.is_done());
+        drop((kid, sub));
+    });
+
     assert!(!parent.is_done());
     hp.cancel();
 

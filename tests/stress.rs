@@ -240,6 +240,106 @@ fn cancel_storm_deep() {
     assert_eq!(Arc::strong_count(&token), 1, "contexts leaked");
 }
 
+/// Orphans (node.rs invariant 16): middle nodes whose handles are detached
+/// and whose contexts are dropped live on only through their kids' counts.
+/// Worker threads drop some kids while another cancels the root: every kid
+/// still held is cancelled through its orphaned parent with the root's
+/// cause, and the orphans are freed by whoever lets go of them last (a leak
+/// shows under Miri and the sanitizers, a double free or use-after-free
+/// anywhere).
+#[test]
+fn orphans_race_cancel() {
+    let _g = serial();
+    for round in 0..scaled(2000) {
+        let (root, rh) = Context::background().with_cancel();
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        for m in 0..4 {
+            let (mid, mh) = root.with_cancel();
+            mh.detach();
+            for k in 0..6 {
+                let (kid, kh) = mid.with_cancel();
+                // Kids of kids, so that orphans nest.
+                let (grandkid, gh) = kid.with_cancel();
+                gh.detach();
+                if (m + k + round) % 2 == 0 {
+                    kh.detach();
+                    kept.push(grandkid);
+                    drop(kid);
+                } else {
+                    dropped.push((kid, kh, grandkid));
+                }
+            }
+            drop(mid);
+        }
+        let workers = threads().max(2);
+        let mut shares: Vec<Vec<_>> = (0..workers - 1).map(|_| Vec::new()).collect();
+        for (i, d) in dropped.into_iter().enumerate() {
+            shares[i % (workers - 1)].push(d);
+        }
+        let start = Arc::new(Barrier::new(workers));
+        let mut joins: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let start = start.clone();
+                thread::spawn(move || {
+                    start.wait();
+                    drop(share);
+                })
+            })
+            .collect();
+        joins.push({
+            let start = start.clone();
+            thread::spawn(move || {
+                start.wait();
+                rh.cancel_with("root");
+            })
+        });
+        for j in joins {
+            j.join().unwrap();
+        }
+        for g in &kept {
+            assert_eq!(g.err(), Some(Error::Canceled));
+            assert_eq!(g.cause().unwrap().as_str(), Some("root"));
+        }
+        drop(kept);
+        drop(root);
+    }
+}
+
+/// Node.rs invariant 16: the kid of an orphan cancelled through one handle
+/// from several threads at once. The winner gives up the orphan's last kid
+/// count and frees it; every loser must see the kid done before it could
+/// touch the orphan (a use-after-free shows under Miri and AddressSanitizer).
+#[test]
+fn shared_handle_cancels_free_an_orphan() {
+    let _g = serial();
+    for _ in 0..scaled(3000) {
+        let (root, _rh) = Context::background().with_cancel();
+        let (mid, mh) = root.with_cancel();
+        mh.detach();
+        let (kid, kh) = mid.with_cancel();
+        drop(mid);
+        let kh = Arc::new(kh);
+        let n = threads().max(2);
+        let start = Arc::new(Barrier::new(n));
+        let joins: Vec<_> = (0..n)
+            .map(|t| {
+                let (kh, start) = (kh.clone(), start.clone());
+                thread::spawn(move || {
+                    start.wait();
+                    kh.cancel_with(CAUSES[t % CAUSES.len()]);
+                })
+            })
+            .collect();
+        for j in joins {
+            j.join().unwrap();
+        }
+        assert!(kid.is_done());
+        assert!(!root.is_done());
+    }
+}
+
 /// Threads create and drop children (plain, std-timer and manual-clock
 /// deadlines, grandchildren, `any`) under one shared parent: the parent
 /// never becomes done, and every timer entry and context is given back.

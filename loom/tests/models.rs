@@ -329,3 +329,105 @@ fn late_cancel_of_a_done_node_vs_propagation() {
         assert!(cause == "own" || cause == "parent", "cause {cause}");
     });
 }
+
+/// Node.rs invariant 16: a middle node whose handle is detached and whose
+/// context is dropped becomes an orphan, held only by its kid's count. Its
+/// kids. One kid is dropped on another thread (taking the orphan's lock to
+/// give up its count) while the root is cancelled: the canceller pops the
+/// orphan and finishes it under the root's lock, or, finding its lock taken,
+/// holds it by a kid count of its own (its reference count is zero). Either
+/// way the other kid is cancelled through the orphan, and the orphan is
+/// freed once, by whoever gives up its last count, never under the
+/// canceller.
+#[test]
+fn orphan_freed_by_last_kid_vs_root_cancel() {
+    loom::model(|| {
+        let (root, handle) = Context::background().with_cancel();
+        let (mid, mh) = root.with_cancel();
+        let (leaf, lh) = mid.with_cancel();
+        let (kept, kh) = mid.with_cancel();
+        mh.detach();
+        kh.detach();
+        drop(mid);
+        let t = thread::spawn(move || {
+            drop(lh);
+            drop(leaf);
+        });
+        handle.cancel_with("root");
+        t.join().unwrap();
+        // The surviving kid was reached through the orphan.
+        assert!(kept.is_done());
+        assert_eq!(kept.cause().unwrap().as_str(), Some("root"));
+    });
+}
+
+/// Invariant 16: the orphan decision. A middle node's last reference goes on
+/// one thread while its only kid is dropped on another: whichever takes the
+/// middle node's lock last frees it, exactly once. Then its sibling kid,
+/// still alive, is cancelled through it from the root.
+#[test]
+fn last_reference_vs_last_kid() {
+    loom::model(|| {
+        let (root, handle) = Context::background().with_cancel();
+        let (mid, mh) = root.with_cancel();
+        let (a, ah) = mid.with_cancel();
+        mh.detach();
+        let t = thread::spawn(move || {
+            drop(mid);
+        });
+        drop(ah);
+        drop(a);
+        t.join().unwrap();
+        let (b, _bh) = root.with_cancel();
+        handle.cancel();
+        assert!(b.is_done());
+    });
+}
+
+/// Invariant 16: a kid's own cancel takes its own lock, then its parent's,
+/// leaves the list and gives its kid count up, while the parent is cancelled
+/// (the canceller pops the kid or finds it gone) and the kid is dropped on
+/// the other thread. The grandchild always ends up done with one of the two
+/// causes.
+#[test]
+fn kid_cancel_vs_parent_cancel_and_drop() {
+    loom::model(|| {
+        let (parent, handle) = Context::background().with_cancel();
+        let (kid, kh) = parent.with_cancel();
+        let (grandchild, gh) = kid.with_cancel();
+        gh.detach();
+        let t = thread::spawn(move || {
+            kh.cancel_with("own");
+            drop(kh);
+            drop(kid);
+        });
+        handle.cancel_with("parent");
+        t.join().unwrap();
+        assert!(grandchild.is_done());
+        let cause = grandchild.cause().unwrap().as_str().unwrap();
+        assert!(cause == "own" || cause == "parent", "cause {cause}");
+    });
+}
+
+/// Invariant 16: two cancels of one kid through a shared handle, its parent
+/// an orphan held only by that kid. The winner leaves the list, gives up the
+/// last kid count and frees the orphan; the loser, having taken the kid's
+/// own lock first, sees `DONE` and never touches the parent.
+#[test]
+fn shared_handle_cancels_vs_orphaned_parent() {
+    loom::model(|| {
+        let (root, _rh) = Context::background().with_cancel();
+        let (mid, mh) = root.with_cancel();
+        let (kid, kh) = mid.with_cancel();
+        mh.detach();
+        drop(mid);
+        let kh = Arc::new(kh);
+        let kh2 = kh.clone();
+        let t = thread::spawn(move || kh2.cancel_with("a"));
+        kh.cancel_with("b");
+        t.join().unwrap();
+        let cause = kid.cause().unwrap().as_str().unwrap();
+        assert!(cause == "a" || cause == "b");
+        assert!(!root.is_done());
+    });
+}
