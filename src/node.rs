@@ -911,9 +911,14 @@ impl Node {
     /// order").
     #[inline]
     fn hold_popped(&self) -> bool {
-        if self.try_retain() {
-            return true;
-        }
+        self.try_retain() || self.hold_orphan()
+    }
+
+    /// The rare half of [`hold_popped`](Self::hold_popped): a popped node
+    /// whose count is zero.
+    #[cold]
+    #[inline(never)]
+    fn hold_orphan(&self) -> bool {
         #[cfg(feature = "alloc")]
         {
             let _g = self.lock.lock();
