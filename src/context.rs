@@ -573,8 +573,16 @@ impl CancelHandle {
 }
 
 impl Drop for CancelHandle {
+    #[inline]
     fn drop(&mut self) {
-        self.cancel();
+        if let Some(n) = &self.node {
+            // A handle dropped after an explicit `cancel` (or whose context an
+            // ancestor cancelled) has nothing left to do but let go of its
+            // reference: one load, no call.
+            if !n.node().is_done_flag() {
+                n.node().cancel(Error::Canceled, None);
+            }
+        }
     }
 }
 
