@@ -1007,12 +1007,8 @@ impl Node {
             // Already done (`DONE` is final, invariant 2): this call loses
             // without taking a lock. The common case is a handle dropped
             // after an explicit `cancel`.
-            drop(cause);
-            if owned {
-                // SAFETY: the caller handed us this reference.
-                unsafe { release_node(node) };
-            }
-            return false;
+            // SAFETY: forwarded from our caller; no lock is held.
+            return unsafe { Self::lose(node, cause, owned) };
         }
         // A cancelled node leaves its parent's list at once (invariant 14).
         let parent = this.parent_ptr();
@@ -1029,12 +1025,8 @@ impl Node {
             let guard = this.lock.lock();
             if this.is_done_flag() {
                 drop(guard);
-                drop(cause);
-                if owned {
-                    // SAFETY: the caller handed us this reference.
-                    unsafe { release_node(node) };
-                }
-                return false;
+                // SAFETY: forwarded from our caller; the lock is released.
+                return unsafe { Self::lose(node, cause, owned) };
             }
             // SAFETY: a kid always has a parent, which our kid count holds
             // (invariant 16); only a section of ours gives that count up.
@@ -1064,12 +1056,8 @@ impl Node {
             if this.is_done_flag() {
                 drop(guard);
                 drop(parent_guard);
-                drop(cause);
-                if owned {
-                    // SAFETY: the caller handed us this reference.
-                    unsafe { release_node(node) };
-                }
-                return false;
+                // SAFETY: forwarded from our caller; the locks are released.
+                return unsafe { Self::lose(node, cause, owned) };
             }
             match parent_guard {
                 Some(pg) => {
@@ -1107,6 +1095,20 @@ impl Node {
         unsafe { Self::propagate(node, guard, displaced, owned) };
         drop(orphaned);
         true
+    }
+
+    /// A cancel that lost (the node was already done): drops its cause and
+    /// gives back the caller's reference, with no lock held (invariant 9).
+    ///
+    /// # Safety
+    /// As for [`cancel_raw`](Self::cancel_raw); no lock is held.
+    unsafe fn lose(node: *const Node, cause: Option<Cause>, owned: bool) -> bool {
+        drop(cause);
+        if owned {
+            // SAFETY: the caller handed us this reference.
+            unsafe { release_node(node) };
+        }
+        false
     }
 
     /// The rest of [`cancel_raw`](Self::cancel_raw) for a node that has
