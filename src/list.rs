@@ -146,6 +146,29 @@ impl List {
         self.head.with(|p| unsafe { (*p).is_null() })
     }
 
+    /// The head word of a list that is empty for good, read as a spare
+    /// pointer: node.rs invariant 17 threads its pending list through the
+    /// `children` head of done scoped nodes (never used again once a node is
+    /// done and drained, node.rs invariant 3).
+    ///
+    /// # Safety
+    /// The list is empty for good, and the caller holds the lock that the
+    /// reuse names (node.rs invariant 17).
+    pub(crate) unsafe fn spare(&self) -> *const () {
+        // SAFETY: forwarded from the caller.
+        self.head.with(|p| unsafe { *p }) as *const ()
+    }
+
+    /// Writes the spare head word (see [`spare`](Self::spare)); null makes
+    /// the list empty again.
+    ///
+    /// # Safety
+    /// As for [`spare`](Self::spare).
+    pub(crate) unsafe fn set_spare(&self, word: *const ()) {
+        // SAFETY: forwarded from the caller.
+        self.head.with_mut(|p| unsafe { *p = word as *const Link });
+    }
+
     /// Adds `elem` at the front.
     ///
     /// # Safety

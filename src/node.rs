@@ -257,13 +257,29 @@ pub(crate) const KID: u32 = 1 << 10;
 /// lock (invariant 16).
 pub(crate) const HAD_KIDS: u32 = 1 << 11;
 
+/// Set with `DONE` by phase 1 of a cancellation on a node that holds a
+/// deadline cause: the node keeps that cause in its slot (to drop it when it
+/// is freed, never in phase 1) and reports its parent's (invariant 2).
+pub(crate) const CAUSE_UP: u32 = 1 << 12;
+/// A done scoped node whose wakers a canceller left in the pending list;
+/// written under the node's lock (invariant 17).
+pub(crate) const PENDING: u32 = 1 << 13;
+
 /// In `kids`: the node's reference count reached zero while kids still held
 /// it; whoever lets go of the last kid count frees it (invariant 16).
 const ORPHAN: u32 = 1 << 31;
 /// Mask of the count in `kids`, and the largest count.
 const KIDS_MAX: u32 = ORPHAN - 1;
 
-const MAX_REFS: u32 = u32::MAX / 2;
+/// Reference counts at or above this are *saturated*: the node is pinned
+/// (never freed) and the count no longer tracks owners (invariant 5).
+const MAX_REFS: u32 = 1 << 31;
+/// Where a saturated count is put back by every retain and release that
+/// sees it saturated: `2^30` away from both `MAX_REFS` and overflow, so only
+/// `2^30` threads caught at once between their increment (or decrement) and
+/// their store could move it out of the saturated range (as `Arc`'s argument
+/// for `isize::MAX`).
+const SATURATED: u32 = 3 << 30;
 
 /// One context node.
 #[repr(C)]
@@ -530,6 +546,10 @@ impl Drop for RunList {
 }
 
 impl WorkList {
+    fn new() -> Self {
+        WorkList { head: ptr::null() }
+    }
+
     fn push(&mut self, node: *const Node) {
         // SAFETY: the caller owns `node`'s free link and a reference
         // (invariant 6).
@@ -673,6 +693,12 @@ impl Node {
         }
         // SAFETY: the caller guarantees the parent outlives us (invariant 4).
         if let Some(p) = unsafe { self.parent_ptr().as_ref() } {
+            if p.counted() {
+                // A counted (heap) parent is held by a reference until
+                // `detach_scoped`: the owner's borrow alone would not keep
+                // it alive if the owner is leaked (invariant 10).
+                p.retain();
+            }
             let guard = p.lock.lock();
             if p.is_done_flag() {
                 drop(guard);
@@ -715,8 +741,9 @@ impl Node {
             return;
         }
         self.cancel(Error::Canceled, None);
+        let parent = self.parent_ptr();
         // SAFETY: the parent outlives us (invariant 4).
-        if let Some(p) = unsafe { self.parent_ptr().as_ref() } {
+        if let Some(p) = unsafe { parent.as_ref() } {
             let guard = p.lock.lock();
             // SAFETY: we hold the parent's lock (invariant 1).
             unsafe {
@@ -727,12 +754,34 @@ impl Node {
             drop(guard);
         }
         self.after_done();
-        // Unlinked and disarmed: nobody can take a new reference, and the
-        // ones still held are released after bounded work (no user code).
+        // Take back from any canceller the wakers it left for later
+        // (invariant 17), and wake whatever is still linked ourselves: only
+        // futures leaked with `mem::forget` can be (every other one
+        // borrowed this owner and is gone).
+        self.take_over_wakers();
+        // Unlinked and disarmed, out of the pending list: nobody can take a
+        // new reference, and the ones still held are released after bounded
+        // work that runs no user code (invariants 9, 17).
         let mut spins = 0u32;
         while self.refs.load(Ordering::Acquire) != 1 {
             crate::sync::spin_hint(&mut spins);
         }
+        // SAFETY: the parent outlives us (invariant 4).
+        if let Some(p) = unsafe { parent.as_ref() } {
+            if p.counted() {
+                // The reference `attach_scoped` took (invariant 10).
+                // SAFETY: we own it and use the parent no more.
+                unsafe { release_node(parent) };
+            }
+        }
+    }
+
+    /// Whether the node is counted by references and freed at zero (a heap
+    /// tree node or an `any` node), rather than owned by a pinned owner or a
+    /// `static`.
+    #[inline]
+    fn counted(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & (HEAP | ANY) != 0
     }
 
     /// Adjusts the callback count.
@@ -826,10 +875,8 @@ impl Node {
     /// Cause of a node known to be done (Acquire-observed `DONE`).
     fn cause_of_done(&self) -> Cause {
         debug_assert!(self.is_done_flag());
-        // SAFETY: `DONE` was observed with Acquire, so `cause` is immutable
-        // and its write is visible (invariant 2).
-        let c = self.cause.with(|p| unsafe { (*p).clone() });
-        c.unwrap_or_else(|| Cause::from_error(self.err_of_done()))
+        self.done_cause()
+            .unwrap_or_else(|| Cause::from_error(self.err_of_done()))
     }
 
     /// The node whose error and cause this node reports, if it is done.
@@ -946,7 +993,7 @@ impl Node {
                 return false;
             }
             if cur >= MAX_REFS {
-                // Never overflow: leak instead (a node with 2^63 owners).
+                // Saturated: pinned for good, nothing to count (invariant 5).
                 return true;
             }
             match self
@@ -962,10 +1009,11 @@ impl Node {
     /// Increments `refs`; the caller already owns a reference.
     fn retain(&self) {
         let old = self.refs.fetch_add(1, Ordering::Relaxed);
-        if old >= MAX_REFS {
-            // Saturate: undo and let the count stay pinned (the node leaks
-            // rather than being freed early).
-            self.refs.fetch_sub(1, Ordering::Relaxed);
+        if old >= MAX_REFS - 1 {
+            // Saturated (or saturating now): pin the count in the middle of
+            // the saturated range. The node leaks rather than being freed
+            // early (invariant 5).
+            self.refs.store(SATURATED, Ordering::Relaxed);
         }
     }
 
@@ -1082,13 +1130,14 @@ impl Node {
             // A leaf nobody waits on (the common case: a request's last
             // step): nothing to propagate, wake or run.
             drop(guard);
-            drop(displaced);
             this.after_done();
             if owned {
                 // SAFETY: the caller handed us this reference.
                 unsafe { release_node(node) };
             }
             drop(orphaned);
+            // User code (a cause's `Drop`) last, with nothing left to do.
+            drop(displaced);
             return true;
         }
         // SAFETY: forwarded from our caller; we hold `this`'s lock.
@@ -1115,6 +1164,12 @@ impl Node {
     /// waiters or children: out of line, so that the common leaf cancel
     /// does not pay for the batch's stack frame.
     ///
+    /// Phase 1 runs no user code at all; before the first user code of
+    /// phase 2 runs, this thread holds no reference to any scoped node
+    /// (invariant 17), and in phase 3 none to any node. So a waker,
+    /// after-func or cause `Drop` may drop any context or scoped owner of the
+    /// tree, and panic (caught and re-raised at the end, with `std`).
+    ///
     /// # Safety
     /// As for `cancel_raw`; `guard` holds the lock of `node`, which this call
     /// just made done, and `displaced` is the cause that `set_done` displaced.
@@ -1125,88 +1180,156 @@ impl Node {
         let this = unsafe { &*node };
         let mut batch = Batch::new();
         let mut runs = RunList::new();
-        let mut work = WorkList { head: ptr::null() };
-        // Nodes (other than `node`) with wakers left over, retained.
-        let mut later = WorkList { head: ptr::null() };
+        let mut work = WorkList::new();
+        // Processed nodes, still held (invariant 6): counted nodes with
+        // wakers left (`later`) or not (`spent`), and scoped or static ones.
+        let mut later = WorkList::new();
+        let mut spent = WorkList::new();
+        let mut scoped = WorkList::new();
         let node_left = this.drain(guard, &mut batch, &mut runs, &mut work);
-        drop(displaced);
         this.after_done();
-        // Phase 1.
+        // Phase 1: structure, no user code.
         while let Some(n_ptr) = work.pop() {
-            // SAFETY: the work list holds a reference (invariant 6).
+            // SAFETY: the work list holds it (invariant 6).
             let n = unsafe { &*n_ptr };
             let guard = n.lock.lock();
             let left = if !n.is_done_flag() {
-                let (err, cause) = n.inherited();
                 // SAFETY: we hold the lock and the node is live.
-                let displaced = unsafe { n.set_done(err, cause, false) };
+                unsafe { n.set_done_inherited() };
                 let left = n.drain(guard, &mut batch, &mut runs, &mut work);
-                drop(displaced);
                 n.after_done();
                 left
             } else {
                 drop(guard);
                 false
             };
-            if left {
-                // Its free link is ours again (popped from `work`).
-                later.push(n_ptr);
+            // Its free link is ours again (popped from `work`).
+            if !n.counted() {
+                scoped.push(n_ptr);
             } else {
-                // SAFETY: we owned one hold through the work list.
-                unsafe { release_held(n_ptr) };
+                // A counted node's parent is counted too, or a `static`
+                // (never freed): its parent hold can go now.
+                // SAFETY: we own the hold `push_popped` took, if any.
+                unsafe { release_parent_hold(n) };
+                if left {
+                    later.push(n_ptr);
+                } else {
+                    spent.push(n_ptr);
+                }
             }
         }
-        // Phase 2.
+        // Let go of every scoped node before any user code runs: wakers left
+        // on one wait in the pending list, where its owner can take them
+        // back (invariant 17).
+        let mut tag = 0;
+        while let Some(n_ptr) = scoped.pop() {
+            // SAFETY: held by `scoped`; its parent by a parent hold.
+            unsafe {
+                (*n_ptr).park(&mut tag);
+                release_parent_hold(&*n_ptr);
+                release_held(n_ptr);
+            }
+        }
+        // Phase 2: wakers.
         if node_left {
-            batch.run();
-            this.drain_wakers(&mut batch);
+            if owned && !this.counted() {
+                // The timer's reference to a scoped node goes before any
+                // waker runs: the rest wait in the pending list.
+                this.park(&mut tag);
+            } else {
+                // The caller's borrow or our counted reference keeps `this`
+                // alive, and holding it blocks nobody.
+                batch.run();
+                this.drain_wakers(&mut batch);
+            }
         }
         if owned {
             // SAFETY: the caller handed us this reference; `this` is not used
-            // after this point.
-            unsafe { release_node(node) };
+            // after this point. A last release frees: user code.
+            batch.call(|| unsafe { release_node(node) });
         }
         batch.run();
+        while let Some(n_ptr) = spent.pop() {
+            // SAFETY: `spent` holds it; not used after this.
+            batch.call(|| unsafe { release_held(n_ptr) });
+        }
         while let Some(n_ptr) = later.pop() {
-            // SAFETY: `later` holds a reference (invariant 6).
+            // SAFETY: `later` holds it (a counted node).
             unsafe { (*n_ptr).drain_wakers(&mut batch) };
             // SAFETY: as above; not used after this.
-            unsafe { release_held(n_ptr) };
+            batch.call(|| unsafe { release_held(n_ptr) });
             batch.run();
         }
-        // Phase 3.
+        if tag != 0 {
+            wake_pending(tag, &mut batch);
+        }
+        // Phase 3: after-funcs, then the displaced cause, with no node held.
         runs.run(&mut batch);
+        batch.call(|| drop(displaced));
         batch.finish();
+    }
+
+    /// The done node this one inherits its error and cause from: its tree
+    /// parent, or an `any` node's first done parent.
+    fn inherit_source(&self) -> Option<&Node> {
+        #[cfg(feature = "alloc")]
+        if let Some(any) = self.any() {
+            // SAFETY: immutable after construction; parents retained
+            // (invariant 4).
+            let links = unsafe { any.as_ref() };
+            return links.links.iter().map(|l| l.parent.node()).find(|p| p.is_done_flag());
+        }
+        // SAFETY: invariant 4.
+        unsafe { self.parent_ptr().as_ref() }.filter(|p| p.is_done_flag())
     }
 
     /// Error and cause to inherit from the done node that cancels this one.
     fn inherited(&self) -> (Error, Option<Cause>) {
-        let src: Option<&Node> = {
-            #[cfg(feature = "alloc")]
-            {
-                if let Some(any) = self.any() {
-                    // SAFETY: immutable after construction; parents retained
-                    // (invariant 4).
-                    let links = unsafe { any.as_ref() };
-                    links.links.iter().map(|l| l.parent.node()).find(|p| p.is_done_flag())
-                } else {
-                    // SAFETY: invariant 4.
-                    unsafe { self.parent_ptr().as_ref() }
-                }
+        match self.inherit_source() {
+            Some(p) => (p.err_of_done(), p.done_cause()),
+            None => (Error::Canceled, None),
+        }
+    }
+
+    /// Phase 1's cancel of a popped node: done with what it inherits. A node
+    /// that holds a deadline cause keeps it (dropping it here would run user
+    /// code in phase 1) and reports its parent's cause instead
+    /// (`CAUSE_UP`, invariant 2).
+    ///
+    /// # Safety
+    /// The lock is held and the node is live.
+    unsafe fn set_done_inherited(&self) {
+        // SAFETY: the caller holds the lock (invariant 1).
+        let holds_cause = self.cause.with(|p| unsafe { (*p).is_some() });
+        if holds_cause {
+            let err = self.inherit_source().map_or(Error::Canceled, Node::err_of_done);
+            // SAFETY: forwarded from the caller; no cause, nothing displaced.
+            let none = unsafe { self.set_done_with(err, None, true, CAUSE_UP) };
+            debug_assert!(none.is_none());
+            core::mem::forget(none);
+        } else {
+            let (err, cause) = self.inherited();
+            // SAFETY: forwarded from the caller.
+            let none = unsafe { self.set_done(err, cause, false) };
+            debug_assert!(none.is_none(), "an empty slot displaces nothing");
+            core::mem::forget(none);
+        }
+    }
+
+    /// The cause of a done node (`DONE` observed with Acquire): its own
+    /// slot, or, with `CAUSE_UP`, its nearest ancestor's without (invariant
+    /// 2). Each node on the way is done and holds its parent (invariant 4).
+    fn done_cause(&self) -> Option<Cause> {
+        let mut n: &Node = self;
+        loop {
+            if n.state.load(Ordering::Acquire) & CAUSE_UP == 0 {
+                // SAFETY: `DONE` was observed with Acquire (by the caller, or
+                // on the way up), so `cause` is immutable (invariant 2).
+                return n.cause.with(|c| unsafe { (*c).clone() });
             }
-            #[cfg(not(feature = "alloc"))]
-            {
-                // SAFETY: invariant 4.
-                unsafe { self.parent_ptr().as_ref() }
-            }
-        };
-        match src {
-            Some(p) if p.is_done_flag() => {
-                // SAFETY: `DONE` observed with Acquire (invariant 2).
-                let cause = p.cause.with(|c| unsafe { (*c).clone() });
-                (p.err_of_done(), cause)
-            }
-            _ => (Error::Canceled, None),
+            // SAFETY: a `CAUSE_UP` node is a tree node whose parent was done
+            // first, and holds it (invariant 4).
+            n = unsafe { &*n.parent_ptr() };
         }
     }
 
@@ -1321,10 +1444,13 @@ impl Node {
                     // SAFETY: we hold the child's lock (invariant 1).
                     if unsafe { !child.waiters.is_empty() } {
                         // Wakers and callbacks need the batch and its
-                        // bookkeeping: the work loop cancels it.
+                        // bookkeeping: the work loop cancels it. Held like
+                        // any popped child: an orphan (count zero, kids
+                        // left) may still have waiters, those of a `Done`
+                        // leaked with `mem::forget` (invariant 16).
                         drop(child_guard);
-                        if child.try_retain() {
-                            work.push(c);
+                        if child.hold_popped() {
+                            push_popped(work, cur, c);
                         }
                         continue;
                     }
@@ -1335,8 +1461,15 @@ impl Node {
                     let displaced = unsafe { child.set_done(*err, cause.clone(), false) };
                     debug_assert!(displaced.is_none());
                     core::mem::forget(displaced);
-                    // SAFETY: we hold both locks (invariant 1).
-                    if depth < DESCENT_MAX && unsafe { cur.children.is_empty() && !child.children.is_empty() } {
+                    // Only into a heap node: its children hold it by counts
+                    // that they give up under its lock, so it outlives our
+                    // hold of that lock. A scoped node's owner could be gone
+                    // once its children are leaked (invariant 13).
+                    if depth < DESCENT_MAX
+                        && child.state.load(Ordering::Relaxed) & HEAP != 0
+                        // SAFETY: we hold both locks (invariant 1).
+                        && unsafe { cur.children.is_empty() && !child.children.is_empty() }
+                    {
                         depth += 1;
                         // Descend: keep the child's lock, let go of the
                         // parent's (invariant 13).
@@ -1353,7 +1486,7 @@ impl Node {
             // If it is being freed, it no longer finds itself linked and will
             // not touch its link again.
             if child.hold_popped() {
-                work.push(c);
+                push_popped(work, cur, c);
             }
         }
         drop(guard);
@@ -1374,7 +1507,7 @@ impl Node {
             // SAFETY: a child popped under its parent's lock is valid while
             // that lock is held (invariant 5).
             if unsafe { (*c).hold_popped() } {
-                work.push(c);
+                push_popped(work, self, c);
             }
         }
     }
@@ -1402,42 +1535,102 @@ impl Node {
     /// Error and cause of a done node (its `cause` is immutable: invariant 2).
     fn done_with(&self) -> (Error, Option<Cause>) {
         // The caller set `DONE` or read it with Acquire.
-        // SAFETY: so `cause` is immutable and its write visible (invariant 2).
-        let cause = self.cause.with(|c| unsafe { (*c).clone() });
-        (self.err_of_done(), cause)
+        (self.err_of_done(), self.done_cause())
     }
 
-    /// Wakes the wakers [`drain`](Self::drain) had no room for, 32 at a
-    /// time. Returns with the last (possibly partial) batch *not yet run*, so
-    /// that the caller can release its reference to this node first: once
-    /// the list is empty nothing borrows a scoped node any more, and its
-    /// owner may be dropped by one of those very wakers.
+    /// Wakes the wakers [`drain`](Self::drain) had no room for, 16 at a
+    /// time, on a node the caller keeps alive by a counted reference or a
+    /// borrow (holding either blocks nobody: invariant 17). Returns with the
+    /// last (possibly partial) batch *not yet run*, so that the caller can
+    /// release its reference first.
     fn drain_wakers(&self, batch: &mut Batch) {
         loop {
             let guard = self.lock.lock();
-            // SAFETY: we hold the lock (invariant 1); the node is done, so only
-            // wakers are left (invariant 3 and `drain`).
-            let empty = unsafe {
-                while !batch.is_full() {
-                    let e = self.waiters.pop_front() as *const Entry;
-                    if e.is_null() {
-                        break;
-                    }
-                    let w = e as *const Waiter;
-                    if let Some(waker) = (*w).waker.with_mut(|p| (*p).take()) {
-                        batch.push(waker);
-                    }
-                }
-                self.waiters.is_empty()
-            };
+            // SAFETY: we hold the lock (invariant 1); the node is done, so
+            // only wakers are left (invariant 3 and `drain`).
+            let empty = unsafe { self.pop_wakers(batch) };
             drop(guard);
             if empty {
                 return;
             }
-            // Still waiters left, so this node is still borrowed by them:
-            // holding our reference while waking is safe.
             batch.run();
         }
+    }
+
+    /// Moves wakers from this done node's `waiters` into `batch` while it
+    /// has room; returns whether the list is now empty.
+    ///
+    /// # Safety
+    /// The lock is held, and the node is done and drained, so only waker
+    /// entries are left in `waiters` (invariant 3 and `drain`).
+    unsafe fn pop_wakers(&self, batch: &mut Batch) -> bool {
+        // SAFETY: forwarded from the caller (invariants 1, 8).
+        unsafe {
+            while !batch.is_full() {
+                let e = self.waiters.pop_front() as *const Entry;
+                if e.is_null() {
+                    break;
+                }
+                debug_assert!((*e).kind == EntryKind::Waker);
+                let w = e as *const Waiter;
+                if let Some(waker) = (*w).waker.with_mut(|p| (*p).take()) {
+                    batch.push(waker);
+                }
+            }
+            self.waiters.is_empty()
+        }
+    }
+
+    /// If this done scoped (or static) node still has wakers, puts it in the
+    /// pending list under this cancellation's `tag` (allocated on first
+    /// use), for [`wake_pending`] or its owner's
+    /// [`take_over_wakers`](Self::take_over_wakers) (invariant 17).
+    fn park(&self, tag: &mut u32) {
+        let list = pending_list();
+        if *tag == 0 {
+            *tag = list.new_tag();
+        }
+        let guard = self.lock.lock();
+        // SAFETY: we hold the lock (invariant 1).
+        if unsafe { !self.waiters.is_empty() } {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & PENDING == 0 {
+                // A scoped node is not an `any` node: its state is written
+                // only under its lock (invariant 11).
+                self.state.store(s | PENDING, Ordering::Relaxed);
+                // SAFETY: we hold the node's lock; it is done, drained and
+                // not in the list (no `PENDING`).
+                unsafe { list.push(self, *tag) };
+            }
+        }
+        drop(guard);
+    }
+
+    /// The owner's side of invariant 17, in `detach_scoped`: takes the node
+    /// out of the pending list (a canceller that already took it out holds a
+    /// reference and finds `PENDING` cleared) and wakes what is still
+    /// linked, with no lock held.
+    fn take_over_wakers(&self) {
+        let mut batch = Batch::new();
+        loop {
+            let guard = self.lock.lock();
+            let s = self.state.load(Ordering::Relaxed);
+            if s & PENDING != 0 {
+                // SAFETY: we hold the node's lock; `PENDING` says it may be
+                // in the list.
+                unsafe { pending_list().remove(self) };
+                self.state.store(s & !PENDING, Ordering::Relaxed);
+            }
+            // SAFETY: we hold the lock; the owner cancelled the node before
+            // calling this, so it is done and only wakers are left.
+            let empty = unsafe { self.pop_wakers(&mut batch) };
+            drop(guard);
+            batch.run();
+            if empty {
+                break;
+            }
+        }
+        batch.finish();
     }
 
     /// Moves what a popped waiter entry needs into the batch or work list.
@@ -1608,9 +1801,9 @@ unsafe fn release(node: NonNull<Node>) {
     if old == 1 {
         // SAFETY: we just dropped the last reference.
         unsafe { release_last(node) }
-    } else if old > MAX_REFS {
-        // Saturated: never free.
-        n.refs.fetch_add(1, Ordering::Relaxed);
+    } else if old >= MAX_REFS {
+        // Saturated: sticky, never free (invariant 5).
+        n.refs.store(SATURATED, Ordering::Relaxed);
     }
 }
 
@@ -1662,9 +1855,9 @@ unsafe fn release_last(node: NonNull<Node>) {
             }
             let old = n.refs.fetch_sub(1, Ordering::Release);
             if old != 1 {
-                if old > MAX_REFS {
-                    // Saturated: never free.
-                    n.refs.fetch_add(1, Ordering::Relaxed);
+                if old >= MAX_REFS {
+                    // Saturated: sticky, never free (invariant 5).
+                    n.refs.store(SATURATED, Ordering::Relaxed);
                 }
                 continue;
             }
@@ -1761,6 +1954,200 @@ unsafe fn release_kid(node: NonNull<Node>) {
     }
 }
 
+/// Pushes a child popped from `parent`'s list (and held by
+/// [`Node::hold_popped`]) to `work`. A parent that is not counted (scoped or
+/// static) is held too, by a reference, until the child has been processed:
+/// phase 1 reads it to inherit, and a leaked scoped child does not keep its
+/// owner's borrow of it (invariants 6, 10).
+#[inline]
+fn push_popped(work: &mut WorkList, parent: &Node, child: *const Node) {
+    if !parent.counted() {
+        parent.retain();
+    }
+    work.push(child);
+}
+
+/// Gives up the parent hold [`push_popped`] took for `node`, if any.
+///
+/// # Safety
+/// `node` came out of a work list (popped from its parent, or an `any`
+/// target) and its parent hold, if any, is ours.
+unsafe fn release_parent_hold(node: &Node) {
+    let p = node.parent_ptr();
+    // SAFETY: the hold (or `node`, invariant 4) keeps the parent valid.
+    if let Some(p) = unsafe { p.as_ref() } {
+        if !p.counted() {
+            // A scoped or static node is never freed by its count: a plain
+            // decrement (its owner waits for it, invariant 10).
+            p.refs.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The pending list (invariant 17)
+
+/// Done scoped nodes whose wakers a canceller has yet to wake: one list for
+/// the process, threaded through the spare `children` head of each node
+/// (empty for good once a node is done: invariant 3), each entry tagged (in
+/// the node's `kids`, which only heap nodes use otherwise) with the
+/// cancellation that left it.
+struct PendingList {
+    lock: RawLock,
+    /// # Safety
+    /// Guarded by `lock`, as are the spare head and `kids` of every node in
+    /// the list.
+    head: UnsafeCell<*const Node>,
+    /// # Safety
+    /// Guarded by `lock`.
+    last_tag: UnsafeCell<u32>,
+}
+
+// SAFETY: every field is guarded by `lock` (invariant 17).
+unsafe impl Sync for PendingList {}
+// SAFETY: as for `Sync`.
+unsafe impl Send for PendingList {}
+
+#[cfg(not(loom))]
+static PENDING_LIST: PendingList = PendingList {
+    lock: RawLock::new(),
+    head: UnsafeCell::new(ptr::null()),
+    last_tag: UnsafeCell::new(0),
+};
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref PENDING_LIST: PendingList = PendingList {
+        lock: RawLock::new(),
+        head: UnsafeCell::new(ptr::null()),
+        last_tag: UnsafeCell::new(0),
+    };
+}
+
+#[inline]
+fn pending_list() -> &'static PendingList {
+    &PENDING_LIST
+}
+
+impl PendingList {
+    /// A tag for one cancellation's entries: never zero. Tags wrap after
+    /// 2^32 cancellations; two live ones sharing a tag would only wake each
+    /// other's wakers.
+    fn new_tag(&self) -> u32 {
+        let g = self.lock.lock();
+        // SAFETY: we hold the lock.
+        let t = self.last_tag.with_mut(|p| unsafe {
+            *p = (*p).wrapping_add(1).max(1);
+            *p
+        });
+        drop(g);
+        t
+    }
+
+    /// Adds `node` under `tag`.
+    ///
+    /// # Safety
+    /// The caller holds `node`'s lock, `node` is a done, drained scoped or
+    /// static node not in the list, and it just set its `PENDING` bit.
+    unsafe fn push(&self, node: &Node, tag: u32) {
+        let g = self.lock.lock();
+        // SAFETY: we hold the list's lock, which guards the head, and the
+        // node's spare head and `kids` while it is in the list; its
+        // `children` list is empty for good (invariant 3).
+        unsafe {
+            node.kids.with_mut(|k| *k = tag);
+            node.children.set_spare(self.head.with(|h| *h) as *const ());
+            self.head.with_mut(|h| *h = node as *const Node);
+        }
+        drop(g);
+    }
+
+    /// Takes out the first entry tagged `tag`, holding it by a reference.
+    /// It is valid meanwhile: its owner takes it out of the list under the
+    /// same lock before it can let it go (invariant 17).
+    fn take(&self, tag: u32) -> Option<*const Node> {
+        let g = self.lock.lock();
+        // SAFETY: we hold the lock; every node in the list is valid.
+        let found = unsafe { self.unlink(|n| n.kids.with(|k| *k) == tag) };
+        if let Some(n) = found {
+            // SAFETY: as above.
+            unsafe { (*n).retain() };
+        }
+        drop(g);
+        found
+    }
+
+    /// Takes `node` out if it is in the list.
+    ///
+    /// # Safety
+    /// The caller holds `node`'s lock and saw its `PENDING` bit.
+    unsafe fn remove(&self, node: &Node) {
+        let g = self.lock.lock();
+        // SAFETY: we hold the lock.
+        unsafe { self.unlink(|n| ptr::eq(n, node)) };
+        drop(g);
+    }
+
+    /// Unlinks the first node matching `f` and clears its spare head.
+    ///
+    /// # Safety
+    /// The lock is held.
+    unsafe fn unlink(&self, f: impl Fn(&Node) -> bool) -> Option<*const Node> {
+        // SAFETY: the caller holds the lock, which guards the chain; every
+        // node in it is valid (invariant 17).
+        unsafe {
+            let mut prev: *const Node = ptr::null();
+            let mut cur = self.head.with(|h| *h);
+            while !cur.is_null() {
+                let next = (*cur).children.spare() as *const Node;
+                if f(&*cur) {
+                    if prev.is_null() {
+                        self.head.with_mut(|h| *h = next);
+                    } else {
+                        (*prev).children.set_spare(next as *const ());
+                    }
+                    (*cur).children.set_spare(ptr::null());
+                    return Some(cur);
+                }
+                prev = cur;
+                cur = next;
+            }
+            None
+        }
+    }
+}
+
+/// Phase 2 for the scoped nodes this cancellation parked under `tag`: takes
+/// each back (by a reference), moves up to a batch of its wakers out under
+/// its lock, parks it again if some are left, lets go of it, and only then
+/// wakes the batch (invariant 17).
+fn wake_pending(tag: u32, batch: &mut Batch) {
+    let list = pending_list();
+    while let Some(n_ptr) = list.take(tag) {
+        // SAFETY: `take` retained it.
+        let n = unsafe { &*n_ptr };
+        let guard = n.lock.lock();
+        let s = n.state.load(Ordering::Relaxed);
+        if s & PENDING != 0 {
+            // SAFETY: we hold the lock; a parked node is done and drained.
+            let empty = unsafe { n.pop_wakers(batch) };
+            if empty {
+                n.state.store(s & !PENDING, Ordering::Relaxed);
+            } else {
+                // SAFETY: we hold its lock; `PENDING` is set and `take`
+                // took it out of the list.
+                unsafe { list.push(n, tag) };
+            }
+        }
+        // Else its owner is detaching and wakes the rest itself.
+        drop(guard);
+        // SAFETY: the reference `take` took; a scoped node is never freed by
+        // its count.
+        unsafe { release_node(n_ptr) };
+        batch.run();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Timers
 
@@ -1803,11 +2190,17 @@ impl TimerEntry {
     /// *after* releasing the timer's lock, or `None` if the context is being
     /// freed (it will `disarm` as soon as the lock is free).
     ///
-    /// Call only under the timer's lock, at most once per `arm` (the
-    /// [`Timer`] safety contract).
-    pub fn claim(&self) -> Option<TimerFiring> {
-        // SAFETY: under the timer's lock an armed entry's node is valid: it
-        // disarms under the same lock before it is freed (invariant 7).
+    /// # Safety
+    ///
+    /// The entry's node is dereferenced: call this only under the timer's
+    /// lock, on an entry that is armed (given to [`Timer::arm`] and neither
+    /// disarmed nor claimed since), at most once per `arm` — the [`Timer`]
+    /// safety contract. A clone of an entry kept past its `disarm` may point
+    /// at freed memory.
+    pub unsafe fn claim(&self) -> Option<TimerFiring> {
+        // SAFETY: the caller guarantees the entry is armed and we are under
+        // the timer's lock, where an armed entry's node is valid: it disarms
+        // under the same lock before it is freed (invariant 7).
         let node = unsafe { self.node.as_ref() };
         node.try_retain().then_some(TimerFiring { node: self.node })
     }
@@ -1887,20 +2280,39 @@ impl Waiter {
         }
         // SAFETY: we never move out of the pinned waiter.
         let this = unsafe { self.get_unchecked_mut() };
+        // Cloning a waker is user code: never under the lock (invariant 9).
+        // A waiter's first poll always needs a clone; a later one only if
+        // the task's waker changed, which `will_wake` (no user code) tells.
+        let mut new = if this.node.is_null() {
+            Some(cx.waker().clone())
+        } else {
+            None
+        };
         this.node = node;
-        let guard = node.lock.lock();
+        let mut guard = node.lock.lock();
+        if new.is_none() {
+            // SAFETY: we hold the node's lock (invariant 1).
+            let same = this
+                .waker
+                .with(|p| unsafe { (*p).as_ref().is_some_and(|w| w.will_wake(cx.waker())) });
+            if !same {
+                drop(guard);
+                new = Some(cx.waker().clone());
+                guard = node.lock.lock();
+            }
+        }
         if node.is_done_flag() {
             drop(guard);
+            drop(new);
             return Poll::Ready(());
         }
         let mut old = None;
         // SAFETY: we hold the node's lock (invariants 1, 8); the waiter is
         // pinned and unlinks itself in `Drop` (invariant 8).
         unsafe {
-            this.waker.with_mut(|p| match &mut *p {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => old = slot.replace(cx.waker().clone()),
-            });
+            if let Some(w) = new {
+                this.waker.with_mut(|p| old = (*p).replace(w));
+            }
             if !this.entry.link.is_linked() {
                 // The container pointer (not `&this.entry.link`) keeps the
                 // provenance of the whole waiter for the canceller's cast back.
@@ -2613,6 +3025,41 @@ mod tests {
         let (p2, h2) = crate::Context::background().with_cancel();
         h2.cancel_with("why");
         assert!(!is_canceled(&p2.with_cancel().0), "a cause needs the parent's node");
+    }
+
+    /// Review reproducer (defect 5, simulated): reference-count saturation
+    /// was not sticky. With `MAX_REFS - 2` other live owners (simulated by a
+    /// store), two more clones pushed the count to the cap, where the second
+    /// increment was undone; every owner's release still decremented, so
+    /// the count could reach zero while an owner was alive (use-after-free).
+    /// Once saturated, the count must stay pinned whatever the owners do:
+    /// here a thousand simulated releases stand for the `MAX_REFS - 2`
+    /// others (the original reproducer stored 1, i.e. assumed every one of
+    /// them decremented), then the last real owner's.
+    #[test]
+    fn review_refs_saturation_is_sticky() {
+        let root = NodeRef::new_child(None, None, None, None);
+        // `root` plus MAX_REFS - 2 simulated live owners.
+        root.node().refs.store(MAX_REFS - 1, Ordering::Relaxed);
+        let a = root.clone(); // MAX_REFS: saturated
+        let b = root.clone(); // stays saturated
+        drop(b);
+        drop(a);
+        for _ in 0..1000 {
+            // Each simulated owner owned one reference; the count is
+            // saturated, so none of these frees the node.
+            // SAFETY: (of the simulation) as above.
+            unsafe { release_node(root.ptr.as_ptr()) };
+        }
+        assert!(
+            root.node().refs.load(Ordering::Relaxed) >= MAX_REFS,
+            "saturation is sticky"
+        );
+        // `root` is still a live owner and its node was never freed.
+        assert!(!root.node().is_done_flag());
+        assert!(root.node().try_retain());
+        // A pinned node is leaked, never freed: give the test's reference
+        // back without a double count (the count stays saturated).
     }
 
     #[test]

@@ -209,7 +209,9 @@ pub(crate) fn claim_due(entries: &mut EntryMap, now: Instant) -> Option<Option<T
     if entry.key().0 > now {
         return None;
     }
-    Some(entry.remove().claim())
+    // SAFETY: we are under the timer's lock (our caller's contract) and the
+    // entry was armed and is claimed once: it leaves the map here.
+    Some(unsafe { entry.remove().claim() })
 }
 
 /// The timer used by [`Context::background`](crate::Context::background)'s
