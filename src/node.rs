@@ -27,19 +27,34 @@
 //! 2. **Done is final and published last.** `DONE` is set with a Release
 //!    write (invariant 11) while the lock is held, after `cause` is written; after that `cause` is
 //!    immutable until the node is freed, so a reader that observed `DONE` with
-//!    Acquire may read `cause` without the lock.
+//!    Acquire may read `cause` without the lock. A node that phase 1 of a
+//!    cancellation finds holding a deadline cause keeps it (dropping it
+//!    there would be user code: invariant 9) and gets `CAUSE_UP` with
+//!    `DONE`: it reports its parent's cause, read by walking up to the first
+//!    done ancestor without `CAUSE_UP` (each holds the next: invariant 4).
 //! 3. **No entries after done.** A node whose state has `DONE` never gains a
 //!    child or a waiter: registration checks `DONE` under the lock. So a
 //!    canceller that drains both lists under the lock (possibly in several
 //!    lock sections) drains them for good.
 //! 4. **Parents outlive children.** A node holds its parent for its whole
 //!    life — by a reference, or, for a kid, by the parent's kid count
-//!    (invariant 16) — and an `any` node retains every parent, so `parent`,
-//!    the deadline parent and every ancestor are valid for as long as the
-//!    node is.
+//!    (invariant 16), or, for a scoped node, by its owner's borrow plus a
+//!    reference to a counted parent (invariant 10) — and an `any` node
+//!    retains every parent, so `parent`, the deadline parent and every
+//!    ancestor are valid for as long as the node is. A scoped node leaked
+//!    with `mem::forget` loses its owner's borrow: under a counted parent it
+//!    keeps its reference (both leak); under a scoped parent nothing reads
+//!    its parent through it except a canceller, which holds that parent
+//!    itself (invariant 6).
 //! 5. **Reference counts.** `refs` counts owners: contexts, handles, waiting
 //!    futures' contexts, after-func entries, children that are not kids
-//!    (invariants 4, 16) and retained work-list entries. A node is unlinked
+//!    (invariants 4, 16), attached scoped children of counted parents
+//!    (invariant 10), retained work-list entries and parent holds (invariant
+//!    6). A count that reaches `MAX_REFS` (2^31) is saturated: every retain
+//!    or release that sees it so stores `SATURATED` (3 * 2^30) back, so it
+//!    never leaves the saturated range (that would take 2^30 threads caught
+//!    between their read-modify-write and their store at once) and the node
+//!    is never freed: it leaks instead of being freed early. A node is unlinked
 //!    from its parent, from its timer and from every `any` parent, and only
 //!    then freed, when `refs` drops to zero and no kid count holds it
 //!    (invariant 16). Code that holds only a *list* pointer to a node (a
@@ -50,7 +65,12 @@
 //! 6. **Work list.** A canceller that pops a child (or wins `QUEUED` on an
 //!    `any` node) owns that node's free `link.next` (list.rs invariant 4) and
 //!    one hold on it — a reference, or a kid count on an orphan (invariant
-//!    16) — until it has processed it.
+//!    16) — until it has processed it; a child popped from a scoped or static
+//!    node also holds that parent by a reference (a *parent hold*), given up
+//!    once phase 1 is over, since the child inherits from it and a leaked
+//!    scoped child does not keep its owner's borrow of it. Processed nodes
+//!    stay held until phase 1 ends, counted ones until phase 2 (a last
+//!    release frees, and freeing drops a cause: user code).
 //! 7. **Timer entries.** A node with `OWNS_DEADLINE` has armed at most one
 //!    entry on its timer. `disarm` runs before the node is freed; the timer
 //!    serialises `claim` with `disarm` (the `Timer` safety contract), so a
@@ -63,16 +83,25 @@
 //!    unlinked, to whoever unlinked it.
 //! 9. **Callbacks outside locks, after-funcs last.** Wakers are woken, causes
 //!    and entries dropped and nodes released only after the lock is dropped
-//!    (through a [`Batch`] of 16). After-funcs wait in an intrusive run list
-//!    and run at the very end of a cancellation, when the canceller holds no
-//!    node reference, so an after-func may drop any context of the tree. A
-//!    panicking waker or after-func (with `std`) is caught and re-raised once
-//!    the whole cancellation is complete.
+//!    (through a [`Batch`] of 16). Phase 1 of a cancellation runs no user
+//!    code at all (not even a cause's `Drop`: invariant 2), and no user code
+//!    runs while the canceller holds a reference to a scoped node (invariant
+//!    17): holding a counted node blocks nobody, holding a scoped one blocks
+//!    its owner's drop. After-funcs wait in an intrusive run list and run at
+//!    the very end, when the canceller holds no node reference, so an
+//!    after-func may drop any context of the tree; a cause displaced by an
+//!    own cancel is dropped after them. A panicking waker, after-func, cause
+//!    or freed node's `Drop` (with `std`) is caught and re-raised once the
+//!    whole cancellation is complete.
 //! 10. **Scoped nodes.** A node owned by a pinned owner (`ScopedContext`,
 //!     `StaticContext`) keeps one reference that the owner never releases;
-//!     its `Drop` cancels and unlinks it, disarms its timer entry, then waits
-//!     until the transient references of cancellers and timers (bounded
-//!     work, no user code: invariant 9) are gone.
+//!     its `Drop` cancels and unlinks it, disarms its timer entry, takes it
+//!     out of the pending list (invariant 17), then waits until the
+//!     transient references of cancellers and timers (bounded work, no user
+//!     code: invariant 9) are gone. Attached under a counted parent, it holds
+//!     that parent by a reference until then: a pinned owner may be leaked
+//!     (`mem::forget` of a `Box::pin`), and its borrow then ends without its
+//!     `Drop`.
 //! 11. **One writer of `state`.** Once a node other than an `any` node can be
 //!     reached by another thread, its `state` is written only under its own
 //!     lock: `set_done`, and `ATTACHED`, which `attach_scoped` sets under the
@@ -98,9 +127,9 @@
 //!     (invariant 12) was the parent's last and has children of its own, the
 //!     canceller keeps the child's lock, lets go of the parent's
 //!     ([`LockGuard::hand_over`]) and goes on emptying the child's list. The
-//!     child stays valid with no reference of ours: every child linked under
-//!     it when we took its lock holds it alive (a reference or a kid count,
-//!     invariants 4 and 16, or its scoped owner's borrow of it) and gives
+//!     child is a heap node and stays valid with no reference of ours: every
+//!     child linked under it when we took its lock holds it alive (a
+//!     reference or a kid count, invariants 4, 10 and 16) and gives
 //!     that up only after taking
 //!     the child's lock to unlink itself (`release_last` and
 //!     `detach_scoped` take the parent's lock whether or not they are still
@@ -158,15 +187,40 @@
 //!     release marks it an *orphan* (`ORPHAN` in `kids`, under its lock) and
 //!     stops; it stays linked under its own parent, and whoever gives up its
 //!     last kid count frees it (the decision is made under its lock, so
-//!     exactly once). An orphan has no owners, so no waiters, after-funcs or
-//!     `any` links, and no timer entry (a node with a deadline gives its
-//!     children one, so it has no kids). A canceller that pops an orphan
+//!     exactly once). An orphan has no owners, so no after-funcs, `any`
+//!     links or timer entry (a node with a deadline gives its children one,
+//!     so it has no kids), but it may have waiters: those of `done()`
+//!     futures leaked with `mem::forget` (their memory leaks too, so the
+//!     canceller may still take their wakers; freeing the node leaves them
+//!     linked to a list nobody reads again). So a canceller holds a popped
+//!     child with waiters like any other, by `hold_popped`. A canceller that pops an orphan
 //!     finds its count at zero and holds it by a kid count instead
 //!     (`hold_popped`, waiting for the orphan's lock while holding the
 //!     parent's); children stop one short of the largest count, so that hold
 //!     always fits, and only one canceller can pop a node. A count that
 //!     reached zero never rises again, so a work-list entry whose count reads
 //!     zero is held by a kid count (`release_held`).
+//! 17. **The pending list.** A canceller never runs user code while it
+//!     holds a reference to a scoped node, whose owner's `Drop` waits for
+//!     every such reference (invariant 10) and may run on the canceller's own
+//!     thread, inside a waker. So when phase 1 ends it lets go of every
+//!     scoped node it holds, and one whose wakers did not fit in the batch
+//!     goes into a process-wide *pending list* instead (`park`): its
+//!     `PENDING` bit is set under its lock, and it is threaded through its
+//!     spare `children` head (empty for good once done, invariant 3) with
+//!     the cancellation's tag in its `kids` (unused by scoped nodes), both
+//!     guarded by the list's lock. The canceller takes its own entries back
+//!     one at a time (`wake_pending`): under the list's lock it unlinks one
+//!     and takes a reference (the node is valid: an owner must take it out
+//!     under that lock before it can let go), then under the node's lock it
+//!     moves up to a batch of wakers out — unless `PENDING` was cleared, by
+//!     an owner that took over — parks the node again if some are left, lets
+//!     go of it and only then wakes the batch. The owner's `Drop`
+//!     (`take_over_wakers`) clears `PENDING` and takes the node out of the
+//!     list under the node's lock, then wakes what is still linked itself
+//!     (only leaked futures can be), and only then waits for references:
+//!     each is held for a bounded stretch with no user code. Lock order:
+//!     a node's lock, then the list's; never the reverse.
 //!
 //! # Lock order
 //!
@@ -184,7 +238,9 @@
 //! the child is a kid in its own cancel, whose caller holds a reference to
 //! it) and another holding the parent and waiting for that child (so the
 //! child is not a kid, or its count is zero) — which cannot both be true.
-//! The timer's lock is taken only with no node lock held. So no deadlock can
+//! The timer's lock is taken only with no node lock held, and the pending
+//! list's lock (invariant 17) is a leaf taken with at most one node lock
+//! held and nothing taken under it. So no deadlock can
 //! form, and a cancel may run from any thread, a waker, an after-func or a
 //! drop.
 //!
@@ -380,7 +436,12 @@ type Task = Waker;
 /// and `wake_1000`): 8 and 16 are 15-20% faster than 32 and 64 (the batch's
 /// slots stay hot), and 16 needs half the lock round trips of 8; 256 bytes
 /// of stack suits small targets too.
+#[cfg(not(loom))]
 const BATCH: usize = 16;
+/// Under loom the batch is small, so that models with a few waiters reach
+/// the paths of a full batch (`later`, the pending list: invariant 17).
+#[cfg(loom)]
+const BATCH: usize = 2;
 
 /// Levels a canceller descends hand over hand before it hands the rest of a
 /// chain to the work list (invariant 13): one unbroken lock section (with

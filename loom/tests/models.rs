@@ -431,3 +431,107 @@ fn shared_handle_cancels_vs_orphaned_parent() {
         assert!(!root.is_done());
     });
 }
+
+/// Polls `fut` once with a waker that does nothing.
+fn poll_once<F: core::future::Future>(fut: core::pin::Pin<&mut F>) -> core::task::Poll<F::Output> {
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    fut.poll(&mut cx)
+}
+
+/// Invariant 17 (review defect 2): a canceller on one thread leaves the
+/// wakers of a scoped node that did not fit its batch (3 waiters, a batch of
+/// 2 under loom) in the pending list and lets go of the node before waking
+/// anything, while the owner drops the waiting futures and the scoped
+/// context on another thread. Either side may take the node out of the
+/// list: the owner's drop never waits for a canceller that runs user code,
+/// never frees the node under one, and every waiter is woken or dropped.
+/// Before the fix the canceller held a reference across its wake batch, so
+/// a waker that dropped the owner on the canceller's thread spun forever
+/// (`tests/review_waker_drop.rs`).
+#[test]
+fn pending_wakers_vs_owner_detach() {
+    use core::pin::pin;
+    use ctxcore::ScopedContext;
+    loom::model(|| {
+        let (root, handle) = Context::background().with_cancel();
+        let r2 = root.clone();
+        let t = thread::spawn(move || {
+            let s = pin!(ScopedContext::new(r2.as_ref()));
+            let c = s.as_ref().context();
+            let mut a = Box::pin(c.done());
+            let mut b = Box::pin(c.done());
+            let mut d = Box::pin(c.done());
+            let _ = poll_once(a.as_mut());
+            let _ = poll_once(b.as_mut());
+            let _ = poll_once(d.as_mut());
+            drop(a);
+            drop(b);
+            drop(d);
+            // The owner's drop: cancels (if the root's cancel has not
+            // reached it), takes its node out of the pending list, waits
+            // for transient holds.
+        });
+        handle.cancel();
+        t.join().unwrap();
+        assert!(root.is_done());
+    });
+}
+
+/// Invariant 17 with the waiters still registered when the canceller comes
+/// back for them: the wakers are counted, and each of the 3 is woken once
+/// (no lost wake-up through the pending list).
+#[test]
+fn pending_wakers_are_all_woken() {
+    use core::pin::pin;
+    use ctxcore::ScopedContext;
+    use std::sync::atomic::AtomicUsize as StdCount;
+    use std::task::{Wake, Waker};
+    struct Count(StdCount);
+    impl Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    loom::model(|| {
+        let (root, handle) = Context::background().with_cancel();
+        let count = std::sync::Arc::new(Count(StdCount::new(0)));
+        let waker = Waker::from(count.clone());
+        let s = pin!(ScopedContext::new(root.as_ref()));
+        let c = s.as_ref().context();
+        let mut futs = [Box::pin(c.done()), Box::pin(c.done()), Box::pin(c.done())];
+        for f in futs.iter_mut() {
+            let mut cx = core::task::Context::from_waker(&waker);
+            assert!(core::future::Future::poll(f.as_mut(), &mut cx).is_pending());
+        }
+        let t = thread::spawn(move || handle.cancel());
+        t.join().unwrap();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 3);
+        for f in futs.iter_mut() {
+            assert!(poll_once(f.as_mut()).is_ready());
+        }
+    });
+}
+
+/// Review defect 3: an orphan (its references gone while a kid holds it)
+/// that still has a waiter — a polled `done()` leaked with `mem::forget` —
+/// is cancelled by its parent's canceller racing the last release. Before
+/// the fix the canceller skipped it (its count was zero) and the kid stayed
+/// live under a done root.
+#[test]
+fn orphan_with_leaked_waiter_vs_root_cancel() {
+    loom::model(|| {
+        let (root, root_h) = Context::background().with_cancel();
+        let (mid, mid_h) = root.with_cancel();
+        mid_h.detach();
+        let (leaf, _leaf_h) = mid.with_cancel();
+        {
+            let mut d = Box::pin(mid.done());
+            assert!(poll_once(d.as_mut()).is_pending());
+            core::mem::forget(d);
+        }
+        let t = thread::spawn(move || drop(mid));
+        root_h.cancel();
+        t.join().unwrap();
+        assert!(leaf.is_done(), "a live kid under a done root");
+    });
+}
