@@ -22,12 +22,91 @@ use futures_core::future::FusedFuture;
 /// let ctx = ctxcore::Context::background();
 /// assert_unpin(ctx.done());
 /// ```
+///
+/// Dropping a polled `Done` unlinks it from the context it borrows, so it
+/// must be dropped while that context is alive; the borrow checker enforces
+/// it. A `Done` moved out of the block that owns a heap [`Context`] does not
+/// compile:
+///
+/// ```compile_fail,E0505
+/// use core::future::Future;
+/// use core::pin::Pin;
+/// use core::task::{Context as TaskCx, Poll};
+/// use ctxcore::{Context, Done};
+///
+/// let waker = futures::task::noop_waker();
+/// let mut cx = TaskCx::from_waker(&waker);
+/// let holder: Pin<Box<Done<'_>>>;
+/// {
+///     let (ctx, handle) = Context::background().with_cancel();
+///     let mut d = Box::pin(ctx.done());
+///     assert!(matches!(d.as_mut().poll(&mut cx), Poll::Pending));
+///     holder = d;
+///     drop(handle);
+///     drop(ctx); // error[E0505]: cannot move out of `ctx` because it is borrowed
+/// }
+/// // `holder` would be dropped here, after the context's node was freed.
+/// ```
+///
+/// nor does one that outlives a pinned [`ScopedContext`]:
+///
+/// ```compile_fail,E0597
+/// use core::future::Future;
+/// use core::pin::{pin, Pin};
+/// use core::task::{Context as TaskCx, Poll};
+/// use ctxcore::{ContextRef, Done, ScopedContext};
+///
+/// let waker = futures::task::noop_waker();
+/// let mut cx = TaskCx::from_waker(&waker);
+/// let holder: Pin<Box<Done<'_>>>;
+/// {
+///     let sc = pin!(ScopedContext::new(ContextRef::background()));
+///     let c = sc.as_ref().context();
+///     let mut d = Box::pin(c.done());
+///     assert!(matches!(d.as_mut().poll(&mut cx), Poll::Pending));
+///     holder = d;
+/// } // error[E0597]: the pinned `ScopedContext` does not live long enough
+/// // `holder` would be dropped here, after the scoped node's stack slot died.
+/// ```
+///
+/// Dropping it earlier is fine, polled or not, done or not:
+///
+/// ```
+/// use core::future::Future;
+/// use core::task::{Context as TaskCx, Poll};
+/// use ctxcore::Context;
+///
+/// let waker = futures::task::noop_waker();
+/// let mut cx = TaskCx::from_waker(&waker);
+/// let (ctx, handle) = Context::background().with_cancel();
+/// let mut d = Box::pin(ctx.done());
+/// assert!(matches!(d.as_mut().poll(&mut cx), Poll::Pending));
+/// handle.cancel();
+/// drop(d); // before `ctx`
+/// drop(ctx);
+/// ```
+///
+/// [`Context`]: crate::Context
+/// [`ScopedContext`]: crate::ScopedContext
 #[must_use = "futures do nothing unless polled"]
 pub struct Done<'a> {
-    // Declared first: dropped (unlinked) while the node is still alive.
+    // Declared first: dropped (unlinked) before the other fields. That the
+    // node is still alive then is what the `Drop` impl below guarantees.
     waiter: Waiter,
     node: Option<&'a Node>,
     terminated: bool,
+}
+
+/// Deliberately empty: the unlinking is `Waiter::drop`, run by the drop glue
+/// right after this. What matters is that the impl exists. `Waiter` has no
+/// lifetime and `&'a Node` has no drop, so without it dropck would not
+/// require `'a` to be live where a `Done<'a>` is dropped, and a polled `Done`
+/// could outlive its context in safe code (issue 10, defect 6) and then lock
+/// the freed node. With it, every drop of a `Done<'a>` is a use of `'a`
+/// (no `#[may_dangle]`).
+impl Drop for Done<'_> {
+    #[inline]
+    fn drop(&mut self) {}
 }
 
 impl<'a> Done<'a> {
