@@ -2257,7 +2257,14 @@ impl TimerEntry {
     /// lock, on an entry that is armed (given to [`Timer::arm`] and neither
     /// disarmed nor claimed since), at most once per `arm` — the [`Timer`]
     /// safety contract. A clone of an entry kept past its `disarm` may point
-    /// at freed memory.
+    /// at freed memory. So claiming is `unsafe` (review: a safe `claim` on
+    /// a kept clone was a use-after-free in safe code):
+    ///
+    /// ```compile_fail
+    /// fn claim_kept_clone(e: &ctxcore::TimerEntry) {
+    ///     let _ = e.claim(); // error[E0133]: call to unsafe function
+    /// }
+    /// ```
     pub unsafe fn claim(&self) -> Option<TimerFiring> {
         // SAFETY: the caller guarantees the entry is armed and we are under
         // the timer's lock, where an armed entry's node is valid: it disarms
