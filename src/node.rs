@@ -512,12 +512,16 @@ impl Batch {
         f()
     }
 
-    /// Re-raises the first after-func panic, once everything is done.
-    /// (By reference: moving the 800-byte batch would cost a copy.)
+    /// Re-raises the first panic of user code, once everything is done,
+    /// unless this thread is already unwinding (a cancel from a `Drop`
+    /// during a panic): a second panic would abort, so the payload is
+    /// dropped instead. (By reference: moving the batch would cost a copy.)
     fn finish(&mut self) {
         #[cfg(feature = "std")]
         if let Some(p) = self.panic.take() {
-            std::panic::resume_unwind(p);
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(p);
+            }
         }
     }
 }
@@ -801,7 +805,16 @@ impl Node {
         if self.state.load(Ordering::Acquire) & ATTACHED == 0 {
             return;
         }
-        self.cancel(Error::Canceled, None);
+        // User code runs in here (the owner's own cancel wakes and runs
+        // after-funcs, the take-over wakes leaked futures, the parent's
+        // release may free it): each piece is caught and the first panic
+        // re-raised at the very end, so that a panic can never let the
+        // memory go before the node is unlinked and every transient holder
+        // is done (invariant 10).
+        let mut batch = Batch::new();
+        batch.call(|| {
+            self.cancel(Error::Canceled, None);
+        });
         let parent = self.parent_ptr();
         // SAFETY: the parent outlives us (invariant 4).
         if let Some(p) = unsafe { parent.as_ref() } {
@@ -819,7 +832,7 @@ impl Node {
         // (invariant 17), and wake whatever is still linked ourselves: only
         // futures leaked with `mem::forget` can be (every other one
         // borrowed this owner and is gone).
-        self.take_over_wakers();
+        self.take_over_wakers(&mut batch);
         // Unlinked and disarmed, out of the pending list: nobody can take a
         // new reference, and the ones still held are released after bounded
         // work that runs no user code (invariants 9, 17).
@@ -830,11 +843,13 @@ impl Node {
         // SAFETY: the parent outlives us (invariant 4).
         if let Some(p) = unsafe { parent.as_ref() } {
             if p.counted() {
-                // The reference `attach_scoped` took (invariant 10).
+                // The reference `attach_scoped` took (invariant 10); a last
+                // release frees, which drops a cause: user code.
                 // SAFETY: we own it and use the parent no more.
-                unsafe { release_node(parent) };
+                batch.call(|| unsafe { release_node(parent) });
             }
         }
+        batch.finish();
     }
 
     /// Whether the node is counted by references and freed at zero (a heap
@@ -1671,8 +1686,7 @@ impl Node {
     /// out of the pending list (a canceller that already took it out holds a
     /// reference and finds `PENDING` cleared) and wakes what is still
     /// linked, with no lock held.
-    fn take_over_wakers(&self) {
-        let mut batch = Batch::new();
+    fn take_over_wakers(&self, batch: &mut Batch) {
         loop {
             let guard = self.lock.lock();
             let s = self.state.load(Ordering::Relaxed);
@@ -1684,14 +1698,13 @@ impl Node {
             }
             // SAFETY: we hold the lock; the owner cancelled the node before
             // calling this, so it is done and only wakers are left.
-            let empty = unsafe { self.pop_wakers(&mut batch) };
+            let empty = unsafe { self.pop_wakers(batch) };
             drop(guard);
             batch.run();
             if empty {
                 break;
             }
         }
-        batch.finish();
     }
 
     /// Moves what a popped waiter entry needs into the batch or work list.
