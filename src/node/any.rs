@@ -1,0 +1,93 @@
+//! `Context::any` nodes (feature `alloc`): one node linked as a callback
+//! entry into every parent's waiter list.
+//!
+//! Maintains: 4 (an `any` node retains every parent), 8 (its links are
+//! unlinked under each parent's lock before they are freed), 11 (`QUEUED`
+//! is set without the node's lock, so `DONE` is a read-modify-write there).
+
+use super::*;
+
+#[cfg(feature = "alloc")]
+impl NodeRef {
+    /// A node done when the first of `parents` is done.
+    pub(crate) fn new_any(parents: &[&NodeRef]) -> NodeRef {
+        debug_assert!(!parents.is_empty());
+        let dl_parent = parents
+            .iter()
+            .min_by_key(|p| p.node().deadline)
+            .copied()
+            .unwrap_or(parents[0]);
+        let deadline = dl_parent.node().deadline;
+        let timer = if deadline != Instant::MAX {
+            dl_parent.node().timer
+        } else {
+            parents[0].node().timer
+        };
+        let mut flags = ANY | if deadline != Instant::MAX { HAS_DEADLINE } else { 0 };
+        if parents.iter().all(|p| p.node().never_done()) {
+            flags |= NEVER_DONE;
+        }
+        let node = Self::alloc(Node::new(ptr::null(), flags, deadline, None, timer));
+        let mut links = Vec::with_capacity(parents.len());
+        for p in parents {
+            links.push(AnyLink {
+                entry: Entry::new(EntryKind::AnyLink),
+                target: node.ptr.as_ptr(),
+                parent: (*p).clone(),
+            });
+        }
+        let any = NonNull::from(Box::leak(Box::new(AnyLinks {
+            deadline_parent: dl_parent.ptr.as_ptr(),
+            links,
+            next_pending: ptr::null_mut(),
+        })));
+        // SAFETY: the node is not shared yet; we are its only owner, so this
+        // write of an immutable-after-construction field races with nothing.
+        unsafe { (*node.ptr.as_ptr()).up = any.as_ptr() as *const () };
+        let mut born_done = false;
+        // SAFETY: just allocated; the links do not move (the Vec is never
+        // touched again until the node is freed).
+        let links = unsafe { &any.as_ref().links };
+        for l in links.iter() {
+            let p = l.parent.node();
+            let guard = p.lock.lock();
+            if p.is_done_flag() {
+                born_done = true;
+                drop(guard);
+                break;
+            }
+            // SAFETY: we hold the parent's lock; the link is pinned in the
+            // boxed Vec and unlinked (invariant 8).
+            unsafe {
+                p.waiters.push(l as *const AnyLink as *const Link);
+                p.add_callbacks(1);
+            }
+            drop(guard);
+        }
+        if born_done {
+            let (err, cause) = node.node().inherited();
+            node.node().cancel(err, cause);
+        }
+        node
+    }
+}
+
+/// `Context::any` links, owned by the `any` node.
+#[cfg(feature = "alloc")]
+pub(super) struct AnyLinks {
+    /// The parent with the earliest deadline (retained through `links`).
+    pub(super) deadline_parent: *const Node,
+    pub(super) links: Vec<AnyLink>,
+    /// Once the node is freed: the next dying node's links in `release`'s
+    /// stack.
+    pub(super) next_pending: *mut AnyLinks,
+}
+
+/// One parent of an `any` node: an entry in that parent's `waiters`.
+#[cfg(feature = "alloc")]
+#[repr(C)]
+pub(super) struct AnyLink {
+    pub(super) entry: Entry,
+    pub(super) target: *const Node,
+    pub(super) parent: NodeRef,
+}

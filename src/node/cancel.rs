@@ -1,0 +1,406 @@
+//! Cancellation: winning `DONE`, leaving the parent (invariant 14), and
+//! the three phases of propagation.
+//!
+//! Maintains: 2 (done is final, published last; `CAUSE_UP`), 9 (phase 1
+//! runs no user code; no scoped node is held across user code), 11 (one
+//! writer of `state`), 14, and 6's release points (processed nodes held
+//! until phase 1 ends, counted ones until phase 2). Relies on: 4 (parents
+//! outlive children), 12 and 13 (in `drain.rs`), 16 (a kid's own cancel
+//! takes its own lock first), 17 (in `pending.rs`).
+
+use super::*;
+
+impl Node {
+    /// Cancels this node and its subtree. Returns true iff this call won.
+    /// The caller keeps the node alive for the duration.
+    pub(crate) fn cancel(&self, err: Error, cause: Option<Cause>) -> bool {
+        self.cancel_inner(err, cause, false)
+    }
+
+    pub(super) fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
+        // SAFETY: `self` is valid for the call and `owned` is false, so the
+        // node is never released in there.
+        unsafe { Self::cancel_raw(self, err, cause, own_deadline, false) }
+    }
+
+    /// The cancellation, in three phases so that no user code runs while
+    /// this thread holds a reference that a context's owner might wait for
+    /// (invariants 9, 10):
+    ///
+    /// 1. structure: every node of the subtree is marked done and emptied
+    ///    (children, after-funcs, `any` targets, up to 16 wakers); nodes are
+    ///    released as soon as they are empty. No user code.
+    /// 2. wakers: the batch, then the wakers of nodes that had more than the
+    ///    batch held, each node released before its last batch runs.
+    /// 3. after-funcs, with no node reference held at all.
+    ///
+    /// With `owned`, the caller hands over one reference to `node` (a
+    /// claimed timer entry), released in phase 2 before any of `node`'s
+    /// wakers run.
+    ///
+    /// # Safety
+    /// `node` is valid; with `owned`, the caller owns a reference to it and
+    /// gives it up; without, the caller keeps `node` alive for the call.
+    pub(super) unsafe fn cancel_raw(
+        node: *const Node,
+        err: Error,
+        cause: Option<Cause>,
+        own_deadline: bool,
+        owned: bool,
+    ) -> bool {
+        // SAFETY: the caller keeps `node` valid until we release it (below,
+        // after the last use of `this`).
+        let this = unsafe { &*node };
+        if this.is_done_flag() {
+            // Already done (`DONE` is final, invariant 2): this call loses
+            // without taking a lock. The common case is a handle dropped
+            // after an explicit `cancel`.
+            // SAFETY: forwarded from our caller; no lock is held.
+            return unsafe { Self::lose(node, cause, owned) };
+        }
+        // A cancelled node leaves its parent's list at once (invariant 14).
+        let parent = this.parent_ptr();
+        // With its parent an orphan whose last kid count this cancel gave up:
+        // freed when this guard drops, after every lock below is released,
+        // even if a waker or after-func panics (invariant 16). Declared
+        // before the lock guards, so it drops after them.
+        let mut orphaned = OrphanGuard(None);
+        let (guard, unlinked) = if this.state.load(Ordering::Relaxed) & KID != 0 {
+            // A kid takes its own lock first: a second cancel of the same
+            // node (through a shared handle) then sees `DONE` before it
+            // could touch the parent, whose kid count we give up below
+            // (invariant 16).
+            let guard = this.lock.lock();
+            if this.is_done_flag() {
+                drop(guard);
+                // SAFETY: forwarded from our caller; the lock is released.
+                return unsafe { Self::lose(node, cause, owned) };
+            }
+            // SAFETY: a kid always has a parent, which our kid count holds
+            // (invariant 16); only a section of ours gives that count up.
+            let p = unsafe { &*parent };
+            let pg = p.lock.lock();
+            // SAFETY: we hold the parent's lock (invariant 1), which guards
+            // our link and its `kids`.
+            let unlinked = unsafe {
+                let linked = this.link.is_linked();
+                if linked {
+                    p.children.remove(&this.link);
+                    if p.drop_kid() {
+                        // The up-pointer (the parent's allocation pointer,
+                        // not `p`): freeing goes through it.
+                        orphaned.0 = NonNull::new(parent as *mut Node);
+                    }
+                }
+                linked
+            };
+            drop(pg);
+            (guard, unlinked)
+        } else {
+            // The parent's lock first, then ours (tree order).
+            // SAFETY: the parent outlives us (invariant 4).
+            let parent_guard = unsafe { parent.as_ref() }.map(|p| p.lock.lock());
+            let guard = this.lock.lock();
+            if this.is_done_flag() {
+                drop(guard);
+                drop(parent_guard);
+                // SAFETY: forwarded from our caller; the locks are released.
+                return unsafe { Self::lose(node, cause, owned) };
+            }
+            match parent_guard {
+                Some(pg) => {
+                    // SAFETY: we hold the parent's lock (invariant 1), which
+                    // guards our link; the parent is valid (invariant 4).
+                    let unlinked = unsafe {
+                        let linked = this.link.is_linked();
+                        if linked {
+                            (*parent).children.remove(&this.link);
+                        }
+                        linked
+                    };
+                    (pg.hand_over(guard), unlinked)
+                }
+                None => (guard, false),
+            }
+        };
+        // SAFETY: we hold the lock and the node is live (invariant 1).
+        let displaced = unsafe { this.set_done_with(err, cause, own_deadline, if unlinked { UNLINKED } else { 0 }) };
+        // SAFETY: we hold the lock (invariant 1).
+        if unsafe { this.waiters.is_empty() && this.children.is_empty() } {
+            // A leaf nobody waits on (the common case: a request's last
+            // step): nothing to propagate, wake or run.
+            drop(guard);
+            this.after_done();
+            if owned {
+                // SAFETY: the caller handed us this reference.
+                unsafe { release_node(node) };
+            }
+            drop(orphaned);
+            // User code (a cause's `Drop`) last, with nothing left to do.
+            drop(displaced);
+            return true;
+        }
+        // SAFETY: forwarded from our caller; we hold `this`'s lock.
+        unsafe { Self::propagate(node, guard, displaced, owned) };
+        drop(orphaned);
+        true
+    }
+
+    /// A cancel that lost (the node was already done): drops its cause and
+    /// gives back the caller's reference, with no lock held (invariant 9).
+    ///
+    /// # Safety
+    /// As for [`cancel_raw`](Self::cancel_raw); no lock is held.
+    pub(super) unsafe fn lose(node: *const Node, cause: Option<Cause>, owned: bool) -> bool {
+        drop(cause);
+        if owned {
+            // SAFETY: the caller handed us this reference.
+            unsafe { release_node(node) };
+        }
+        false
+    }
+
+    /// The rest of [`cancel_raw`](Self::cancel_raw) for a node that has
+    /// waiters or children: out of line, so that the common leaf cancel
+    /// does not pay for the batch's stack frame.
+    ///
+    /// Phase 1 runs no user code at all; before the first user code of
+    /// phase 2 runs, this thread holds no reference to any scoped node
+    /// (invariant 17), and in phase 3 none to any node. So a waker,
+    /// after-func or cause `Drop` may drop any context or scoped owner of the
+    /// tree, and panic (caught and re-raised at the end, with `std`).
+    ///
+    /// # Safety
+    /// As for `cancel_raw`; `guard` holds the lock of `node`, which this call
+    /// just made done, and `displaced` is the cause that `set_done` displaced.
+    #[inline(never)]
+    pub(super) unsafe fn propagate(node: *const Node, guard: LockGuard<'_>, displaced: Option<Cause>, owned: bool) {
+        // SAFETY: the caller keeps `node` valid until we release it (below,
+        // after the last use of `this`).
+        let this = unsafe { &*node };
+        let mut batch = Batch::new();
+        let mut runs = RunList::new();
+        let mut work = WorkList::new();
+        // Processed nodes, still held (invariant 6): counted nodes with
+        // wakers left (`later`) or not (`spent`), and scoped or static ones.
+        let mut later = WorkList::new();
+        let mut spent = WorkList::new();
+        let mut scoped = WorkList::new();
+        let node_left = this.drain(guard, &mut batch, &mut runs, &mut work);
+        this.after_done();
+        // Phase 1: structure, no user code.
+        while let Some(n_ptr) = work.pop() {
+            // SAFETY: the work list holds it (invariant 6).
+            let n = unsafe { &*n_ptr };
+            let guard = n.lock.lock();
+            let left = if !n.is_done_flag() {
+                // SAFETY: we hold the lock and the node is live.
+                unsafe { n.set_done_inherited() };
+                let left = n.drain(guard, &mut batch, &mut runs, &mut work);
+                n.after_done();
+                left
+            } else {
+                drop(guard);
+                false
+            };
+            // Its free link is ours again (popped from `work`).
+            if !n.counted() {
+                scoped.push(n_ptr);
+            } else {
+                // A counted node's parent is counted too, or a `static`
+                // (never freed): its parent hold can go now.
+                // SAFETY: we own the hold `push_popped` took, if any.
+                unsafe { release_parent_hold(n) };
+                if left {
+                    later.push(n_ptr);
+                } else {
+                    spent.push(n_ptr);
+                }
+            }
+        }
+        // Let go of every scoped node before any user code runs: wakers left
+        // on one wait in the pending list, where its owner can take them
+        // back (invariant 17).
+        let mut tag = 0;
+        while let Some(n_ptr) = scoped.pop() {
+            // SAFETY: held by `scoped`; its parent by a parent hold.
+            unsafe {
+                (*n_ptr).park(&mut tag);
+                release_parent_hold(&*n_ptr);
+                release_held(n_ptr);
+            }
+        }
+        // Phase 2: wakers.
+        if node_left {
+            if owned && !this.counted() {
+                // The timer's reference to a scoped node goes before any
+                // waker runs: the rest wait in the pending list.
+                this.park(&mut tag);
+            } else {
+                // The caller's borrow or our counted reference keeps `this`
+                // alive, and holding it blocks nobody.
+                batch.run();
+                this.drain_wakers(&mut batch);
+            }
+        }
+        if owned {
+            // SAFETY: the caller handed us this reference; `this` is not used
+            // after this point. A last release frees: user code.
+            batch.call(|| unsafe { release_node(node) });
+        }
+        batch.run();
+        while let Some(n_ptr) = spent.pop() {
+            // SAFETY: `spent` holds it; not used after this.
+            batch.call(|| unsafe { release_held(n_ptr) });
+        }
+        while let Some(n_ptr) = later.pop() {
+            // SAFETY: `later` holds it (a counted node).
+            unsafe { (*n_ptr).drain_wakers(&mut batch) };
+            // SAFETY: as above; not used after this.
+            batch.call(|| unsafe { release_held(n_ptr) });
+            batch.run();
+        }
+        if tag != 0 {
+            wake_pending(tag, &mut batch);
+        }
+        // Phase 3: after-funcs, then the displaced cause, with no node held.
+        runs.run(&mut batch);
+        batch.call(|| drop(displaced));
+        batch.finish();
+    }
+
+    /// The done node this one inherits its error and cause from: its tree
+    /// parent, or an `any` node's first done parent.
+    pub(super) fn inherit_source(&self) -> Option<&Node> {
+        #[cfg(feature = "alloc")]
+        if let Some(any) = self.any() {
+            // SAFETY: immutable after construction; parents retained
+            // (invariant 4).
+            let links = unsafe { any.as_ref() };
+            return links.links.iter().map(|l| l.parent.node()).find(|p| p.is_done_flag());
+        }
+        // SAFETY: invariant 4.
+        unsafe { self.parent_ptr().as_ref() }.filter(|p| p.is_done_flag())
+    }
+
+    /// Error and cause to inherit from the done node that cancels this one.
+    pub(super) fn inherited(&self) -> (Error, Option<Cause>) {
+        match self.inherit_source() {
+            Some(p) => (p.err_of_done(), p.done_cause()),
+            None => (Error::Canceled, None),
+        }
+    }
+
+    /// Phase 1's cancel of a popped node: done with what it inherits. A node
+    /// that holds a deadline cause keeps it (dropping it here would run user
+    /// code in phase 1) and reports its parent's cause instead
+    /// (`CAUSE_UP`, invariant 2).
+    ///
+    /// # Safety
+    /// The lock is held and the node is live.
+    pub(super) unsafe fn set_done_inherited(&self) {
+        // SAFETY: the caller holds the lock (invariant 1).
+        let holds_cause = self.cause.with(|p| unsafe { (*p).is_some() });
+        if holds_cause {
+            let err = self.inherit_source().map_or(Error::Canceled, Node::err_of_done);
+            // SAFETY: forwarded from the caller; no cause, nothing displaced.
+            let none = unsafe { self.set_done_with(err, None, true, CAUSE_UP) };
+            debug_assert!(none.is_none());
+            core::mem::forget(none);
+        } else {
+            let (err, cause) = self.inherited();
+            // SAFETY: forwarded from the caller.
+            let none = unsafe { self.set_done(err, cause, false) };
+            debug_assert!(none.is_none(), "an empty slot displaces nothing");
+            core::mem::forget(none);
+        }
+    }
+
+    /// The cause of a done node (`DONE` observed with Acquire): its own
+    /// slot, or, with `CAUSE_UP`, its nearest ancestor's without (invariant
+    /// 2). Each node on the way is done and holds its parent (invariant 4).
+    pub(super) fn done_cause(&self) -> Option<Cause> {
+        let mut n: &Node = self;
+        loop {
+            if n.state.load(Ordering::Acquire) & CAUSE_UP == 0 {
+                // SAFETY: `DONE` was observed with Acquire (by the caller, or
+                // on the way up), so `cause` is immutable (invariant 2).
+                return n.cause.with(|c| unsafe { (*c).clone() });
+            }
+            // SAFETY: a `CAUSE_UP` node is a tree node whose parent was done
+            // first, and holds it (invariant 4).
+            n = unsafe { &*n.parent_ptr() };
+        }
+    }
+
+    /// Writes the cause and publishes `DONE`. Returns a displaced cause, to be
+    /// dropped after unlocking.
+    ///
+    /// # Safety
+    /// The lock is held and the node is live.
+    pub(super) unsafe fn set_done(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> Option<Cause> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.set_done_with(err, cause, own_deadline, 0) }
+    }
+
+    /// [`set_done`](Self::set_done), also setting `extra` flags.
+    ///
+    /// # Safety
+    /// As for `set_done`.
+    pub(super) unsafe fn set_done_with(
+        &self,
+        err: Error,
+        cause: Option<Cause>,
+        own_deadline: bool,
+        extra: u32,
+    ) -> Option<Cause> {
+        let displaced = if own_deadline && cause.is_none() {
+            None
+        } else {
+            // SAFETY: the caller holds the lock and the node is live
+            // (invariant 1).
+            self.cause.with_mut(|p| unsafe { core::mem::replace(&mut *p, cause) })
+        };
+        let bits = extra
+            | match err {
+                Error::Canceled => DONE,
+                Error::DeadlineExceeded => DONE | DEADLINE_ERR,
+            };
+        let s = self.state.load(Ordering::Relaxed);
+        if s & ANY == 0 {
+            // Nobody else writes this word now (invariant 11): a plain store
+            // publishes `DONE`, one atomic read-modify-write fewer per node.
+            self.state.store(s | bits, Ordering::Release);
+        } else {
+            // Another canceller may be setting `QUEUED` without our lock.
+            self.state.fetch_or(bits, Ordering::Release);
+        }
+        displaced
+    }
+
+    /// Error and cause of a done node (its `cause` is immutable: invariant 2).
+    pub(super) fn done_with(&self) -> (Error, Option<Cause>) {
+        // The caller set `DONE` or read it with Acquire.
+        (self.err_of_done(), self.done_cause())
+    }
+
+    /// Whether this done node (`DONE` observed with Acquire) is in the state
+    /// of [`CANCELED`]: `Canceled`, no cause, no deadline, and no timer or
+    /// `default_timer` (what a missing timer falls back to), so that a child
+    /// of it without a deadline of its own may be given the immortal node
+    /// (invariant 15).
+    #[cfg(all(feature = "alloc", not(loom)))]
+    #[inline]
+    pub(super) fn plainly_canceled(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> bool {
+        if self.state.load(Ordering::Relaxed) & (DONE | DEADLINE_ERR | HAS_DEADLINE) != DONE {
+            return false;
+        }
+        let timer_ok = match self.timer {
+            None => true,
+            Some(t) => default_timer().is_some_and(|d| ptr::addr_eq(t as *const dyn Timer, d as *const dyn Timer)),
+        };
+        // SAFETY: the caller observed `DONE` with Acquire, so `cause` is
+        // immutable and its write visible (invariant 2).
+        timer_ok && self.cause.with(|p| unsafe { (*p).is_none() })
+    }
+}

@@ -1,0 +1,261 @@
+//! Heap nodes (feature `alloc`): [`NodeRef`], an owning counted reference,
+//! and the constructors of tree children.
+//!
+//! Maintains: 15 (the immortal node), 16 (a child without a deadline of a
+//! plain heap node is a kid: its parent's count raised in the section that
+//! links it), 7 (a deadline child arms after linking). Relies on: 1, 3, 5.
+
+use super::*;
+
+/// An owning, counted reference to a heap node.
+#[cfg(feature = "alloc")]
+pub(crate) struct NodeRef {
+    pub(super) ptr: NonNull<Node>,
+}
+
+// SAFETY: a counted reference to a `Send + Sync` node (invariant 5).
+#[cfg(feature = "alloc")]
+unsafe impl Send for NodeRef {}
+
+// SAFETY: as for `Send`.
+#[cfg(feature = "alloc")]
+unsafe impl Sync for NodeRef {}
+
+/// The immortal node (invariant 15): done with `Canceled`, no cause, no
+/// deadline, no timer; never counted, never freed.
+#[cfg(all(feature = "alloc", not(loom)))]
+pub(super) static CANCELED: Node = Node::static_with_state(DONE, None);
+
+/// Whether `ptr` is [`CANCELED`]: a compare with the static's address, no
+/// load (invariant 15).
+#[cfg(feature = "alloc")]
+#[inline(always)]
+pub(super) fn is_immortal(ptr: NonNull<Node>) -> bool {
+    #[cfg(not(loom))]
+    {
+        ptr::eq(ptr.as_ptr() as *const Node, &CANCELED)
+    }
+    #[cfg(loom)]
+    {
+        let _ = ptr;
+        false
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Clone for NodeRef {
+    #[inline]
+    fn clone(&self) -> Self {
+        if !is_immortal(self.ptr) {
+            self.node().retain();
+        }
+        NodeRef { ptr: self.ptr }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for NodeRef {
+    #[inline]
+    fn drop(&mut self) {
+        if is_immortal(self.ptr) {
+            // Never counted (invariant 15).
+            return;
+        }
+        // SAFETY: we own one reference.
+        unsafe { release(self.ptr) }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl NodeRef {
+    #[inline]
+    pub(crate) fn node(&self) -> &Node {
+        // SAFETY: we own a reference, so the node is alive (invariant 5).
+        unsafe { self.ptr.as_ref() }
+    }
+
+    /// Gives up the reference as a raw pointer (to release later).
+    pub(super) fn into_raw(self) -> NonNull<Node> {
+        let ptr = self.ptr;
+        core::mem::forget(self);
+        ptr
+    }
+
+    /// The node for a child, without a deadline of its own, of this node
+    /// that the caller saw done: such a child is done at birth with this
+    /// node's error and cause and nothing can change that, so it needs no
+    /// node of its own. A plainly cancelled node's child gets the immortal
+    /// node (invariant 15: no reference count at all); any other shares this
+    /// node.
+    #[inline]
+    pub(crate) fn done_child(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> NodeRef {
+        #[cfg(not(loom))]
+        if self.node().plainly_canceled(default_timer) {
+            return NodeRef {
+                ptr: NonNull::from(&CANCELED),
+            };
+        }
+        #[cfg(loom)]
+        let _ = default_timer;
+        self.clone()
+    }
+
+    pub(crate) fn ptr_eq(&self, other: &NodeRef) -> bool {
+        self.ptr == other.ptr
+    }
+
+    /// A counted reference to a node in a `static` (never freed: its own
+    /// reference is never released).
+    #[cfg(not(loom))]
+    pub(crate) fn from_static(node: &'static Node) -> NodeRef {
+        node.retain();
+        NodeRef {
+            ptr: NonNull::from(node),
+        }
+    }
+
+    pub(super) fn alloc(node: Node) -> NodeRef {
+        NodeRef {
+            ptr: NonNull::from(Box::leak(Box::new(node))),
+        }
+    }
+
+    /// A root that is never cancelled, carrying a timer for its descendants.
+    pub(crate) fn new_root(timer: Option<&'static dyn Timer>) -> NodeRef {
+        Self::alloc(Node::new(ptr::null(), NEVER_DONE | HEAP, Instant::MAX, None, timer))
+    }
+
+    /// A child of `parent` (or a new root if `None`), with an optional own
+    /// deadline and deadline cause.
+    #[cfg(test)]
+    pub(crate) fn new_child(
+        parent: Option<&NodeRef>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+        deadline_cause: Option<Cause>,
+    ) -> NodeRef {
+        Self::new_child_counted(parent, fallback_timer, deadline, deadline_cause, 1)
+    }
+
+    /// [`new_child`](Self::new_child) for a context and its handle: one
+    /// node born with two references (saves an atomic increment per child).
+    pub(crate) fn new_child_pair(
+        parent: Option<&NodeRef>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+        deadline_cause: Option<Cause>,
+    ) -> (NodeRef, NodeRef) {
+        let first = Self::new_child_counted(parent, fallback_timer, deadline, deadline_cause, 2);
+        let second = NodeRef { ptr: first.ptr };
+        (first, second)
+    }
+
+    pub(super) fn new_child_counted(
+        parent: Option<&NodeRef>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+        deadline_cause: Option<Cause>,
+        refs: u32,
+    ) -> NodeRef {
+        let (flags, eff, timer) = Node::child_layout(parent.map(NodeRef::node), fallback_timer, deadline);
+        // A child without a deadline of a plain heap node holds its parent
+        // by the parent's kid count, under the lock it takes anyway to link
+        // itself, instead of by an atomic reference (invariant 16).
+        let kid_capable = flags & HAS_DEADLINE == 0
+            && parent.is_some_and(|p| p.node().state.load(Ordering::Relaxed) & (HEAP | ANY) == HEAP);
+        // The up-pointer comes from the parent's own allocation pointer (not
+        // a shared reference): the last release may free through it.
+        let parent_ptr = match parent {
+            Some(p) => {
+                if !kid_capable {
+                    // The child's reference (released by `release_last`): a
+                    // forgotten clone, so the immortal node stays uncounted
+                    // (invariant 15).
+                    core::mem::forget(p.clone());
+                }
+                p.ptr.as_ptr() as *const Node
+            }
+            None => ptr::null(),
+        };
+        let owns = flags & OWNS_DEADLINE != 0;
+        let cause = if owns { deadline_cause } else { None };
+        let child = Self::alloc(Node::new(parent_ptr, flags | HEAP, eff, cause, timer));
+        // Not shared yet (not linked, not armed): a plain store is enough.
+        // Every reference counted here is handed out by the caller.
+        child.node().refs.store(refs, Ordering::Relaxed);
+        if let Some(p) = parent {
+            let pn = p.node();
+            let guard = pn.lock.lock();
+            if pn.is_done_flag() {
+                drop(guard);
+                if kid_capable {
+                    // Never linked: it holds its parent by a reference.
+                    core::mem::forget(p.clone());
+                }
+                // Born done: nobody else can see the child yet, so no lock and
+                // no propagation machinery are needed.
+                let (err, cause) = child.node().inherited();
+                // Not linked, not armed: only this thread can touch it.
+                // SAFETY: that exclusivity is what the lock gives (inv. 1).
+                drop(unsafe { child.node().set_done(err, cause, false) });
+                return child;
+            }
+            if kid_capable {
+                // SAFETY: we hold the parent's lock, which guards `kids`
+                // (invariant 1).
+                let counted = pn.kids.with_mut(|k| unsafe {
+                    // One count stays free for a canceller's hold (inv. 16).
+                    if *k & KIDS_MAX < KIDS_MAX - 1 {
+                        *k += 1;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if counted {
+                    let cs = child.node().state.load(Ordering::Relaxed);
+                    // The child is not shared yet: a plain store.
+                    child.node().state.store(cs | KID, Ordering::Relaxed);
+                    let ps = pn.state.load(Ordering::Relaxed);
+                    if ps & HAD_KIDS == 0 {
+                        // The parent is not an `any` node, so its state is
+                        // written only under its lock, which we hold
+                        // (invariant 11).
+                        pn.state.store(ps | HAD_KIDS, Ordering::Release);
+                    }
+                } else {
+                    // A saturated count: a reference instead.
+                    core::mem::forget(p.clone());
+                }
+            }
+            // SAFETY: we hold the parent's lock; the child is new, pinned on
+            // the heap and unlinked (invariants 1, 2 of list.rs).
+            unsafe { pn.children.push(child.ptr.as_ptr() as *const Link) };
+            drop(guard);
+        }
+        if owns {
+            child.arm();
+        }
+        child
+    }
+
+    /// Arms the node's own deadline, or fires it if already passed.
+    pub(super) fn arm(&self) {
+        let n = self.node();
+        if let Some(t) = n.timer {
+            if t.now() >= n.deadline {
+                n.cancel_inner(Error::DeadlineExceeded, None, true);
+            } else if !n.is_done_flag() {
+                t.arm(TimerEntry {
+                    node: self.ptr,
+                    deadline: n.deadline,
+                });
+                // A cancel that landed between the check and `arm` may have
+                // disarmed before we armed: give the entry back ourselves.
+                if n.is_done_flag() {
+                    n.after_done();
+                }
+            }
+        }
+    }
+}

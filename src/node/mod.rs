@@ -1,0 +1,681 @@
+//! The raw node layer: one atomic state word per context, an intrusive list of
+//! children and an intrusive list of waiters. All of the crate's unsafe code
+//! about lifetimes lives here (the list surgery itself is in `list.rs`).
+//!
+//! Nothing in this file allocates except the `alloc`-only constructors
+//! ([`NodeRef`], after-func entries and `Context::any` links).
+//!
+//! # States
+//!
+//! A node is *live* until one `cancel` wins, which sets `DONE` (and
+//! `DEADLINE_ERR` for a deadline) in `state` under the node's lock. `DONE` is
+//! never cleared. See `docs/design.md` for the diagram.
+//!
+//! # Invariants
+//!
+//! 1. **Lock scope.** `children`, `waiters`, the `link` of every element in
+//!    them, `callbacks`, `kids`, and `cause` while the node is live are
+//!    guarded by the node's own `lock` (list.rs invariant 1). Node locks nest
+//!    only between a parent and its child, and never both ways across the
+//!    same edge (see "Lock order"): a node's own cancel takes its parent's
+//!    lock and then its own, a kid's its own and then its parent's
+//!    (invariants 14, 16), and a canceller holding a parent's lock *tries* a
+//!    child's (invariant 12), waiting for it only to hold an orphan
+//!    (invariant 16). The timer's lock is a
+//!    leaf taken with no node lock held: `claim` under the timer lock only
+//!    touches `refs`.
+//! 2. **Done is final and published last.** `DONE` is set with a Release
+//!    write (invariant 11) while the lock is held, after `cause` is written; after that `cause` is
+//!    immutable until the node is freed, so a reader that observed `DONE` with
+//!    Acquire may read `cause` without the lock. A node that phase 1 of a
+//!    cancellation finds holding a deadline cause keeps it (dropping it
+//!    there would be user code: invariant 9) and gets `CAUSE_UP` with
+//!    `DONE`: it reports its parent's cause, read by walking up to the first
+//!    done ancestor without `CAUSE_UP` (each holds the next: invariant 4).
+//! 3. **No entries after done.** A node whose state has `DONE` never gains a
+//!    child or a waiter: registration checks `DONE` under the lock. So a
+//!    canceller that drains both lists under the lock (possibly in several
+//!    lock sections) drains them for good.
+//! 4. **Parents outlive children.** A node holds its parent for its whole
+//!    life — by a reference, or, for a kid, by the parent's kid count
+//!    (invariant 16), or, for a scoped node, by its owner's borrow plus a
+//!    reference to a counted parent (invariant 10) — and an `any` node
+//!    retains every parent, so `parent`, the deadline parent and every
+//!    ancestor are valid for as long as the node is. A scoped node leaked
+//!    with `mem::forget` loses its owner's borrow: under a counted parent it
+//!    keeps its reference (both leak); under a scoped parent nothing reads
+//!    its parent through it except a canceller, which holds that parent
+//!    itself (invariant 6).
+//! 5. **Reference counts.** `refs` counts owners: contexts, handles, waiting
+//!    futures' contexts, after-func entries, children that are not kids
+//!    (invariants 4, 16), attached scoped children of counted parents
+//!    (invariant 10), retained work-list entries and parent holds (invariant
+//!    6). A count that reaches `MAX_REFS` (2^31) is saturated: every retain
+//!    or release that sees it so stores `SATURATED` (3 * 2^30) back, so it
+//!    never leaves the saturated range (that would take 2^30 threads caught
+//!    between their read-modify-write and their store at once) and the node
+//!    is never freed: it leaks instead of being freed early. A node is unlinked
+//!    from its parent, from its timer and from every `any` parent, and only
+//!    then freed, when `refs` drops to zero and no kid count holds it
+//!    (invariant 16). Code that holds only a *list* pointer to a node (a
+//!    parent's children list, a timer, an `any` link) may use it only while
+//!    holding that list's lock, and may keep it past the lock only after
+//!    `try_retain` succeeded under the lock (or, for an orphan popped from a
+//!    children list, `hold_popped` took a kid count: invariant 16).
+//! 6. **Work list.** A canceller that pops a child (or wins `QUEUED` on an
+//!    `any` node) owns that node's free `link.next` (list.rs invariant 4) and
+//!    one hold on it — a reference, or a kid count on an orphan (invariant
+//!    16) — until it has processed it; a child popped from a scoped or static
+//!    node also holds that parent by a reference (a *parent hold*), given up
+//!    once phase 1 is over, since the child inherits from it and a leaked
+//!    scoped child does not keep its owner's borrow of it. Processed nodes
+//!    stay held until phase 1 ends, counted ones until phase 2 (a last
+//!    release frees, and freeing drops a cause: user code).
+//! 7. **Timer entries.** A node with `OWNS_DEADLINE` has armed at most one
+//!    entry on its timer. `disarm` runs before the node is freed; the timer
+//!    serialises `claim` with `disarm` (the `Timer` safety contract), so a
+//!    claimed entry's node is retained and a disarmed entry is never claimed.
+//! 8. **Waiter entries.** An entry in `waiters` is pinned (its container is
+//!    `!Unpin` and pinned, or heap-allocated and owned by the list) and is
+//!    unlinked under the node's lock before its memory is released: a waiting
+//!    future unlinks itself in `Drop`; a heap entry's list reference, its free
+//!    link and (for an after-func) its callback slot belong, once it is
+//!    unlinked, to whoever unlinked it.
+//! 9. **Callbacks outside locks, after-funcs last.** Wakers are woken, causes
+//!    and entries dropped and nodes released only after the lock is dropped
+//!    (through a [`Batch`] of 16). Phase 1 of a cancellation runs no user
+//!    code at all (not even a cause's `Drop`: invariant 2), and no user code
+//!    runs while the canceller holds a reference to a scoped node (invariant
+//!    17): holding a counted node blocks nobody, holding a scoped one blocks
+//!    its owner's drop. After-funcs wait in an intrusive run list and run at
+//!    the very end, when the canceller holds no node reference, so an
+//!    after-func may drop any context of the tree; a cause displaced by an
+//!    own cancel is dropped after them. A panicking waker, after-func, cause
+//!    or freed node's `Drop` (with `std`) is caught and re-raised once the
+//!    whole cancellation is complete.
+//! 10. **Scoped nodes.** A node owned by a pinned owner (`ScopedContext`,
+//!     `StaticContext`) keeps one reference that the owner never releases;
+//!     its `Drop` cancels and unlinks it, disarms its timer entry, takes it
+//!     out of the pending list (invariant 17), then waits until the
+//!     transient references of cancellers and timers (bounded work, no user
+//!     code: invariant 9) are gone. Attached under a counted parent, it holds
+//!     that parent by a reference until then: a pinned owner may be leaked
+//!     (`mem::forget` of a `Box::pin`), and its borrow then ends without its
+//!     `Drop`.
+//! 11. **One writer of `state`.** Once a node other than an `any` node can be
+//!     reached by another thread, its `state` is written only under its own
+//!     lock: `set_done`, and `ATTACHED`, which `attach_scoped` sets under the
+//!     lock because a `ScopedContext` may be cancelled from another thread
+//!     before (or while) it is attached. So `set_done` publishes `DONE` with a
+//!     plain Release store. An `any` node's `QUEUED` is set by cancellers of
+//!     its parents without its lock, so its `DONE` is set with a
+//!     read-modify-write. (A node born done is written once more, without
+//!     the lock, before anyone else can see it.)
+//! 12. **Finishing a child under its parent's lock.** A canceller that pops a
+//!     child from a done parent's `children` may, still holding the parent's
+//!     lock, *try* the child's lock (never wait for it) and, if it gets it,
+//!     cancel the child there without taking a reference: the child cannot be
+//!     freed meanwhile, because its last release takes the parent's lock to
+//!     unlink it (invariant 5), and the canceller lets go of the child's lock
+//!     before the parent's. Only children without a deadline of their own and
+//!     without waiters are finished so: their `cause` slot is empty before
+//!     they are done (nothing displaced, no user data dropped under a lock),
+//!     they have no timer entry to disarm (the timer's lock stays a leaf), and
+//!     they have nothing to wake or run. Their own children are retained into
+//!     the work list as `drain` does.
+//! 13. **Descending.** When the child finished under its parent's lock
+//!     (invariant 12) was the parent's last and has children of its own, the
+//!     canceller keeps the child's lock, lets go of the parent's
+//!     ([`LockGuard::hand_over`]) and goes on emptying the child's list. The
+//!     child is a heap node and stays valid with no reference of ours: every
+//!     child linked under it when we took its lock holds it alive (a
+//!     reference or a kid count, invariants 4, 10 and 16) and gives
+//!     that up only after taking
+//!     the child's lock to unlink itself (`release_last` and
+//!     `detach_scoped` take the parent's lock whether or not they are still
+//!     linked, except after the child unlinked *itself* under that lock,
+//!     invariant 14, when it was no longer linked), and we hold that lock
+//!     until we descend again or finish. So a
+//!     chain is cancelled with one read-modify-write per level, holding at
+//!     most two node locks, the second one only ever tried. A descent goes
+//!     at most `DESCENT_MAX` levels in one lock section, then leaves the
+//!     rest to the work list, so with `critical-section` interrupts are
+//!     masked for a bounded stretch, not for a whole chain.
+//! 14. **A cancelled node leaves its parent at once.** A node's own cancel
+//!     (a handle, its deadline, a scoped owner's drop; not propagation from
+//!     above) takes its parent's lock and then its own (a kid: its own, then
+//!     its parent's, invariant 16), unlinks itself and sets `UNLINKED` with
+//!     `DONE`. A node with `UNLINKED` is in no parent's
+//!     list and was taken out by itself, so no canceller popped it and none
+//!     can reach it through the parent; its last release skips the parent's
+//!     lock. (It still holds its reference to the parent: invariant 4.)
+//! 15. **Immortal node.** [`CANCELED`] is a `static` node born done with
+//!     `Canceled`, no cause, no deadline and no timer; a child without a
+//!     deadline of its own of a done node in that same state (and whose timer
+//!     is none or the default one, which is what a missing timer falls back
+//!     to) gets it instead of sharing its parent's node: nothing can tell
+//!     them apart (values live in the `Context`, not the node). References to
+//!     it are never counted — `NodeRef`'s `clone` and `drop` skip it by
+//!     comparing the pointer with the static's address, a child's reference
+//!     to it as parent is a forgotten clone, and `release_last` skips it
+//!     when walking up to a parent or an `any` link's parent — so its count
+//!     keeps its initial 1 and it is never freed (it is not on the heap).
+//!     Nothing else can reach it by a counted path: being done from the
+//!     start it never gains a child or a waiter (invariant 3), so no list
+//!     holds it and `try_retain` or a work list never sees it, and with no
+//!     deadline it has no timer entry (invariant 7). `cancel` on it loses at
+//!     once. Under loom (no `const` atomics) there is no such node and such
+//!     children share their parent's node.
+//! 16. **Kids and orphans.** A child without a deadline (`HAS_DEADLINE`
+//!     unset) of a plain heap node (`HEAP`, not `ANY`) holds its parent not
+//!     by a reference but by the parent's `kids` count, raised under the
+//!     parent's lock in the section that links the child (flag `KID` on the
+//!     child, `HAD_KIDS` on the parent): no atomic read-modify-write on the
+//!     parent's count at creation, none at the end. The count is given up
+//!     under the parent's lock in the section that takes the kid out of the
+//!     list: its own cancel's (then `UNLINKED` is set and its release skips
+//!     the parent), or, if it was never cancelled by itself, its last
+//!     release's. A kid's own cancel takes its *own* lock first and checks
+//!     `DONE` before it takes its parent's: a second, concurrent cancel of
+//!     the same kid (through a shared handle) then sees `DONE` and never
+//!     touches the parent, whose count the first one may have given up and
+//!     which may be gone. A kid popped by its parent's canceller keeps its
+//!     count until its release. Nothing else walks up from a kid: it has no
+//!     deadline, so no deadline walk passes it, and a canceller that
+//!     inherits through it holds the kid, which holds the parent. When a
+//!     node's reference count reaches zero while kids hold it, its last
+//!     release marks it an *orphan* (`ORPHAN` in `kids`, under its lock) and
+//!     stops; it stays linked under its own parent, and whoever gives up its
+//!     last kid count frees it (the decision is made under its lock, so
+//!     exactly once). An orphan has no owners, so no after-funcs, `any`
+//!     links or timer entry (a node with a deadline gives its children one,
+//!     so it has no kids), but it may have waiters: those of `done()`
+//!     futures leaked with `mem::forget` (their memory leaks too, so the
+//!     canceller may still take their wakers; freeing the node leaves them
+//!     linked to a list nobody reads again). So a canceller holds a popped
+//!     child with waiters like any other, by `hold_popped`. A canceller that pops an orphan
+//!     finds its count at zero and holds it by a kid count instead
+//!     (`hold_popped`, waiting for the orphan's lock while holding the
+//!     parent's); children stop one short of the largest count, so that hold
+//!     always fits, and only one canceller can pop a node. A count that
+//!     reached zero never rises again, so a work-list entry whose count reads
+//!     zero is held by a kid count (`release_held`).
+//! 17. **The pending list.** A canceller never runs user code while it
+//!     holds a reference to a scoped node, whose owner's `Drop` waits for
+//!     every such reference (invariant 10) and may run on the canceller's own
+//!     thread, inside a waker. So when phase 1 ends it lets go of every
+//!     scoped node it holds, and one whose wakers did not fit in the batch
+//!     goes into a process-wide *pending list* instead (`park`): its
+//!     `PENDING` bit is set under its lock, and it is threaded through its
+//!     spare `children` head (empty for good once done, invariant 3) with
+//!     the cancellation's tag in its `kids` (unused by scoped nodes), both
+//!     guarded by the list's lock. The canceller takes its own entries back
+//!     one at a time (`wake_pending`): under the list's lock it unlinks one
+//!     and takes a reference (the node is valid: an owner must take it out
+//!     under that lock before it can let go), then under the node's lock it
+//!     moves up to a batch of wakers out — unless `PENDING` was cleared, by
+//!     an owner that took over — parks the node again if some are left, lets
+//!     go of it and only then wakes the batch. The owner's `Drop`
+//!     (`take_over_wakers`) clears `PENDING` and takes the node out of the
+//!     list under the node's lock, then wakes what is still linked itself
+//!     (only leaked futures can be), and only then waits for references:
+//!     each is held for a bounded stretch with no user code. Lock order:
+//!     a node's lock, then the list's; never the reverse.
+//!
+//! # Lock order
+//!
+//! A path waits for a node lock while holding another only across one
+//! parent-child edge, and only in these places: a node's own cancel (parent,
+//! then own; a kid's: own, then parent, invariants 14 and 16) and a
+//! canceller holding a parent's lock that holds a popped orphan or node
+//! being freed (parent, then child, only for a child whose reference count
+//! is zero, invariant 16). A canceller holding a parent's lock otherwise
+//! makes a single attempt at a child's (invariant 12) and falls back to the
+//! work list if it is taken; the descent (invariant 13) lets go of the parent
+//! once it holds the child. Every other path holds one node lock at a time.
+//! A cycle of waiting threads would, in a tree, have to cross some edge both
+//! ways at once: one thread holding a child and waiting for the parent (so
+//! the child is a kid in its own cancel, whose caller holds a reference to
+//! it) and another holding the parent and waiting for that child (so the
+//! child is not a kid, or its count is zero) — which cannot both be true.
+//! The timer's lock is taken only with no node lock held, and the pending
+//! list's lock (invariant 17) is a leaf taken with at most one node lock
+//! held and nothing taken under it. So no deadlock can
+//! form, and a cancel may run from any thread, a waker, an after-func or a
+//! drop.
+//!
+//! With the `critical-section` feature each lock section also masks
+//! interrupts, so an interrupt handler that cancels can never spin on a lock
+//! held by the code it interrupted. Without it, cancelling from an interrupt
+//! handler on a single core can deadlock if the interrupted code holds the same
+//! node's lock.
+
+#![allow(clippy::missing_safety_doc)]
+// Without `alloc` the heap paths (`any` links, after-funcs, freeing) are
+// compiled out, leaving some flags and helpers unused.
+#![cfg_attr(
+    not(feature = "alloc"),
+    allow(
+        dead_code,
+        unused_imports,
+        unused_variables,
+        clippy::drop_non_drop,
+        clippy::forget_non_drop
+    )
+)]
+
+use crate::cause::Cause;
+use crate::error::Error;
+use crate::list::{Link, List};
+use crate::sync::{AtomicU32, LockGuard, Ordering, RawLock, UnsafeCell};
+use crate::time::{Instant, Timer};
+use core::marker::PhantomPinned;
+use core::mem::MaybeUninit;
+use core::pin::Pin;
+use core::ptr::{self, NonNull};
+use core::task::{Context as TaskContext, Poll, Waker};
+#[cfg(feature = "alloc")]
+use {crate::Arc, alloc::boxed::Box, alloc::vec::Vec};
+
+/// The node is done (final).
+pub(crate) const DONE: u32 = 1 << 0;
+
+/// With `DONE`: the error is `DeadlineExceeded` (else `Canceled`).
+pub(crate) const DEADLINE_ERR: u32 = 1 << 1;
+
+/// Immutable: the node has an effective deadline.
+pub(crate) const HAS_DEADLINE: u32 = 1 << 2;
+
+/// Immutable: the node's deadline is its own (earlier than its parent's); it
+/// may have a timer entry.
+pub(crate) const OWNS_DEADLINE: u32 = 1 << 3;
+
+/// An `any` node is in some canceller's work list.
+pub(crate) const QUEUED: u32 = 1 << 4;
+
+/// Immutable: the node is an `any` node (no tree parent; `any` links).
+pub(crate) const ANY: u32 = 1 << 5;
+
+/// A scoped (pinned, owner-held) node has been linked to its parent and
+/// armed; its owner must detach it before its memory goes.
+pub(crate) const ATTACHED: u32 = 1 << 6;
+
+/// Immutable: nothing can ever cancel the node (a `with_timer` or
+/// `without_cancel` root, or an `any` over such roots).
+pub(crate) const NEVER_DONE: u32 = 1 << 7;
+
+/// Set with `DONE` by a node's own cancel that unlinked it from its parent's
+/// list under the parent's lock (invariant 14): its release need not take
+/// that lock again.
+pub(crate) const UNLINKED: u32 = 1 << 8;
+
+/// Immutable: a heap tree node (not `any`, scoped or static), whose children
+/// without a deadline hold it by its `kids` count instead of by a reference
+/// (invariant 16).
+pub(crate) const HEAP: u32 = 1 << 9;
+
+/// Immutable once shared: this node holds its parent by the parent's `kids`
+/// count, not by a reference (invariant 16).
+pub(crate) const KID: u32 = 1 << 10;
+
+/// Set under the lock, never cleared, when the node first gains a child
+/// that holds it by `kids`: its last release then checks `kids` under its
+/// lock (invariant 16).
+pub(crate) const HAD_KIDS: u32 = 1 << 11;
+
+/// Set with `DONE` by phase 1 of a cancellation on a node that holds a
+/// deadline cause: the node keeps that cause in its slot (to drop it when it
+/// is freed, never in phase 1) and reports its parent's (invariant 2).
+pub(crate) const CAUSE_UP: u32 = 1 << 12;
+
+/// A done scoped node whose wakers a canceller left in the pending list;
+/// written under the node's lock (invariant 17).
+pub(crate) const PENDING: u32 = 1 << 13;
+
+/// One context node.
+#[repr(C)]
+pub(crate) struct Node {
+    /// Sibling link in the parent's `children` (first field: a `*const Link`
+    /// is a `*const Node`).
+    ///
+    /// # Safety
+    /// Guarded by the parent's lock (invariant 1); owned by a canceller while
+    /// in a work list (invariant 6).
+    link: Link,
+    state: AtomicU32,
+    refs: AtomicU32,
+    lock: RawLock,
+    /// How many entries of `waiters` are callbacks (after-funcs, `any`
+    /// links) rather than futures' wakers, so that a canceller whose wake
+    /// batch is full can stop walking the list (it fits in padding).
+    ///
+    /// # Safety
+    /// Guarded by `lock`.
+    callbacks: UnsafeCell<u16>,
+    /// How many children (and cancellers, for an orphan) hold this node by
+    /// count rather than by reference, plus the `ORPHAN` bit (invariant 16).
+    ///
+    /// # Safety
+    /// Guarded by `lock`.
+    kids: UnsafeCell<u32>,
+    /// Up-pointer, immutable (invariant 4): the tree parent (null for a
+    /// root), or, for an `any` node (flag `ANY`), its `AnyLinks`.
+    up: *const (),
+    /// # Safety
+    /// Guarded by `lock`.
+    children: List,
+    /// # Safety
+    /// Guarded by `lock`.
+    waiters: List,
+    /// The cause of the winning cancellation; before that, the cause to report
+    /// if this node's own deadline fires.
+    ///
+    /// # Safety
+    /// Guarded by `lock` while live; immutable once `DONE` (invariant 2).
+    cause: UnsafeCell<Option<Cause>>,
+    /// Effective deadline (`Instant::MAX` if none). Immutable.
+    deadline: Instant,
+    /// The tree's timer. Immutable.
+    timer: Option<&'static dyn Timer>,
+}
+
+// SAFETY: every mutable field is atomic or guarded by `lock` (invariant 1) or
+// immutable after publication; raw pointers point at nodes kept alive by
+// invariant 4.
+unsafe impl Send for Node {}
+
+// SAFETY: as for `Send`.
+unsafe impl Sync for Node {}
+
+/// What kind of container an entry in a node's `waiters` list is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EntryKind {
+    /// A [`Waiter`] inside a pinned future.
+    Waker,
+    /// A heap [`AfterFuncInner`], referenced by the list.
+    #[cfg(feature = "alloc")]
+    AfterFunc,
+    /// An [`AnyLink`] owned by an `any` node.
+    #[cfg(feature = "alloc")]
+    AnyLink,
+}
+
+/// The head of every container in a `waiters` list.
+#[repr(C)]
+struct Entry {
+    link: Link,
+    kind: EntryKind,
+}
+
+impl Entry {
+    #[cfg(not(loom))]
+    const fn new(kind: EntryKind) -> Self {
+        Entry {
+            link: Link::new(),
+            kind,
+        }
+    }
+
+    #[cfg(loom)]
+    fn new(kind: EntryKind) -> Self {
+        Entry {
+            link: Link::new(),
+            kind,
+        }
+    }
+}
+
+impl Node {
+    /// A live node. Its flags must be final before it is shared.
+    fn new(
+        parent: *const Node,
+        flags: u32,
+        deadline: Instant,
+        deadline_cause: Option<Cause>,
+        timer: Option<&'static dyn Timer>,
+    ) -> Self {
+        Node {
+            link: Link::new(),
+            state: AtomicU32::new(flags),
+            refs: AtomicU32::new(1),
+            lock: RawLock::new(),
+            callbacks: UnsafeCell::new(0),
+            kids: UnsafeCell::new(0),
+            up: parent as *const (),
+            children: List::new(),
+            waiters: List::new(),
+            cause: UnsafeCell::new(deadline_cause),
+            deadline,
+            timer,
+        }
+    }
+
+    /// A child's immutable flags, effective deadline and timer: the deadline
+    /// is the earlier of its own and its parent's (the parent's wins a tie,
+    /// as in Go), and the child owns it (arms a timer entry, reports its
+    /// cause) only if its own is strictly earlier.
+    fn child_layout(
+        parent: Option<&Node>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+    ) -> (u32, Instant, Option<&'static dyn Timer>) {
+        let (parent_deadline, timer) = match parent {
+            Some(p) => (p.deadline, p.timer.or(fallback_timer)),
+            None => (Instant::MAX, fallback_timer),
+        };
+        let own = deadline.unwrap_or(Instant::MAX);
+        let owns = own < parent_deadline;
+        let eff = if owns { own } else { parent_deadline };
+        let mut flags = 0;
+        if eff != Instant::MAX {
+            flags |= HAS_DEADLINE;
+        }
+        if owns {
+            flags |= OWNS_DEADLINE;
+        }
+        (flags, eff, timer)
+    }
+
+    /// Whether the node is counted by references and freed at zero (a heap
+    /// tree node or an `any` node), rather than owned by a pinned owner or a
+    /// `static`.
+    #[inline]
+    fn counted(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & (HEAP | ANY) != 0
+    }
+
+    /// Adjusts the callback count.
+    ///
+    /// # Safety
+    /// The lock is held (invariant 1).
+    unsafe fn add_callbacks(&self, delta: i16) {
+        // SAFETY: the caller holds the lock.
+        self.callbacks.with_mut(|p| unsafe {
+            // Sticky at the maximum: a saturated count is never decremented
+            // again, so it never reads zero while callbacks are left (the
+            // canceller then just walks the whole list).
+            if *p != u16::MAX {
+                *p = (*p).saturating_add_signed(delta);
+            }
+        });
+    }
+
+    /// The tree parent, or null (a root or an `any` node).
+    #[inline]
+    fn parent_ptr(&self) -> *const Node {
+        if self.state.load(Ordering::Relaxed) & ANY != 0 {
+            ptr::null()
+        } else {
+            self.up as *const Node
+        }
+    }
+
+    /// An `any` node's links (immutable after construction).
+    #[cfg(feature = "alloc")]
+    #[inline]
+    fn any(&self) -> Option<NonNull<AnyLinks>> {
+        if self.state.load(Ordering::Relaxed) & ANY != 0 {
+            NonNull::new(self.up as *mut AnyLinks)
+        } else {
+            None
+        }
+    }
+
+    /// One Acquire load: whether `DONE` is set (deadline not consulted).
+    #[inline]
+    pub(crate) fn is_done_flag(&self) -> bool {
+        self.state.load(Ordering::Acquire) & DONE != 0
+    }
+
+    /// Whether the node is done, firing its deadline if the clock has passed
+    /// it (property 5: exact when observed).
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        let s = self.state.load(Ordering::Acquire);
+        if s & DONE != 0 {
+            return true;
+        }
+        s & HAS_DEADLINE != 0 && self.check_deadline()
+    }
+
+    /// Whether nothing can ever cancel this node (so an after-func on it can
+    /// never run, and is not kept).
+    pub(crate) fn never_done(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & NEVER_DONE != 0
+    }
+
+    /// The effective deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        (self.deadline != Instant::MAX).then_some(self.deadline)
+    }
+
+    pub(crate) fn timer(&self) -> Option<&'static dyn Timer> {
+        self.timer
+    }
+
+    /// The error this node is done with, if it is done.
+    pub(crate) fn err(&self) -> Option<Error> {
+        self.done_source().map(|n| n.err_of_done())
+    }
+
+    /// The cause of the winning cancellation, if done.
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        self.done_source().map(|n| n.cause_of_done())
+    }
+
+    /// Error of a node known to be done.
+    fn err_of_done(&self) -> Error {
+        if self.state.load(Ordering::Acquire) & DEADLINE_ERR != 0 {
+            Error::DeadlineExceeded
+        } else {
+            Error::Canceled
+        }
+    }
+
+    /// Cause of a node known to be done (Acquire-observed `DONE`).
+    fn cause_of_done(&self) -> Cause {
+        debug_assert!(self.is_done_flag());
+        self.done_cause()
+            .unwrap_or_else(|| Cause::from_error(self.err_of_done()))
+    }
+
+    /// The node whose error and cause this node reports, if it is done.
+    fn done_source(&self) -> Option<&Node> {
+        let s = self.state.load(Ordering::Acquire);
+        if s & DONE != 0 {
+            return Some(self);
+        }
+        if s & HAS_DEADLINE == 0 || !self.check_deadline() {
+            return None;
+        }
+        // The deadline owner is done now; its cancellation may still be on
+        // its way down to us. Report the nearest done node on the way up.
+        let mut n: &Node = self;
+        loop {
+            if n.is_done_flag() {
+                return Some(n);
+            }
+            match n.deadline_parent() {
+                Some(p) => n = p,
+                None => return Some(n),
+            }
+        }
+    }
+
+    /// The node whose deadline this node inherits from, if any.
+    fn deadline_parent(&self) -> Option<&Node> {
+        #[cfg(feature = "alloc")]
+        if let Some(any) = self.any() {
+            // SAFETY: `any` is immutable after construction and freed only
+            // with the node; its deadline parent is retained (invariant 4).
+            return unsafe { any.as_ref().deadline_parent.as_ref() };
+        }
+        // SAFETY: the parent outlives this node (invariant 4).
+        unsafe { self.parent_ptr().as_ref() }
+    }
+
+    /// If the clock has passed the deadline, cancels the node that owns it
+    /// (so the whole subtree follows) and returns true.
+    #[cold]
+    fn check_deadline(&self) -> bool {
+        let Some(timer) = self.timer else { return false };
+        if timer.now() < self.deadline {
+            return false;
+        }
+        let mut owner: &Node = self;
+        while let Some(p) = owner.deadline_parent() {
+            if p.deadline > owner.deadline {
+                break;
+            }
+            owner = p;
+        }
+        owner.cancel_inner(Error::DeadlineExceeded, None, true);
+        true
+    }
+
+    /// Gives up the node's timer entry once it is done.
+    fn after_done(&self) {
+        if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+            if let Some(t) = self.timer {
+                t.disarm(&TimerEntry {
+                    node: NonNull::from(self),
+                    deadline: self.deadline,
+                });
+            }
+        }
+    }
+}
+
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+mod after;
+mod any;
+mod cancel;
+mod drain;
+mod heap;
+mod pending;
+mod refs;
+mod scoped;
+#[cfg(all(test, feature = "std", not(loom)))]
+mod tests;
+mod timer;
+mod waiter;
+mod work;
+
+#[allow(unused_imports)]
+use self::{
+    after::*, any::*, cancel::*, drain::*, heap::*, pending::*, refs::*, scoped::*, timer::*, waiter::*, work::*,
+};
+
+#[cfg(feature = "alloc")]
+pub(crate) use self::after::AfterFuncInner;
+#[cfg(feature = "alloc")]
+pub(crate) use self::heap::NodeRef;
+pub use self::timer::{TimerEntry, TimerFiring};
+pub(crate) use self::waiter::Waiter;

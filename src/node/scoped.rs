@@ -1,0 +1,178 @@
+//! Nodes in a pinned owner (`ScopedContext`) or a `static` (`StaticContext`):
+//! attach, detach.
+//!
+//! Maintains: 10 (the owner's reference; a counted parent held by a
+//! reference from attach to detach; detach waits out transient holders,
+//! panic-safe), 11 (`ATTACHED` under the node's lock). Relies on: 3, 7, 14,
+//! 17.
+
+use super::*;
+
+impl Node {
+    /// A live root for a `static`: never freed (its own reference is never
+    /// released), so it may be borrowed for `'static` and wrapped in a
+    /// `NodeRef` (invariant 5: the count never reaches zero).
+    #[cfg(not(loom))]
+    pub(crate) const fn new_static(timer: Option<&'static dyn Timer>) -> Self {
+        Node::static_with_state(0, timer)
+    }
+
+    /// A root in a `static` whose state word starts as `state`.
+    #[cfg(not(loom))]
+    pub(super) const fn static_with_state(state: u32, timer: Option<&'static dyn Timer>) -> Self {
+        Node {
+            link: Link::new(),
+            state: AtomicU32::new(state),
+            refs: AtomicU32::new(1),
+            lock: RawLock::new(),
+            callbacks: UnsafeCell::new(0),
+            kids: UnsafeCell::new(0),
+            up: ptr::null(),
+            children: List::new(),
+            waiters: List::new(),
+            cause: UnsafeCell::new(None),
+            deadline: Instant::MAX,
+            timer,
+        }
+    }
+
+    /// An unattached node for a pinned owner (the heap-free scoped tier):
+    /// nothing links to it until [`attach_scoped`](Self::attach_scoped).
+    /// The parent is *not* retained: the owner's borrow of it keeps it alive
+    /// (invariant 4 by lifetimes instead of counts).
+    pub(crate) fn new_scoped(
+        parent: Option<&Node>,
+        fallback_timer: Option<&'static dyn Timer>,
+        deadline: Option<Instant>,
+        deadline_cause: Option<Cause>,
+    ) -> Node {
+        let parent_ptr = parent.map_or(ptr::null(), |p| p as *const Node);
+        let (flags, eff, timer) = Node::child_layout(parent, fallback_timer, deadline);
+        let cause = if flags & OWNS_DEADLINE != 0 {
+            deadline_cause
+        } else {
+            None
+        };
+        Node::new(parent_ptr, flags, eff, cause, timer)
+    }
+
+    /// Links a scoped node to its parent and arms its deadline, once; later
+    /// calls return at once. A concurrent caller that loses the race may see
+    /// the node live until the winner has finished linking (as while a
+    /// cancellation is still propagating).
+    ///
+    /// # Safety
+    /// The node is pinned until [`detach_scoped`](Self::detach_scoped)
+    /// returns, and its parent outlives it.
+    pub(crate) unsafe fn attach_scoped(&self) {
+        if self.state.load(Ordering::Acquire) & ATTACHED != 0 {
+            return;
+        }
+        // Under our own lock: another thread may be cancelling this node
+        // right now (`ScopedContext` is `Sync`; its `cancel` needs no
+        // attach), and a cancel writes `state` with a plain store under the
+        // lock (invariant 11). Outside the lock, that store could erase
+        // `ATTACHED`, and the owner's drop would then skip unlinking a node
+        // that is linked.
+        let guard = self.lock.lock();
+        let prev = self.state.fetch_or(ATTACHED, Ordering::AcqRel);
+        drop(guard);
+        if prev & ATTACHED != 0 {
+            return;
+        }
+        // SAFETY: the caller guarantees the parent outlives us (invariant 4).
+        if let Some(p) = unsafe { self.parent_ptr().as_ref() } {
+            if p.counted() {
+                // A counted (heap) parent is held by a reference until
+                // `detach_scoped`: the owner's borrow alone would not keep
+                // it alive if the owner is leaked (invariant 10).
+                p.retain();
+            }
+            let guard = p.lock.lock();
+            if p.is_done_flag() {
+                drop(guard);
+                let (err, cause) = self.inherited();
+                self.cancel(err, cause);
+                return;
+            }
+            // SAFETY: we hold the parent's lock; the node is pinned (caller)
+            // and not linked (it was never attached).
+            unsafe { p.children.push(self as *const Node as *const Link) };
+            drop(guard);
+        }
+        if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+            if let Some(t) = self.timer {
+                if t.now() >= self.deadline {
+                    self.cancel_inner(Error::DeadlineExceeded, None, true);
+                } else if !self.is_done_flag() {
+                    t.arm(TimerEntry {
+                        node: NonNull::from(self),
+                        deadline: self.deadline,
+                    });
+                    if self.is_done_flag() {
+                        self.after_done();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The owner's last act: cancels the node (a scope that ends cancels,
+    /// as a dropped handle does), unlinks it from its parent and its timer,
+    /// and waits out any canceller or timer that still holds a transient
+    /// reference (invariant 5), so the memory can go.
+    ///
+    /// # Safety
+    /// Called once, by the owner, when nothing else borrows the node (no
+    /// waiting future, no child: both borrow the owner).
+    pub(crate) unsafe fn detach_scoped(&self) {
+        if self.state.load(Ordering::Acquire) & ATTACHED == 0 {
+            return;
+        }
+        // User code runs in here (the owner's own cancel wakes and runs
+        // after-funcs, the take-over wakes leaked futures, the parent's
+        // release may free it): each piece is caught and the first panic
+        // re-raised at the very end, so that a panic can never let the
+        // memory go before the node is unlinked and every transient holder
+        // is done (invariant 10).
+        let mut batch = Batch::new();
+        batch.call(|| {
+            self.cancel(Error::Canceled, None);
+        });
+        let parent = self.parent_ptr();
+        // SAFETY: the parent outlives us (invariant 4).
+        if let Some(p) = unsafe { parent.as_ref() } {
+            let guard = p.lock.lock();
+            // SAFETY: we hold the parent's lock (invariant 1).
+            unsafe {
+                if self.link.is_linked() {
+                    p.children.remove(self as *const Node as *const Link);
+                }
+            }
+            drop(guard);
+        }
+        self.after_done();
+        // Take back from any canceller the wakers it left for later
+        // (invariant 17), and wake whatever is still linked ourselves: only
+        // futures leaked with `mem::forget` can be (every other one
+        // borrowed this owner and is gone).
+        self.take_over_wakers(&mut batch);
+        // Unlinked and disarmed, out of the pending list: nobody can take a
+        // new reference, and the ones still held are released after bounded
+        // work that runs no user code (invariants 9, 17).
+        let mut spins = 0u32;
+        while self.refs.load(Ordering::Acquire) != 1 {
+            crate::sync::spin_hint(&mut spins);
+        }
+        // SAFETY: the parent outlives us (invariant 4).
+        if let Some(p) = unsafe { parent.as_ref() } {
+            if p.counted() {
+                // The reference `attach_scoped` took (invariant 10); a last
+                // release frees, which drops a cause: user code.
+                // SAFETY: we own it and use the parent no more.
+                batch.call(|| unsafe { release_node(parent) });
+            }
+        }
+        batch.finish();
+    }
+}
