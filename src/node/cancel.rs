@@ -58,70 +58,14 @@ impl Node {
             // SAFETY: forwarded from our caller; no lock is held.
             return unsafe { Self::lose(node, cause, owned) };
         }
-        // A cancelled node leaves its parent's list at once (invariant 14).
-        let parent = this.parent_ptr();
         // With its parent an orphan whose last kid count this cancel gave up:
         // freed when this guard drops, after every lock below is released,
         // even if a waker or after-func panics (invariant 16). Declared
         // before the lock guards, so it drops after them.
         let mut orphaned = OrphanGuard(None);
-        let (guard, unlinked) = if this.state.load(Ordering::Relaxed) & KID != 0 {
-            // A kid takes its own lock first: a second cancel of the same
-            // node (through a shared handle) then sees `DONE` before it
-            // could touch the parent, whose kid count we give up below
-            // (invariant 16).
-            let guard = this.lock.lock();
-            if this.is_done_flag() {
-                drop(guard);
-                // SAFETY: forwarded from our caller; the lock is released.
-                return unsafe { Self::lose(node, cause, owned) };
-            }
-            // SAFETY: a kid always has a parent, which our kid count holds
-            // (invariant 16); only a section of ours gives that count up.
-            let p = unsafe { &*parent };
-            let pg = p.lock.lock();
-            // SAFETY: we hold the parent's lock (invariant 1), which guards
-            // our link and its `kids`.
-            let unlinked = unsafe {
-                let linked = this.link.is_linked();
-                if linked {
-                    p.children.remove(&this.link);
-                    if p.drop_kid() {
-                        // The up-pointer (the parent's allocation pointer,
-                        // not `p`): freeing goes through it.
-                        orphaned.0 = NonNull::new(parent as *mut Node);
-                    }
-                }
-                linked
-            };
-            drop(pg);
-            (guard, unlinked)
-        } else {
-            // The parent's lock first, then ours (tree order).
-            // SAFETY: the parent outlives us (invariant 4).
-            let parent_guard = unsafe { parent.as_ref() }.map(|p| p.lock.lock());
-            let guard = this.lock.lock();
-            if this.is_done_flag() {
-                drop(guard);
-                drop(parent_guard);
-                // SAFETY: forwarded from our caller; the locks are released.
-                return unsafe { Self::lose(node, cause, owned) };
-            }
-            match parent_guard {
-                Some(pg) => {
-                    // SAFETY: we hold the parent's lock (invariant 1), which
-                    // guards our link; the parent is valid (invariant 4).
-                    let unlinked = unsafe {
-                        let linked = this.link.is_linked();
-                        if linked {
-                            (*parent).children.remove(&this.link);
-                        }
-                        linked
-                    };
-                    (pg.hand_over(guard), unlinked)
-                }
-                None => (guard, false),
-            }
+        let Some((guard, unlinked)) = this.lock_to_cancel(&mut orphaned) else {
+            // SAFETY: forwarded from our caller; the locks are released.
+            return unsafe { Self::lose(node, cause, owned) };
         };
         // SAFETY: we hold the lock and the node is live (invariant 1).
         let displaced = unsafe { this.set_done_with(err, cause, own_deadline, if unlinked { UNLINKED } else { 0 }) };
@@ -144,6 +88,74 @@ impl Node {
         unsafe { Self::propagate(node, guard, displaced, owned) };
         drop(orphaned);
         true
+    }
+
+    /// The locking of a node's own cancel: takes its lock, and, in the same
+    /// section, unlinks it from its parent's list (invariant 14) — a kid
+    /// takes its own lock first, then its parent's, giving up its kid count
+    /// (an orphaned parent whose last count that was goes to `orphaned`);
+    /// any other node takes its parent's first (tree order). Returns `None`,
+    /// with every lock released, if the node is already done; else its lock
+    /// and whether it unlinked itself.
+    #[inline(always)]
+    pub(super) fn lock_to_cancel(&self, orphaned: &mut OrphanGuard) -> Option<(LockGuard<'_>, bool)> {
+        let this = self;
+        let parent = this.parent_ptr();
+        if this.state.load(Ordering::Relaxed) & KID != 0 {
+            // A kid takes its own lock first: a second cancel of the same
+            // node (through a shared handle) then sees `DONE` before it
+            // could touch the parent, whose kid count we give up below
+            // (invariant 16).
+            let guard = this.lock.lock();
+            if this.is_done_flag() {
+                return None;
+            }
+            // SAFETY: a kid always has a parent, which our kid count holds
+            // (invariant 16); only a section of ours gives that count up.
+            let p = unsafe { &*parent };
+            let pg = p.lock.lock();
+            // SAFETY: we hold the parent's lock (invariant 1), which guards
+            // our link and its `kids`.
+            let unlinked = unsafe {
+                let linked = this.link.is_linked();
+                if linked {
+                    p.children.remove(&this.link);
+                    if p.drop_kid() {
+                        // The up-pointer (the parent's allocation pointer,
+                        // not `p`): freeing goes through it.
+                        orphaned.0 = NonNull::new(parent as *mut Node);
+                    }
+                }
+                linked
+            };
+            drop(pg);
+            Some((guard, unlinked))
+        } else {
+            // The parent's lock first, then ours (tree order).
+            // SAFETY: the parent outlives us (invariant 4).
+            let parent_guard = unsafe { parent.as_ref() }.map(|p| p.lock.lock());
+            let guard = this.lock.lock();
+            if this.is_done_flag() {
+                drop(guard);
+                drop(parent_guard);
+                return None;
+            }
+            match parent_guard {
+                Some(pg) => {
+                    // SAFETY: we hold the parent's lock (invariant 1), which
+                    // guards our link; the parent is valid (invariant 4).
+                    let unlinked = unsafe {
+                        let linked = this.link.is_linked();
+                        if linked {
+                            (*parent).children.remove(&this.link);
+                        }
+                        linked
+                    };
+                    Some((pg.hand_over(guard), unlinked))
+                }
+                None => Some((guard, false)),
+            }
+        }
     }
 
     /// A cancel that lost (the node was already done): drops its cause and
@@ -181,48 +193,16 @@ impl Node {
         let mut batch = Batch::new();
         let mut runs = RunList::new();
         let mut work = WorkList::new();
-        // Processed nodes, still held (invariant 6): counted nodes with
-        // wakers left (`later`) or not (`spent`), and scoped or static ones.
-        let mut later = WorkList::new();
-        let mut spent = WorkList::new();
-        let mut scoped = WorkList::new();
         let node_left = this.drain(guard, &mut batch, &mut runs, &mut work);
         this.after_done();
         // Phase 1: structure, no user code.
-        while let Some(n_ptr) = work.pop() {
-            // SAFETY: the work list holds it (invariant 6).
-            let n = unsafe { &*n_ptr };
-            let guard = n.lock.lock();
-            let left = if !n.is_done_flag() {
-                // SAFETY: we hold the lock and the node is live.
-                unsafe { n.set_done_inherited() };
-                let left = n.drain(guard, &mut batch, &mut runs, &mut work);
-                n.after_done();
-                left
-            } else {
-                drop(guard);
-                false
-            };
-            // Its free link is ours again (popped from `work`).
-            if !n.counted() {
-                scoped.push(n_ptr);
-            } else {
-                // A counted node's parent is counted too, or a `static`
-                // (never freed): its parent hold can go now.
-                // SAFETY: we own the hold `push_popped` took, if any.
-                unsafe { release_parent_hold(n) };
-                if left {
-                    later.push(n_ptr);
-                } else {
-                    spent.push(n_ptr);
-                }
-            }
-        }
+        let mut held = Held::new();
+        phase_one(&mut work, &mut batch, &mut runs, &mut held);
         // Let go of every scoped node before any user code runs: wakers left
         // on one wait in the pending list, where its owner can take them
         // back (invariant 17).
         let mut tag = 0;
-        while let Some(n_ptr) = scoped.pop() {
+        while let Some(n_ptr) = held.scoped.pop() {
             // SAFETY: held by `scoped`; its parent by a parent hold.
             unsafe {
                 (*n_ptr).park(&mut tag);
@@ -249,11 +229,11 @@ impl Node {
             batch.call(|| unsafe { release_node(node) });
         }
         batch.run();
-        while let Some(n_ptr) = spent.pop() {
+        while let Some(n_ptr) = held.spent.pop() {
             // SAFETY: `spent` holds it; not used after this.
             batch.call(|| unsafe { release_held(n_ptr) });
         }
-        while let Some(n_ptr) = later.pop() {
+        while let Some(n_ptr) = held.later.pop() {
             // SAFETY: `later` holds it (a counted node).
             unsafe { (*n_ptr).drain_wakers(&mut batch) };
             // SAFETY: as above; not used after this.
@@ -402,5 +382,58 @@ impl Node {
         // SAFETY: the caller observed `DONE` with Acquire, so `cause` is
         // immutable and its write visible (invariant 2).
         timer_ok && self.cause.with(|p| unsafe { (*p).is_none() })
+    }
+}
+
+/// Nodes that phase 1 processed, still held (invariant 6): counted nodes
+/// with wakers left (`later`) or not (`spent`), and scoped or static ones.
+pub(super) struct Held {
+    pub(super) later: WorkList,
+    pub(super) spent: WorkList,
+    pub(super) scoped: WorkList,
+}
+
+impl Held {
+    pub(super) fn new() -> Self {
+        Held {
+            later: WorkList::new(),
+            spent: WorkList::new(),
+            scoped: WorkList::new(),
+        }
+    }
+}
+
+/// Phase 1 of a propagation: cancels and empties every node of `work`
+/// (which grows as children are found) with what it inherits, and keeps
+/// each in `held`. Runs no user code (invariant 9).
+pub(super) fn phase_one(work: &mut WorkList, batch: &mut Batch, runs: &mut RunList, held: &mut Held) {
+    while let Some(n_ptr) = work.pop() {
+        // SAFETY: the work list holds it (invariant 6).
+        let n = unsafe { &*n_ptr };
+        let guard = n.lock.lock();
+        let left = if !n.is_done_flag() {
+            // SAFETY: we hold the lock and the node is live.
+            unsafe { n.set_done_inherited() };
+            let left = n.drain(guard, batch, runs, work);
+            n.after_done();
+            left
+        } else {
+            drop(guard);
+            false
+        };
+        // Its free link is ours again (popped from `work`).
+        if !n.counted() {
+            held.scoped.push(n_ptr);
+        } else {
+            // A counted node's parent is counted too, or a `static` (never
+            // freed): its parent hold can go now.
+            // SAFETY: we own the hold `push_popped` took, if any.
+            unsafe { release_parent_hold(n) };
+            if left {
+                held.later.push(n_ptr);
+            } else {
+                held.spent.push(n_ptr);
+            }
+        }
     }
 }

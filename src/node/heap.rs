@@ -200,33 +200,10 @@ impl NodeRef {
                 drop(unsafe { child.node().set_done(err, cause, false) });
                 return child;
             }
-            if kid_capable {
-                // SAFETY: we hold the parent's lock, which guards `kids`
-                // (invariant 1).
-                let counted = pn.kids.with_mut(|k| unsafe {
-                    // One count stays free for a canceller's hold (inv. 16).
-                    if *k & KIDS_MAX < KIDS_MAX - 1 {
-                        *k += 1;
-                        true
-                    } else {
-                        false
-                    }
-                });
-                if counted {
-                    let cs = child.node().state.load(Ordering::Relaxed);
-                    // The child is not shared yet: a plain store.
-                    child.node().state.store(cs | KID, Ordering::Relaxed);
-                    let ps = pn.state.load(Ordering::Relaxed);
-                    if ps & HAD_KIDS == 0 {
-                        // The parent is not an `any` node, so its state is
-                        // written only under its lock, which we hold
-                        // (invariant 11).
-                        pn.state.store(ps | HAD_KIDS, Ordering::Release);
-                    }
-                } else {
-                    // A saturated count: a reference instead.
-                    core::mem::forget(p.clone());
-                }
+            // SAFETY: we hold the parent's lock; the child is not shared.
+            if kid_capable && unsafe { !make_kid(child.node(), pn) } {
+                // A saturated kid count: a reference instead.
+                core::mem::forget(p.clone());
             }
             // SAFETY: we hold the parent's lock; the child is new, pinned on
             // the heap and unlinked (invariants 1, 2 of list.rs).
@@ -258,4 +235,39 @@ impl NodeRef {
             }
         }
     }
+}
+
+/// Makes a new, unshared `child` a kid of `pn` (invariant 16): raises the
+/// parent's kid count, unless it is at its maximum (one count always stays
+/// free for a canceller's hold), and marks both. Returns false if the count
+/// was full: the child then holds its parent by a reference.
+///
+/// # Safety
+/// The caller holds `pn`'s lock, `pn` is a plain heap node, and `child` is
+/// not shared yet.
+#[cfg(feature = "alloc")]
+#[inline(always)]
+unsafe fn make_kid(child: &Node, pn: &Node) -> bool {
+    // SAFETY: the caller holds the parent's lock, which guards `kids`
+    // (invariant 1).
+    let counted = pn.kids.with_mut(|k| unsafe {
+        if *k & KIDS_MAX < KIDS_MAX - 1 {
+            *k += 1;
+            true
+        } else {
+            false
+        }
+    });
+    if counted {
+        let cs = child.state.load(Ordering::Relaxed);
+        // The child is not shared yet: a plain store.
+        child.state.store(cs | KID, Ordering::Relaxed);
+        let ps = pn.state.load(Ordering::Relaxed);
+        if ps & HAD_KIDS == 0 {
+            // The parent is not an `any` node, so its state is written only
+            // under its lock, which we hold (invariant 11).
+            pn.state.store(ps | HAD_KIDS, Ordering::Release);
+        }
+    }
+    counted
 }

@@ -249,25 +249,14 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         let cur = match next.take() {
             Some(cur) => cur,
             None => {
-                if pending.is_null() {
-                    return;
-                }
-                // SAFETY: `pending` links belong to freed `any` nodes: they
-                // are unlinked everywhere and owned by this loop alone.
-                let top = unsafe { &mut *pending };
-                match top.links.pop() {
-                    Some(link) => {
-                        next = Some(link.parent.into_raw());
+                // SAFETY: `pending` holds links of freed `any` nodes only.
+                match unsafe { pop_pending_parent(&mut pending) } {
+                    Some(p) => {
                         zeroed = false;
+                        p
                     }
-                    None => {
-                        // SAFETY: allocated by `Box::leak` in
-                        // `NodeRef::new_any`; nothing refers to it any more.
-                        let links = unsafe { Box::from_raw(pending) };
-                        pending = links.next_pending;
-                    }
+                    None => return,
                 }
-                continue;
             }
         };
         // SAFETY: we own a reference (or the last one, just dropped), so the
@@ -308,41 +297,17 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         // settled (an orphan whose last kid count this node held).
         // A kid that left the list by its own cancel gave its count up there.
         let mut walk_up = s & (KID | UNLINKED) != KID | UNLINKED;
-        if let Some(p) = NonNull::new(parent as *mut Node).filter(|_| s & (UNLINKED | ANY) == 0) {
-            // SAFETY: the parent outlives us (invariants 4, 16).
-            let p = unsafe { p.as_ref() };
-            let g = p.lock.lock();
-            // SAFETY: we hold the parent's lock (invariant 1).
-            unsafe {
-                if n.link.is_linked() {
-                    p.children.remove(&n.link);
-                }
+        if s & (UNLINKED | ANY) == 0 {
+            // SAFETY: we own the node's last hold; its parent outlives it.
+            if let Some(last_kid) = unsafe { unlink_from_parent(n, parent, s) } {
+                walk_up = last_kid;
+                zeroed = last_kid;
             }
-            if s & KID != 0 {
-                // Our hold on the parent was a kid count (invariant 16).
-                // SAFETY: we hold the parent's lock.
-                walk_up = unsafe { p.drop_kid() };
-                zeroed = walk_up;
-            }
-            drop(g);
         }
         let any = n.any();
         if let Some(any) = any {
             // SAFETY: immutable while the node lived; parents retained.
-            let links = unsafe { any.as_ref() };
-            for l in links.links.iter() {
-                let p = l.parent.node();
-                let g = p.lock.lock();
-                // SAFETY: we hold that parent's lock (invariant 1); the link
-                // is ours (invariant 8).
-                unsafe {
-                    if l.entry.link.is_linked() {
-                        p.waiters.remove(&l.entry.link);
-                        p.add_callbacks(-1);
-                    }
-                }
-                drop(g);
-            }
+            unsafe { unlink_any_links(any.as_ref()) };
         }
         // SAFETY: refs is zero and nothing can reach the node any more; it was
         // allocated by `Box::leak` in `NodeRef::alloc`.
@@ -356,6 +321,83 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         if walk_up {
             next = NonNull::new(parent as *mut Node);
         }
+    }
+}
+
+/// Takes the next parent reference of a freed `any` node off `release_last`'s
+/// stack, freeing the links of each node whose parents are all done; `None`
+/// once the stack is empty.
+///
+/// # Safety
+/// `pending` is a stack of links of freed `any` nodes, owned by the caller.
+#[cfg(feature = "alloc")]
+unsafe fn pop_pending_parent(pending: &mut *mut AnyLinks) -> Option<NonNull<Node>> {
+    while !pending.is_null() {
+        // SAFETY: the links belong to freed `any` nodes: they are unlinked
+        // everywhere and owned by the caller alone.
+        let top = unsafe { &mut **pending };
+        match top.links.pop() {
+            Some(link) => return Some(link.parent.into_raw()),
+            None => {
+                // SAFETY: allocated by `Box::leak` in `NodeRef::new_any`;
+                // nothing refers to it any more.
+                let links = unsafe { Box::from_raw(*pending) };
+                *pending = links.next_pending;
+            }
+        }
+    }
+    None
+}
+
+/// The freeing node `n` (state `s`) leaves its parent's list under the
+/// parent's lock (invariant 5). For a kid, gives up its kid count there and
+/// returns whether that was an orphaned parent's last (`Some(true)`: the
+/// caller frees the parent next); `None` for a node that holds its parent
+/// by a reference.
+///
+/// # Safety
+/// The caller owns `n`'s last hold; `parent` is its up-pointer.
+#[cfg(feature = "alloc")]
+unsafe fn unlink_from_parent(n: &Node, parent: *const Node, s: u32) -> Option<bool> {
+    // SAFETY: the parent outlives us (invariants 4, 16).
+    let p = unsafe { parent.as_ref()? };
+    let g = p.lock.lock();
+    // SAFETY: we hold the parent's lock (invariant 1).
+    unsafe {
+        if n.link.is_linked() {
+            p.children.remove(&n.link);
+        }
+    }
+    let last_kid = if s & KID != 0 {
+        // Our hold on the parent was a kid count (invariant 16).
+        // SAFETY: we hold the parent's lock.
+        Some(unsafe { p.drop_kid() })
+    } else {
+        None
+    };
+    drop(g);
+    last_kid
+}
+
+/// A freeing `any` node's links leave their parents' waiter lists, each
+/// under that parent's lock (invariant 8).
+///
+/// # Safety
+/// `links` belong to an `any` node whose last hold the caller owns.
+#[cfg(feature = "alloc")]
+unsafe fn unlink_any_links(links: &AnyLinks) {
+    for l in links.links.iter() {
+        let p = l.parent.node();
+        let g = p.lock.lock();
+        // SAFETY: we hold that parent's lock (invariant 1); the link is ours
+        // (invariant 8).
+        unsafe {
+            if l.entry.link.is_linked() {
+                p.waiters.remove(&l.entry.link);
+                p.add_callbacks(-1);
+            }
+        }
+        drop(g);
     }
 }
 
