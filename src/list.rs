@@ -23,11 +23,11 @@
 //!    one; both `remove` and `pop_front` null the pointers.
 //! 4. **Free links.** While unlinked, the element's `next` pointer
 //!    belongs to whoever unlinked it; the cancel work list threads retained
-//!    nodes through it (see `node.rs`, invariant 6).
+//!    nodes through it (see `node/`, invariant 6).
 //!
 //! # Lock order
 //!
-//! The list takes no locks; its callers hold the owner lock (see `node.rs`).
+//! The list takes no locks; its callers hold the owner lock (see `node/`).
 //!
 //! [`RawLock`]: crate::sync::RawLock
 
@@ -147,13 +147,13 @@ impl List {
     }
 
     /// The head word of a list that is empty for good, read as a spare
-    /// pointer: node.rs invariant 17 threads its pending list through the
+    /// pointer: node/mod.rs invariant 17 threads its pending list through the
     /// `children` head of done scoped nodes (never used again once a node is
-    /// done and drained, node.rs invariant 3).
+    /// done and drained, node/mod.rs invariant 3).
     ///
     /// # Safety
     /// The list is empty for good, and the caller holds the lock that the
-    /// reuse names (node.rs invariant 17).
+    /// reuse names (node/mod.rs invariant 17).
     pub(crate) unsafe fn spare(&self) -> *const () {
         // SAFETY: forwarded from the caller.
         self.head.with(|p| unsafe { *p }) as *const ()

@@ -150,7 +150,7 @@ impl RawLock {
 
     /// One attempt to take the lock, never waiting: `None` if it is held.
     ///
-    /// A canceller holding a parent's lock *tries* a child's with it (node.rs
+    /// A canceller holding a parent's lock *tries* a child's with it (node/mod.rs
     /// invariant 12, "Lock order"): because it never waits, no cycle of
     /// waiting can form through it.
     #[inline]
@@ -183,7 +183,7 @@ impl RawLock {
 
 impl<'a> LockGuard<'a> {
     /// Hand-over-hand: releases this guard's lock and keeps `next`'s, which
-    /// was taken while this one was held (node.rs invariant 13).
+    /// was taken while this one was held (node/mod.rs invariant 13).
     ///
     /// With `critical-section` the sections stay properly nested: `next`'s
     /// (inner) section is closed first, which leaves interrupts masked by

@@ -397,7 +397,7 @@ fn child_of_a_done_parent_is_born_done_with_the_parent_cause() {
 
 // Children of a done parent need no node of their own; those of a plainly
 // cancelled one (no cause, no deadline) share one immortal node
-// (node.rs invariant 15). Nothing about them may differ from a child of that
+// (node/mod.rs invariant 15). Nothing about them may differ from a child of that
 // parent with a node of its own.
 
 /// A parent cancelled with no cause, carrying a value.

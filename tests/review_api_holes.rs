@@ -1,7 +1,7 @@
 //! The two API-level holes of the fourth review, shown and closed.
 //!
 //! 1. `poll_wait` cloned the task's waker — user code — while holding the
-//!    node's spin lock (against node.rs invariant 9). A waker whose `clone`
+//!    node's spin lock (against node/mod.rs invariant 9). A waker whose `clone`
 //!    touches the same node (here: cancels it, which takes that lock) spun
 //!    forever on the lock its own thread held. The clone now happens with no
 //!    lock held: the first poll clones before locking, a later poll only if

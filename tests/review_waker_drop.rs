@@ -1,6 +1,6 @@
 //! Review reproducer: with more than 16 wakers in one cancellation, phase 2
 //! of `propagate` runs wakers while the canceller still holds references to
-//! nodes in its `later` list (node.rs propagate, `batch.run()` before the
+//! nodes in its `later` list (node/mod.rs propagate, `batch.run()` before the
 //! `later` loop). A waker that drops the task owning a scoped node of that
 //! list makes the scoped node's drop (`detach_scoped`) spin for `refs == 1`
 //! on the very thread that holds the extra reference: the thread never

@@ -240,7 +240,7 @@ fn cancel_storm_deep() {
     assert_eq!(Arc::strong_count(&token), 1, "contexts leaked");
 }
 
-/// Orphans (node.rs invariant 16): middle nodes whose handles are detached
+/// Orphans (node/mod.rs invariant 16): middle nodes whose handles are detached
 /// and whose contexts are dropped live on only through their kids' counts.
 /// Worker threads drop some kids while another cancels the root: every kid
 /// still held is cancelled through its orphaned parent with the root's

@@ -151,7 +151,7 @@ fn scoped_detach_vs_parent_cancel() {
     });
 }
 
-/// A canceller finishing a child under its parent's lock (node.rs invariant
+/// A canceller finishing a child under its parent's lock (node/mod.rs invariant
 /// 12) while the child cancels itself with its own cause and is dropped on
 /// another thread: the child's lock is only ever *tried* under the parent's,
 /// the grandchild always ends up done with one of the two causes, and the
@@ -214,7 +214,7 @@ fn waiter_on_child_vs_parent_cancel() {
     });
 }
 
-/// The canceller descending a chain (node.rs invariant 13: it keeps a
+/// The canceller descending a chain (node/mod.rs invariant 13: it keeps a
 /// child's lock and lets go of the parent's) while the middle of the chain is
 /// dropped on another thread: the nodes it walks through stay valid because
 /// their own children need their locks to let go of them, and the bottom of
@@ -264,7 +264,7 @@ fn descent_vs_scoped_chain_drop() {
 
 /// A pinned scoped context attached on one thread (its first `context()`)
 /// while it is cancelled (`cancel(&self)`, which needs no attach) on another
-/// (node.rs invariant 11: attaching sets its mark under the node's lock).
+/// (node/mod.rs invariant 11: attaching sets its mark under the node's lock).
 /// Found by review: with the mark set outside the lock, the cancel's plain
 /// store could erase it, the owner's drop then skipped the unlink, and the
 /// parent's list kept a pointer to freed memory. To observe that without

@@ -157,7 +157,7 @@ pub trait Clock: Send + Sync {
 ///
 /// # Safety
 ///
-/// Implementations must uphold the entry protocol (node.rs invariant 7):
+/// Implementations must uphold the entry protocol (node/mod.rs invariant 7):
 ///
 /// 1. `arm` and `disarm` and every call of [`TimerEntry::claim`] on an armed
 ///    entry are serialised by one lock of the timer (they never run

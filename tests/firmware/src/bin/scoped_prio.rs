@@ -3,7 +3,7 @@
 //!
 //! A `ScopedContext` whose owner runs at a *higher* priority than code that
 //! holds a reference to its node cannot be dropped: its `Drop` spins until
-//! every holder lets go (src/node.rs, `detach_scoped`), and on one core the
+//! every holder lets go (src/node/, `detach_scoped`), and on one core the
 //! holder cannot run until the dropping code returns.
 //!
 //! Here the holder is an ordinary thread-mode timer driver (as
@@ -76,7 +76,7 @@ fn SysTick() {
     TICKS_SEEN.store(n, Ordering::Relaxed);
     if n > WATCHDOG_TICKS && !FINISHED.load(Ordering::Acquire) {
         hprintln!(
-            "DEADLOCK (known core problem): the high-priority task {} and is spinning in ScopedContext's drop, waiting for the thread-mode timer driver it preempted inside TimerFiring::fire (src/node.rs detach_scoped)",
+            "DEADLOCK (known core problem): the high-priority task {} and is spinning in ScopedContext's drop, waiting for the thread-mode timer driver it preempted inside TimerFiring::fire (src/node/ detach_scoped)",
             if WOKE.load(Ordering::Acquire) {
                 "woke from done() with the deadline"
             } else {
