@@ -17,3 +17,9 @@ echo "== miri (stacked borrows): ${TESTS[*]}"
 MIRIFLAGS="$base ${MIRIFLAGS:-}" timeout "${MIRI_TIMEOUT:-900}" cargo +nightly miri test "${TESTS[@]}"
 echo "== miri (tree borrows): ${TESTS[*]}"
 MIRIFLAGS="$base -Zmiri-tree-borrows ${MIRIFLAGS:-}" timeout "${MIRI_TIMEOUT:-900}" cargo +nightly miri test "${TESTS[@]}"
+# portable-atomic-util's `Arc` is built through a raw-pointer unsizing in
+# `value::push` (the one `unsafe` that only that feature compiles): the value
+# tests again with it, Stacked Borrows (~1 min, most of it the rebuild).
+echo "== miri (portable-atomic's Arc): value tests"
+MIRIFLAGS="$base ${MIRIFLAGS:-}" timeout "${MIRI_TIMEOUT:-900}" \
+  cargo +nightly miri test --no-default-features --features std,portable-atomic --test conformance value

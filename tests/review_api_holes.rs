@@ -37,7 +37,7 @@ static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
 #[test]
 fn a_waker_whose_clone_cancels_the_same_context_does_not_deadlock() {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let t = std::thread::spawn(move || {
         let (ctx, handle) = Context::background().with_cancel();
         *HANDLE.lock().unwrap() = Some(handle);
         // SAFETY: the vtable's functions uphold the `RawWaker` contract
@@ -53,6 +53,7 @@ fn a_waker_whose_clone_cancels_the_same_context_does_not_deadlock() {
     let (first, err, cause) = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("poll never returned: the waker was cloned under the node's lock");
+    t.join().unwrap();
     assert_eq!(first, Poll::Ready(Error::Canceled));
     assert_eq!(err, Some(Error::Canceled));
     assert_eq!(cause.as_deref(), Some("from the waker's clone"));
@@ -70,7 +71,7 @@ fn a_changed_waker_is_cloned_outside_the_lock() {
     }
     static VT2: RawWakerVTable = RawWakerVTable::new(clone2, noop, noop, noop);
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let t = std::thread::spawn(move || {
         let (ctx, handle) = Context::background().with_cancel();
         let mut done = Box::pin(ctx.done());
         // First poll with a plain waker: registered, pending.
@@ -86,5 +87,6 @@ fn a_changed_waker_is_cloned_outside_the_lock() {
     let second = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("poll never returned: the new waker was cloned under the node's lock");
+    t.join().unwrap();
     assert_eq!(second, Poll::Ready(Error::Canceled));
 }

@@ -68,7 +68,7 @@ fn run(root: &'static StaticContext, slot: &'static Mutex<Option<Task>>, n: usiz
         assert!(t.as_mut().poll(&mut cx).is_pending()); // 17 waiters registered
     }
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let canceller = std::thread::spawn(move || {
         root.cancel();
         let _ = tx.send(());
     });
@@ -76,4 +76,5 @@ fn run(root: &'static StaticContext, slot: &'static Mutex<Option<Task>>, n: usiz
         rx.recv_timeout(Duration::from_secs(10)).is_ok(),
         "cancel() never returned: detach_scoped spins on a reference its own thread holds"
     );
+    canceller.join().unwrap();
 }

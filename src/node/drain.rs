@@ -228,9 +228,10 @@ pub(super) unsafe fn release_parent_hold(node: &Node) {
     // SAFETY: the hold (or `node`, invariant 4) keeps the parent valid.
     if let Some(p) = unsafe { p.as_ref() } {
         if !p.counted() {
-            // A scoped or static node is never freed by its count: a plain
-            // decrement (its owner waits for it, invariant 10).
-            p.refs.fetch_sub(1, Ordering::Release);
+            // A scoped or static node is never freed by its count (its
+            // owner holds one and waits for the rest, invariant 10).
+            // SAFETY: we own the hold.
+            unsafe { release_node(p) };
         }
     }
 }

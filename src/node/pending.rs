@@ -70,7 +70,7 @@ impl Node {
             if s & PENDING == 0 {
                 // A scoped node is not an `any` node: its state is written
                 // only under its lock (invariant 11).
-                self.state.store(s | PENDING, Ordering::Relaxed);
+                self.state.store(s | PENDING, Ordering::Release);
                 // SAFETY: we hold the node's lock; it is done, drained and
                 // not in the list (no `PENDING`).
                 unsafe { list.push(self, *tag) };
@@ -91,7 +91,7 @@ impl Node {
                 // SAFETY: we hold the node's lock; `PENDING` says it may be
                 // in the list.
                 unsafe { pending_list().remove(self) };
-                self.state.store(s & !PENDING, Ordering::Relaxed);
+                self.state.store(s & !PENDING, Ordering::Release);
             }
             // SAFETY: we hold the lock; the owner cancelled the node before
             // calling this, so it is done and only wakers are left.
@@ -251,7 +251,7 @@ pub(super) fn wake_pending(tag: u32, batch: &mut Batch) {
             // SAFETY: we hold the lock; a parked node is done and drained.
             let empty = unsafe { n.pop_wakers(batch) };
             if empty {
-                n.state.store(s & !PENDING, Ordering::Relaxed);
+                n.state.store(s & !PENDING, Ordering::Release);
             } else {
                 // SAFETY: we hold its lock; `PENDING` is set and `take`
                 // took it out of the list.

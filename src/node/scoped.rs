@@ -131,14 +131,35 @@ impl Node {
         }
         // User code runs in here (the owner's own cancel wakes and runs
         // after-funcs, the take-over wakes leaked futures, the parent's
-        // release may free it): each piece is caught and the first panic
-        // re-raised at the very end, so that a panic can never let the
-        // memory go before the node is unlinked and every transient holder
-        // is done (invariant 10).
-        let mut batch = Batch::new();
-        batch.call(|| {
+        // release may free it). With `std` each piece is caught and the
+        // first panic re-raised at the very end; without, a panic unwinds,
+        // and the guard still finishes the detach on the way out. Either way
+        // the memory never goes before the node is unlinked and every
+        // transient holder is done (invariant 10).
+        struct Finish<'a> {
+            node: &'a Node,
+            batch: Batch,
+        }
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                self.node.finish_detach(&mut self.batch);
+            }
+        }
+        let mut finish = Finish {
+            node: self,
+            batch: Batch::new(),
+        };
+        finish.batch.call(|| {
             self.cancel(Error::Canceled, None);
         });
+        drop(finish);
+    }
+
+    /// The rest of [`detach_scoped`](Self::detach_scoped), after the
+    /// owner's own cancel: unlink, disarm, take the node out of the pending
+    /// list, wait for transient holders, give back the parent's reference;
+    /// then re-raise the first panic of user code, if any.
+    fn finish_detach(&self, batch: &mut Batch) {
         let parent = self.parent_ptr();
         // SAFETY: the parent outlives us (invariant 4).
         if let Some(p) = unsafe { parent.as_ref() } {
@@ -156,7 +177,7 @@ impl Node {
         // (invariant 17), and wake whatever is still linked ourselves: only
         // futures leaked with `mem::forget` can be (every other one
         // borrowed this owner and is gone).
-        self.take_over_wakers(&mut batch);
+        self.take_over_wakers(batch);
         // Unlinked and disarmed, out of the pending list: nobody can take a
         // new reference, and the ones still held are released after bounded
         // work that runs no user code (invariants 9, 17).

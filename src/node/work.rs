@@ -97,13 +97,16 @@ impl Batch {
     /// Re-raises the first panic of user code, once everything is done,
     /// unless this thread is already unwinding (a cancel from a `Drop`
     /// during a panic): a second panic would abort, so the payload is
-    /// dropped instead. (By reference: moving the batch would cost a copy.)
+    /// leaked instead. (By reference: moving the batch would cost a copy.)
     pub(super) fn finish(&mut self) {
         #[cfg(feature = "std")]
         if let Some(p) = self.panic.take() {
             if !std::thread::panicking() {
                 std::panic::resume_unwind(p);
             }
+            // Already unwinding: the payload's `Drop` is user code too, and a
+            // second panic would abort; leak it instead.
+            core::mem::forget(p);
         }
     }
 }
