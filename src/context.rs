@@ -452,6 +452,13 @@ impl Context {
     /// (`Err(error)`, and `fut` is dropped at once). The future owns a clone of
     /// the context, so it is `'static` and `Send` when `fut` is.
     ///
+    /// Who wins when both happen:
+    /// - a context already done before the first poll never starts the work:
+    ///   `fut` is dropped without being polled;
+    /// - once the work has started, finished work is kept: every poll polls
+    ///   `fut` first, so an output that is ready wins over a cancel seen on
+    ///   the same poll (as tokio-util's `run_until_cancelled`).
+    ///
     /// ```
     /// use ctxcore::{Context, Error};
     ///
@@ -460,6 +467,24 @@ impl Context {
     /// h.cancel();
     /// let never = futures::future::pending::<()>();
     /// assert_eq!(futures::executor::block_on(ctx.run(never)), Err(Error::Canceled));
+    /// // Done before the first poll: even ready work is not started.
+    /// assert_eq!(futures::executor::block_on(ctx.run(async { 5 })), Err(Error::Canceled));
+    /// ```
+    ///
+    /// A value that arrives together with the cancel is returned, not lost:
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use futures::channel::oneshot;
+    /// use futures::FutureExt;
+    ///
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// let (tx, rx) = oneshot::channel();
+    /// let mut run = Box::pin(ctx.run(rx));
+    /// assert!(run.as_mut().now_or_never().is_none()); // started, waiting
+    /// tx.send(7).unwrap();
+    /// h.cancel(); // both are ready on the next poll
+    /// assert_eq!(run.now_or_never(), Some(Ok(Ok(7))));
     /// ```
     pub fn run<F: Future>(&self, fut: F) -> Run<F> {
         Run::new(self.done_owned(), fut)

@@ -216,16 +216,29 @@ impl fmt::Debug for DoneOwned {
 
 #[cfg(feature = "alloc")]
 /// The future returned by [`Context::run`](crate::Context::run).
+///
+/// A context that is done before the first poll never starts the work: `fut`
+/// is dropped unpolled. Once the work has started, each poll polls `fut`
+/// first, so an output that is ready wins over a cancel seen on the same
+/// poll (tokio-util's `run_until_cancelled` does the same): work that has
+/// finished — a value that already arrived on a channel, a row already
+/// written — is returned, not dropped.
 #[must_use = "futures do nothing unless polled"]
 pub struct Run<F> {
     done: DoneOwned,
     fut: Option<F>,
+    /// `fut` has been polled once: from then on its output wins a tie.
+    started: bool,
 }
 
 #[cfg(feature = "alloc")]
 impl<F> Run<F> {
     pub(crate) fn new(done: DoneOwned, fut: F) -> Self {
-        Run { done, fut: Some(fut) }
+        Run {
+            done,
+            fut: Some(fut),
+            started: false,
+        }
     }
 }
 
@@ -245,11 +258,16 @@ impl<F: Future> Future for Run<F> {
             // Finished before: behave as a fused future would.
             return Poll::Pending;
         }
-        // Cancellation first: a done context never polls `fut` again.
-        if let Some(node) = &done.node {
-            if let Some(err) = node.node().err() {
-                fut.set(None);
-                return Poll::Ready(Err(err));
+        // A context done before the first poll never starts the work. Later
+        // polls skip this read: `done` is polled after `fut` below anyway,
+        // and a ready output must win over a cancel seen on the same poll.
+        if !this.started {
+            this.started = true;
+            if let Some(node) = &done.node {
+                if let Some(err) = node.node().err() {
+                    fut.set(None);
+                    return Poll::Ready(Err(err));
+                }
             }
         }
         if let Some(f) = fut.as_mut().as_pin_mut() {
