@@ -81,7 +81,7 @@ pub use time::{Clock, Instant, Timer};
 pub use value::Key;
 
 #[cfg(feature = "alloc")]
-pub use after::AfterFunc;
+pub use after::{AfterFunc, AfterFuncGuard, StopOutcome, StopWait};
 #[cfg(feature = "alloc")]
 pub use context::{CancelHandle, Context};
 pub use done::Done;

@@ -535,3 +535,33 @@ fn orphan_with_leaked_waiter_vs_root_cancel() {
         assert!(leaf.is_done(), "a live kid under a done root");
     });
 }
+
+/// Issue 11 item 4: `stop_wait` racing the cancel that runs the callback.
+/// Whatever the interleaving, once the wait returns the callback is not
+/// running and never will be; "stopped" means it never ran, "ran" that it
+/// did.
+#[test]
+fn after_func_stop_and_wait_vs_fire() {
+    use ctxcore::StopOutcome;
+    use loom::sync::atomic::AtomicBool;
+    loom::model(|| {
+        let (ctx, handle) = Context::background().with_cancel();
+        let inside = Arc::new(AtomicBool::new(false));
+        let ran = Arc::new(AtomicBool::new(false));
+        let (i, r) = (inside.clone(), ran.clone());
+        let af = ctx.after_func(move || {
+            i.store(true, Ordering::SeqCst);
+            r.store(true, Ordering::SeqCst);
+            i.store(false, Ordering::SeqCst);
+        });
+        let t = thread::spawn(move || handle.cancel());
+        let outcome = loom::future::block_on(af.stop_wait());
+        assert!(!inside.load(Ordering::SeqCst), "the wait returned while the callback ran");
+        t.join().unwrap();
+        match outcome {
+            StopOutcome::Stopped => assert!(!ran.load(Ordering::SeqCst)),
+            StopOutcome::Ran => assert!(ran.load(Ordering::SeqCst)),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+}

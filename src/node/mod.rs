@@ -80,7 +80,12 @@
 //!    unlinked under the node's lock before its memory is released: a waiting
 //!    future unlinks itself in `Drop`; a heap entry's list reference, its free
 //!    link and (for an after-func) its callback slot belong, once it is
-//!    unlinked, to whoever unlinked it.
+//!    unlinked, to whoever unlinked it. An after-func's status (pending,
+//!    running, ran, stopped) and the waker of a task waiting for it to
+//!    return are guarded by its node's lock, linked or not: a canceller
+//!    claims the run under that lock (a `stop` that came first wins) and
+//!    marks it ran under it, so a waiting `stop` returns only once the
+//!    callback is not running and never will be.
 //! 9. **Callbacks outside locks, after-funcs last.** Wakers are woken, causes
 //!    and entries dropped and nodes released only after the lock is dropped
 //!    (through a [`Batch`] of 16). Phase 1 of a cancellation runs no user
@@ -674,7 +679,7 @@ use self::{
 };
 
 #[cfg(feature = "alloc")]
-pub(crate) use self::after::AfterFuncInner;
+pub(crate) use self::after::{AfterFuncInner, AF_RAN, AF_RUNNING, AF_STOPPED};
 #[cfg(feature = "alloc")]
 pub(crate) use self::heap::NodeRef;
 pub use self::timer::{TimerEntry, TimerFiring};

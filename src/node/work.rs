@@ -170,10 +170,27 @@ impl RunList {
             // SAFETY: the entry is unlinked, so its func slot is ours alone
             // (invariant 8: `stop` only touches a linked entry's func).
             let f = entry.func.with_mut(|p| unsafe { (*p).take() });
-            drop(entry);
-            if let Some(f) = f {
-                batch.call(f);
+            // A `stop` since we popped it wins: the callback is dropped
+            // unrun. Otherwise it is `AF_RUNNING` until it returns, and a
+            // `stop_and_wait` waits for that. The entry (and through it a
+            // heap node, which blocks nobody) is held meanwhile.
+            if entry.begin_run() {
+                if let Some(f) = f {
+                    #[cfg(feature = "std")]
+                    let entry_ptr = Arc::as_ptr(&entry) as *const ();
+                    #[cfg(feature = "std")]
+                    batch.call(|| crate::after::Running::within(entry_ptr, f));
+                    #[cfg(not(feature = "std"))]
+                    batch.call(f);
+                }
+                if let Some(w) = entry.end_run() {
+                    batch.call(|| w.wake());
+                }
+            } else {
+                batch.call(|| drop(f));
             }
+            // A last reference frees the entry and may free its node.
+            batch.call(|| drop(entry));
         }
         let _ = batch;
     }
