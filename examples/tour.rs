@@ -74,7 +74,8 @@ fn main() {
             println!(
                 "{}  db worker waits (deadline {:?} away)",
                 t(),
-                db_query.deadline().unwrap() - ctxcore::Instant::now()
+                // Time left on the tree's own clock (right on any timer).
+                db_query.time_left().unwrap()
             );
             let err = db_query.wait_blocking();
             println!("{}  db worker stops: {err} ({})", t(), db_query.cause().unwrap());

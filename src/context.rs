@@ -127,14 +127,6 @@ impl Context {
         }
     }
 
-    /// Time left until the deadline, on the tree's clock.
-    #[cfg(feature = "std")]
-    fn until_deadline(&self) -> Option<Duration> {
-        let deadline = self.deadline()?;
-        let timer = self.timer()?;
-        Some(deadline.saturating_duration_since(timer.now()))
-    }
-
     pub(crate) fn node_ref(&self) -> Option<&crate::node::Node> {
         self.node.as_ref().map(NodeRef::node)
     }
@@ -417,6 +409,63 @@ impl Context {
         self.node.as_ref().and_then(|n| n.node().deadline())
     }
 
+    /// The current time on this context's own clock: the timer of its tree
+    /// (the root's [`with_timer`](Self::with_timer) timer, or the default
+    /// one for [`background`](Self::background) trees). This is the clock
+    /// [`deadline`](Self::deadline) is measured on; [`Instant::now`] reads
+    /// only the default clock and must not be mixed with a tree on another
+    /// timer.
+    ///
+    /// Without any timer (no `std` feature and no `with_timer` root) there is
+    /// no clock: `now` is [`Instant::ZERO`] and deadlines never pass.
+    ///
+    /// ```
+    /// use ctxcore::{Context, ManualClock};
+    /// use std::time::Duration;
+    ///
+    /// static CLOCK: ManualClock = ManualClock::new();
+    /// let root = Context::with_timer(&CLOCK);
+    /// CLOCK.advance(Duration::from_secs(7));
+    /// let (ctx, _h) = root.with_timeout(Duration::from_secs(1));
+    /// assert_eq!(ctx.now().as_nanos(), 7_000_000_000);
+    /// assert_eq!(ctx.deadline(), Some(ctx.now() + Duration::from_secs(1)));
+    /// ```
+    pub fn now(&self) -> Instant {
+        self.timer().map_or(Instant::ZERO, |t| t.now())
+    }
+
+    /// How long until the deadline, on this context's own clock (Go's
+    /// `time.Until(deadline)`): `None` without a deadline, and
+    /// [`Duration::ZERO`] once it has passed. Use it to propagate a deadline
+    /// — a timeout for a downstream call, a socket, a database statement —
+    /// rather than `deadline() - Instant::now()`, which is wrong on any tree
+    /// whose timer is not the default one (a `TokioTimer` tree's clock starts
+    /// when the timer is made, and may be paused).
+    ///
+    /// A context cancelled before its deadline still reports the time left
+    /// until that deadline; check [`err`](Self::err) for whether it is done.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use std::time::Duration;
+    ///
+    /// fn call_downstream(ctx: &Context) -> Duration {
+    ///     // The downstream call gets what is left of our budget, at most 2 s.
+    ///     ctx.time_left().map_or(Duration::from_secs(2), |left| left.min(Duration::from_secs(2)))
+    /// }
+    ///
+    /// let (request, _h) = Context::background().with_timeout(Duration::from_millis(500));
+    /// assert!(call_downstream(&request) <= Duration::from_millis(500));
+    /// assert_eq!(call_downstream(&Context::background()), Duration::from_secs(2));
+    ///
+    /// let (late, _h) = Context::background().with_timeout(Duration::ZERO);
+    /// assert_eq!(late.time_left(), Some(Duration::ZERO));
+    /// ```
+    pub fn time_left(&self) -> Option<Duration> {
+        let deadline = self.deadline()?;
+        Some(deadline.saturating_duration_since(self.now()))
+    }
+
     /// A future that completes with the [`Error`] once the context is done.
     /// Waiting allocates nothing: the waiter lives inside the future. It is a
     /// `FusedFuture`; on a context that can never be done it never completes.
@@ -501,7 +550,7 @@ impl Context {
     /// ```
     #[cfg(feature = "std")]
     pub fn wait_blocking(&self) -> Error {
-        crate::done::block_on_done(self.done(), None, || self.until_deadline()).unwrap_or(Error::Canceled)
+        crate::done::block_on_done(self.done(), None, || self.time_left()).unwrap_or(Error::Canceled)
     }
 
     /// Blocks until the context is done (`Some(error)`) or `timeout` passes
@@ -515,7 +564,7 @@ impl Context {
     /// ```
     #[cfg(feature = "std")]
     pub fn wait_blocking_timeout(&self, timeout: Duration) -> Option<Error> {
-        crate::done::block_on_done(self.done(), Some(timeout), || self.until_deadline())
+        crate::done::block_on_done(self.done(), Some(timeout), || self.time_left())
     }
 }
 

@@ -5,7 +5,7 @@ use crate::done::Done;
 use crate::error::Error;
 use crate::node::Node;
 use crate::scoped::ContextRef;
-use crate::time::Timer;
+use crate::time::{default_timer, Instant, Timer};
 use core::fmt;
 
 /// A cancellation root in a `static`: `const`-constructible, needs no
@@ -76,6 +76,28 @@ impl StaticContext {
     /// The cause of the winning cancellation, if done.
     pub fn cause(&self) -> Option<Cause> {
         self.node.cause()
+    }
+
+    /// The current time on this root's clock: its
+    /// [`with_timer`](Self::with_timer) timer, or the default one;
+    /// [`Instant::ZERO`] without any timer. A root has no deadline; for the
+    /// time left under a deadline, see
+    /// [`ContextRef::time_left`](crate::ContextRef::time_left).
+    ///
+    /// ```
+    /// use ctxcore::{ManualClock, StaticContext};
+    /// use core::time::Duration;
+    ///
+    /// static CLOCK: ManualClock = ManualClock::new();
+    /// static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    /// CLOCK.advance(Duration::from_secs(1));
+    /// assert_eq!(ROOT.now().as_nanos(), 1_000_000_000);
+    /// ```
+    pub fn now(&self) -> Instant {
+        self.node
+            .timer()
+            .or_else(default_timer)
+            .map_or(Instant::ZERO, |t| t.now())
     }
 
     /// A future that completes once the root is done; allocates nothing.

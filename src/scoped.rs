@@ -66,6 +66,48 @@ impl<'a> ContextRef<'a> {
         self.node.and_then(Node::deadline)
     }
 
+    /// The current time on this context's own clock (its tree's timer, or
+    /// the default one); [`Instant::ZERO`] without any timer. See
+    /// [`Context::now`](crate::Context::now).
+    ///
+    /// ```
+    /// use ctxcore::{ManualClock, StaticContext};
+    /// use core::time::Duration;
+    ///
+    /// static CLOCK: ManualClock = ManualClock::new();
+    /// static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    /// CLOCK.advance(Duration::from_millis(3));
+    /// assert_eq!(ROOT.as_ref().now().as_nanos(), 3_000_000);
+    /// ```
+    pub fn now(&self) -> Instant {
+        self.node
+            .and_then(Node::timer)
+            .or_else(default_timer)
+            .map_or(Instant::ZERO, |t| t.now())
+    }
+
+    /// How long until the deadline, on this context's own clock: `None`
+    /// without a deadline, [`Duration::ZERO`] once it has passed. See
+    /// [`Context::time_left`](crate::Context::time_left).
+    ///
+    /// ```
+    /// use ctxcore::{ManualClock, ScopedContext, StaticContext};
+    /// use core::pin::pin;
+    /// use core::time::Duration;
+    ///
+    /// static CLOCK: ManualClock = ManualClock::new();
+    /// static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    /// let step = pin!(ScopedContext::with_timeout(ROOT.as_ref(), Duration::from_secs(5)));
+    /// let ctx = step.as_ref().context();
+    /// CLOCK.advance(Duration::from_secs(2));
+    /// assert_eq!(ctx.time_left(), Some(Duration::from_secs(3)));
+    /// assert_eq!(ROOT.as_ref().time_left(), None);
+    /// ```
+    pub fn time_left(&self) -> Option<Duration> {
+        let deadline = self.deadline()?;
+        Some(deadline.saturating_duration_since(self.now()))
+    }
+
     /// A future that completes once the context is done; allocates nothing.
     pub fn done(&self) -> Done<'a> {
         Done::new(self.node)

@@ -11,10 +11,11 @@
 use core::future::Future;
 use core::pin::{pin, Pin};
 use core::task::{Context as TaskContext, Poll, Waker};
-use ctxcore::{Context, Error};
+use ctxcore::{Context, ContextRef, Error, Instant, ManualClock, ScopedContext, StaticContext, StdTimer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Wake;
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -106,11 +107,11 @@ fn run_keeps_a_value_that_arrived_before_the_cancel() {
 fn run_ready_output_wins_over_passed_deadline() {
     static CLOCK: ctxcore::ManualClock = ctxcore::ManualClock::new();
     let (_counter, waker) = CountingWaker::new();
-    let (ctx, _h) = Context::with_timer(&CLOCK).with_timeout(std::time::Duration::from_secs(1));
+    let (ctx, _h) = Context::with_timer(&CLOCK).with_timeout(SEC);
     let polls = Arc::new(AtomicUsize::new(0));
     let mut run = pin!(ctx.run(ReadyOnSecondPoll { polls }));
     assert!(poll_once(run.as_mut(), &waker).is_pending());
-    CLOCK.advance(std::time::Duration::from_secs(1));
+    CLOCK.advance(SEC);
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     assert_eq!(poll_once(run.as_mut(), &waker), Poll::Ready(Ok("finished")));
 }
@@ -143,10 +144,10 @@ fn run_done_before_first_poll_never_starts_the_work() {
 fn run_deadline_passed_before_first_poll_never_starts_the_work() {
     static CLOCK: ctxcore::ManualClock = ctxcore::ManualClock::new();
     let (_counter, waker) = CountingWaker::new();
-    let (ctx, _h) = Context::with_timer(&CLOCK).with_timeout(std::time::Duration::from_secs(1));
+    let (ctx, _h) = Context::with_timer(&CLOCK).with_timeout(SEC);
     let polls = Arc::new(AtomicUsize::new(0));
     let mut run = pin!(ctx.run(ReadyOnSecondPoll { polls: polls.clone() }));
-    CLOCK.advance(std::time::Duration::from_secs(1));
+    CLOCK.advance(SEC);
     assert_eq!(
         poll_once(run.as_mut(), &waker),
         Poll::Ready(Err(Error::DeadlineExceeded))
@@ -192,4 +193,95 @@ fn run_work_that_cancels_its_own_context_keeps_its_output() {
         "done anyway"
     }));
     assert_eq!(out, Ok("done anyway"));
+}
+
+// ---------------------------------------------------------------------------
+// Time on the tree's clock (issue 11, item 1). The virtual-clock suite
+// (tests/virtual_time.rs `time_on_the_tree_clock`, and the tokio start-up
+// gap tests) covers exactness; these cover every context kind.
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn time_left_is_none_without_a_deadline() {
+    assert_eq!(Context::background().time_left(), None);
+    let (ctx, h) = Context::background().with_cancel();
+    assert_eq!(ctx.time_left(), None);
+    h.cancel();
+    assert_eq!(ctx.time_left(), None, "done without a deadline: still none");
+    assert_eq!(ContextRef::background().time_left(), None);
+}
+
+#[test]
+fn time_left_on_the_default_clock() {
+    let (ctx, _h) = Context::background().with_timeout(60 * SEC);
+    let left = ctx.time_left().expect("deadline");
+    assert!(left <= 60 * SEC && left > 59 * SEC, "{left:?}");
+    // A background tree's clock is the default one.
+    let before = Instant::now();
+    let now = ctx.now();
+    assert!(before <= now && now <= Instant::now());
+    assert!(ctx.deadline().unwrap() - ctx.now() <= left);
+    let (past, _h) = Context::background().with_deadline(Instant::ZERO);
+    assert_eq!(past.time_left(), Some(Duration::ZERO));
+    let (never, _h) = Context::background().with_timeout(Duration::MAX);
+    assert_eq!(never.deadline(), None, "Instant::MAX is no deadline");
+    assert_eq!(never.time_left(), None);
+}
+
+#[test]
+fn time_left_reports_the_deadline_even_after_a_cancel() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let (ctx, h) = Context::with_timer(&CLOCK).with_timeout(10 * SEC);
+    h.cancel();
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+    assert_eq!(ctx.time_left(), Some(10 * SEC), "as Go's time.Until(deadline)");
+}
+
+#[test]
+fn time_on_scoped_static_and_any_contexts() {
+    static CLOCK: ManualClock = ManualClock::new();
+    static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
+    CLOCK.advance(100 * SEC);
+    assert_eq!(ROOT.now(), Instant::from_nanos(100_000_000_000));
+    assert_eq!(ROOT.as_ref().now(), ROOT.now());
+    assert_eq!(ROOT.as_ref().time_left(), None);
+
+    let step = pin!(ScopedContext::with_timeout(ROOT.as_ref(), 5 * SEC));
+    let step = step.as_ref().context();
+    assert_eq!(step.now(), ROOT.now());
+    assert_eq!(step.time_left(), Some(5 * SEC));
+
+    let heap = ROOT.context();
+    let (a, _ha) = heap.with_timeout(30 * SEC);
+    let (b, _hb) = heap.with_timeout(3 * SEC);
+    let either = Context::any([&a, &b]);
+    assert_eq!(either.now(), ROOT.now(), "any keeps the tree's clock");
+    assert_eq!(either.time_left(), Some(3 * SEC), "the earliest parent deadline");
+    CLOCK.advance(4 * SEC);
+    assert_eq!(either.time_left(), Some(Duration::ZERO));
+    assert_eq!(step.time_left(), Some(SEC));
+    assert_eq!(a.time_left(), Some(26 * SEC));
+}
+
+#[test]
+fn std_timer_converts_to_and_from_std_instants() {
+    let timer = StdTimer::global();
+    let (ctx, _h) = Context::background().with_timeout(5 * SEC);
+    let deadline = ctx.deadline().unwrap();
+    let std_deadline = timer.to_std(deadline);
+    assert_eq!(timer.to_instant(std_deadline), deadline, "round trip");
+    let left = std_deadline.saturating_duration_since(std::time::Instant::now());
+    assert!(left <= ctx.time_left().unwrap() + Duration::from_millis(1));
+    // Saturating, never panics.
+    let never = timer.to_std(Instant::MAX);
+    assert!(never > std::time::Instant::now() + 365 * 24 * 3600 * SEC);
+    assert!(timer.to_std(Instant::ZERO) <= std::time::Instant::now());
+}
+
+#[test]
+fn blocking_waits_still_wake_on_the_deadline() {
+    let (ctx, _h) = Context::background().with_timeout(Duration::from_millis(5));
+    assert_eq!(ctx.wait_blocking(), Error::DeadlineExceeded);
+    assert_eq!(ctx.time_left(), Some(Duration::ZERO));
 }

@@ -345,11 +345,51 @@ async fn drop_while_firing<V: Virtual>(v: V) {
     assert_eq!(v.armed(), 0, "{n}: no entry left");
 }
 
+/// `now` and `time_left` read the tree's own clock (issue 11, item 1):
+/// exact on a virtual clock, `None` without a deadline, zero once passed,
+/// the earliest deadline on the path, and children made on any thread agree.
+async fn time_on_the_tree_clock<V: Virtual>(v: V) {
+    let n = V::NAME;
+    let root = v.root();
+    assert_eq!(root.now(), v.now(), "{n}: the root reads the tree's clock");
+    assert_eq!(root.time_left(), None, "{n}: no deadline, no time left");
+    let (outer, _h1) = root.with_timeout(10 * SEC);
+    let (inner, _h2) = outer.with_timeout(60 * SEC);
+    let (plain, _h3) = inner.with_cancel();
+    assert_eq!(outer.time_left(), Some(10 * SEC), "{n}: outer");
+    assert_eq!(inner.time_left(), Some(10 * SEC), "{n}: the earliest deadline wins");
+    assert_eq!(plain.time_left(), Some(10 * SEC), "{n}: inherited");
+    assert_eq!(plain.as_ref().time_left(), Some(10 * SEC), "{n}: through a ContextRef");
+    v.advance(4 * SEC).await;
+    assert_eq!(inner.now(), v.now(), "{n}: now follows the clock");
+    assert_eq!(inner.time_left(), Some(6 * SEC), "{n}: 4 s later");
+    let (tight, _h4) = inner.with_timeout(SEC);
+    assert_eq!(tight.time_left(), Some(SEC), "{n}: a tighter child");
+    assert_eq!(
+        tight.without_cancel().now(),
+        v.now(),
+        "{n}: without_cancel keeps the clock"
+    );
+    assert_eq!(tight.without_cancel().time_left(), None, "{n}: and drops the deadline");
+    v.advance(6 * SEC).await;
+    assert_eq!(inner.err(), Some(Error::DeadlineExceeded), "{n}: passed");
+    assert_eq!(inner.time_left(), Some(Duration::ZERO), "{n}: zero once passed");
+    v.advance(SEC).await;
+    assert_eq!(
+        plain.time_left(),
+        Some(Duration::ZERO),
+        "{n}: still zero, never negative"
+    );
+    let (after, _h5) = plain.with_cancel();
+    assert_eq!(after.now(), v.now(), "{n}: a child born done reads the same clock");
+    assert_eq!(after.time_left(), Some(Duration::ZERO), "{n}: child born done");
+}
+
 macro_rules! clock {
     ($run:ident) => {
         use super::*;
         clock!(@tests $run; nested_deadlines, deadline_cause, after_func_on_deadline, deadline_vs_cancel,
-            deadline_cancel_race, bad_input, drop_while_firing);
+            deadline_cancel_race, bad_input, drop_while_firing, time_on_the_tree_clock);
     };
     (@tests $run:ident; $($test:ident),*) => {
         $(
@@ -431,6 +471,68 @@ mod tokio_paused {
             assert_eq!(ctx.0.deadline(), Some(t0 + 60 * SEC), "deadline on the paused clock");
             assert_eq!(ctx.0.done().await, Error::DeadlineExceeded);
             assert_eq!(v.now(), t0 + 60 * SEC);
+        });
+    }
+
+    /// The issue's case on paused time: a tree on a `TokioTimer` made after
+    /// 300 virtual seconds, whose clock then moves only when tokio's does.
+    /// `time_left` reads the tree's clock and is exact to the nanosecond, and
+    /// `to_tokio` agrees with tokio's own clock.
+    #[test]
+    fn time_left_after_a_start_up_gap_paused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let _ = Instant::now(); // the default clock starts here
+        rt.block_on(tokio::time::advance(300 * SEC));
+        let timer = ctxcore::TokioTimer::new(rt.handle().clone());
+        rt.block_on(async {
+            let root = Context::with_timer(timer);
+            let (ctx, _h) = root.with_timeout(2 * SEC);
+            assert_eq!(ctx.time_left(), Some(2 * SEC), "exact on the paused clock");
+            let truth = timer.to_tokio(ctx.deadline().unwrap()) - tokio::time::Instant::now();
+            assert_eq!(truth, 2 * SEC, "to_tokio agrees with tokio's own clock");
+            tokio::time::advance(500 * MS).await;
+            assert_eq!(ctx.time_left(), Some(1500 * MS));
+            assert_eq!(ctx.now(), timer.to_instant(tokio::time::Instant::now()));
+            tokio::time::sleep_until(timer.to_tokio(ctx.deadline().unwrap())).await;
+            assert_eq!(ctx.time_left(), Some(Duration::ZERO));
+            assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+        });
+    }
+
+    /// The issue's case in real time: at least 300 ms between the default
+    /// clock's start and the `TokioTimer`'s, on a runtime that is not
+    /// paused. `time_left` stays within 1 ms of the truth measured on tokio's
+    /// clock, where `deadline() - Instant::now()` (the default clock: the
+    /// wrong one) is off by the whole gap.
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn time_left_after_a_start_up_gap_real_time() {
+        let _ = Instant::now(); // the default clock starts here
+        std::thread::sleep(300 * MS);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let timer = ctxcore::TokioTimer::new(rt.handle().clone());
+        rt.block_on(async {
+            let (ctx, _h) = Context::with_timer(timer).with_timeout(5 * SEC);
+            let deadline = timer.to_tokio(ctx.deadline().unwrap());
+            for _ in 0..3 {
+                let before = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let left = ctx.time_left().expect("deadline");
+                let after = deadline.saturating_duration_since(tokio::time::Instant::now());
+                assert!(
+                    left <= before + MS && left + MS >= after,
+                    "time_left {left:?} not within 1 ms of the truth ({after:?}..{before:?})"
+                );
+                let wrong_clock = ctx.deadline().unwrap() - Instant::now();
+                assert!(wrong_clock + 250 * MS < after, "the default clock is off by the gap");
+                tokio::time::sleep(50 * MS).await;
+            }
         });
     }
 

@@ -6,13 +6,34 @@
 //! timer, and [`Context::background`] uses the default one (the `std` timer
 //! thread with the `std` feature). Every descendant uses its root's timer.
 //!
+//! An [`Instant`] is only meaningful on the clock that made it. Read a
+//! context's own clock with [`Context::now`], and propagate a deadline with
+//! [`Context::time_left`]; [`Instant::now`] reads the default clock only.
+//! Each backend converts its instants to and from its native type
+//! (`StdTimer::to_std` / `to_instant`, `TokioTimer::to_tokio` /
+//! `to_instant`).
+//!
+//! ```
+//! use ctxcore::{Context, ManualClock};
+//! use core::time::Duration;
+//!
+//! static CLOCK: ManualClock = ManualClock::new();
+//! CLOCK.advance(Duration::from_secs(300)); // this clock's epoch is not std's
+//! let (ctx, _h) = Context::with_timer(&CLOCK).with_timeout(Duration::from_secs(2));
+//! assert_eq!(ctx.time_left(), Some(Duration::from_secs(2)));
+//! ```
+//!
 //! [`Context::with_timer`]: crate::Context::with_timer
 //! [`Context::background`]: crate::Context::background
+//! [`Context::now`]: crate::Context::now
+//! [`Context::time_left`]: crate::Context::time_left
 
 use core::fmt;
 use core::ops::{Add, Sub};
 use core::time::Duration;
 
+#[cfg(feature = "std")]
+mod convert;
 #[cfg(all(feature = "embassy-time", feature = "alloc"))]
 mod embassy;
 #[cfg(all(feature = "alloc", not(loom)))]
@@ -99,10 +120,33 @@ impl Instant {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
-    /// Reads the default clock: the one [`Context::background`]'s
-    /// descendants use for `with_timeout`.
+    /// Reads the **default clock only**: the [`StdTimer`]'s, which
+    /// [`Context::background`]'s descendants use for `with_timeout`.
+    ///
+    /// A tree made with [`Context::with_timer`] (a `TokioTimer`, an
+    /// `EmbassyTimer`, a [`ManualClock`]) has its own clock with its own
+    /// epoch, and its deadlines are instants on that clock: subtracting
+    /// `Instant::now()` from them gives nonsense (off by however long the
+    /// process ran before the timer was made, or anything under tokio's
+    /// paused time). To read a context's clock use [`Context::now`]; to
+    /// propagate a deadline use [`Context::time_left`].
+    ///
+    /// ```
+    /// use ctxcore::{Context, Instant};
+    /// use std::time::Duration;
+    ///
+    /// let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(1));
+    /// // Right for a background tree, and for every tree:
+    /// let left = ctx.time_left().unwrap();
+    /// assert!(left <= Duration::from_secs(1));
+    /// // Same clock here only because this tree is on the default timer:
+    /// assert!(ctx.deadline().unwrap() - Instant::now() <= Duration::from_secs(1));
+    /// ```
     ///
     /// [`Context::background`]: crate::Context::background
+    /// [`Context::with_timer`]: crate::Context::with_timer
+    /// [`Context::now`]: crate::Context::now
+    /// [`Context::time_left`]: crate::Context::time_left
     #[cfg(feature = "std")]
     pub fn now() -> Self {
         StdTimer::global().now()

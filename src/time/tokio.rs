@@ -123,8 +123,51 @@ impl TokioTimer {
 
     /// Converts a tokio instant to this timer's [`Instant`] (saturating:
     /// instants before the timer was made map to [`Instant::ZERO`]).
+    ///
+    /// ```
+    /// use ctxcore::TokioTimer;
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// let timer = TokioTimer::new(rt.handle().clone());
+    /// let t = rt.block_on(async { tokio::time::Instant::now() });
+    /// assert_eq!(timer.to_tokio(timer.to_instant(t)), t);
+    /// ```
     pub fn to_instant(&self, t: TokioInstant) -> Instant {
         self.shared.to_instant(t)
+    }
+
+    /// Converts this timer's [`Instant`] (a context's
+    /// [`deadline`](crate::Context::deadline), say) to a
+    /// `tokio::time::Instant`, for `tokio::time::sleep_until` or
+    /// `tokio::time::timeout_at`. Exact for every instant since the timer was
+    /// made; saturating, never panics: an instant beyond what tokio can
+    /// represent (such as [`Instant::MAX`], "never") maps to the latest one
+    /// it can on the way there.
+    ///
+    /// To propagate a deadline as a duration, prefer
+    /// [`Context::time_left`](crate::Context::time_left).
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error, TokioTimer};
+    /// use std::time::Duration;
+    ///
+    /// let rt = tokio::runtime::Builder::new_current_thread()
+    ///     .enable_time()
+    ///     .start_paused(true)
+    ///     .build()
+    ///     .unwrap();
+    /// let timer = TokioTimer::new(rt.handle().clone());
+    /// rt.block_on(async {
+    ///     let (ctx, _h) = Context::with_timer(timer).with_timeout(Duration::from_secs(60));
+    ///     let deadline = timer.to_tokio(ctx.deadline().unwrap());
+    ///     let slow = tokio::time::sleep(Duration::from_secs(3600));
+    ///     assert!(tokio::time::timeout_at(deadline, slow).await.is_err());
+    ///     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    /// });
+    /// ```
+    pub fn to_tokio(&self, t: Instant) -> TokioInstant {
+        let since_base = Duration::from_nanos(t.as_nanos());
+        super::convert::add_saturating(self.shared.base, since_base, TokioInstant::checked_add)
     }
 
     /// Number of armed deadlines (for leak checks in tests).
