@@ -31,6 +31,44 @@ const SPIN_BEFORE: Duration = Duration::from_micros(60);
 /// run on this thread (a panicking one is caught and does not stop it); keep
 /// them short. See `docs/timers.md` for measured figures.
 ///
+/// # Fork
+///
+/// A child made by `fork()` inherits the timer's state but none of the
+/// parent's threads, the timer thread included. The timer notices and starts
+/// a new thread in the child on its next `arm` (any new deadline, in any
+/// tree of the child that uses this timer), which then fires every deadline
+/// the child inherited too. Detection costs nothing per `arm`: on Linux,
+/// Android, macOS, iOS and the BSDs/illumos, the first thread start registers
+/// a `pthread_atfork` child handler that bumps a fork generation, and `arm`
+/// compares it (one relaxed load) with the generation that started the
+/// thread (measured: no change to `deadline_create_drop`, within noise).
+/// Remembering the process id instead costs a `getpid` system call per `arm`
+/// (glibc no longer caches it): it made `deadline_create_drop` 70 % slower
+/// (175 to 300 ns). Elsewhere, and under Miri, nothing is detected: a forked
+/// child gets no wake-ups (deadlines stay exact when observed).
+///
+/// Fork in a multi-threaded process is otherwise on the caller, as for
+/// tokio's runtime and Go (which offers fork only together with exec): POSIX
+/// allows only async-signal-safe calls in such a child until it execs. In
+/// practice, fork while no other thread is inside `ctxcore`: a lock that
+/// another thread held at the moment of the fork (this timer's mutex during
+/// an `arm`, `disarm` or the thread's bookkeeping, or a context's own lock
+/// during a cancel) stays held forever in the child, and the child's first
+/// use of it blocks. A child that forks from a single-threaded parent, or
+/// execs at once, has nothing to worry about.
+///
+/// ```no_run
+/// use ctxcore::{Context, Error};
+/// use std::time::Duration;
+///
+/// # fn fork() -> i32 { 0 }
+/// // In a child forked while no other thread was inside ctxcore:
+/// if fork() == 0 {
+///     let (ctx, _h) = Context::background().with_timeout(Duration::from_millis(10));
+///     assert_eq!(ctx.wait_blocking(), Error::DeadlineExceeded); // woken by a new timer thread
+/// }
+/// ```
+///
 /// ```
 /// use ctxcore::{Context, Error, Instant};
 /// use std::time::Duration;
@@ -48,6 +86,9 @@ pub struct StdTimer {
 struct State {
     entries: super::EntryMap,
     thread_running: bool,
+    /// The fork generation (`fork::generation`) of the process that started
+    /// the thread: in a forked child it differs, and the thread is not there.
+    thread_generation: u32,
     /// What the thread sleeps towards: `arm` wakes it only for an earlier
     /// deadline (`Instant::ZERO` while it is awake, `Instant::MAX` while it
     /// idles), so that creating and dropping deadline contexts costs no
@@ -66,6 +107,7 @@ impl StdTimer {
             state: Mutex::new(State {
                 entries: BTreeMap::new(),
                 thread_running: false,
+                thread_generation: 0,
                 sleeping_until: Instant::ZERO,
             }),
             wake: Condvar::new(),
@@ -169,19 +211,24 @@ impl Clock for StdTimer {
 unsafe impl Timer for StdTimer {
     fn arm(&self, entry: TimerEntry) {
         let key = entry.key();
+        let generation = fork::generation();
         let mut state = self.lock();
         // Wake the thread only if it sleeps towards a later instant.
         let earliest = key.0 < state.sleeping_until;
         state.entries.insert(key, entry);
-        if !state.thread_running {
+        // A thread started before a fork runs only in the parent.
+        if !state.thread_running || state.thread_generation != generation {
             let this: &'static StdTimer = StdTimer::global();
             if core::ptr::eq(this, self) {
+                // Before the thread exists, so no fork can miss it.
+                fork::watch();
                 let spawned = std::thread::Builder::new()
                     .name("ctxcore-timer".into())
                     .spawn(move || this.run());
                 // If the thread cannot start, deadlines are still exact when
                 // observed; only wake-ups are lost until the next arm retries.
                 state.thread_running = spawned.is_ok();
+                state.thread_generation = generation;
                 state.sleeping_until = Instant::ZERO;
             }
         } else if earliest {
@@ -193,5 +240,88 @@ unsafe impl Timer for StdTimer {
         let mut state = self.lock();
         let _removed = state.entries.remove(&entry.key());
         drop(state);
+    }
+}
+
+/// Fork detection: a generation counter bumped in every forked child.
+#[cfg(all(
+    not(miri),
+    any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+        target_os = "illumos",
+        target_os = "solaris",
+    )
+))]
+mod fork {
+    use core::ffi::c_int;
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+    // std links the C library on these targets; `pthread_atfork` is POSIX.
+    extern "C" {
+        fn pthread_atfork(
+            prepare: Option<extern "C" fn()>,
+            parent: Option<extern "C" fn()>,
+            child: Option<extern "C" fn()>,
+        ) -> c_int;
+    }
+
+    /// Runs in the child, on the forking thread, before `fork` returns: the
+    /// child has one thread, and this is async-signal-safe (one atomic add).
+    extern "C" fn in_child() {
+        GENERATION.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Registers the child handler, once per process (a forked child keeps
+    /// its parent's handlers, and the `Once` is inherited as done).
+    pub(super) fn watch() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: registers a handler that only touches a static atomic;
+            // the function pointer is valid for the life of the program. A
+            // failure (ENOMEM) only loses fork detection.
+            let _failed = unsafe { pthread_atfork(None, None, Some(in_child)) };
+        });
+    }
+
+    /// How many forks separate this process from the one that called
+    /// `watch` first (0 there).
+    #[inline]
+    pub(super) fn generation() -> u32 {
+        GENERATION.load(Ordering::Relaxed)
+    }
+}
+
+/// No fork detection on this target (or under Miri): see "Fork" on
+/// [`StdTimer`].
+#[cfg(not(all(
+    not(miri),
+    any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly",
+        target_os = "illumos",
+        target_os = "solaris",
+    )
+)))]
+mod fork {
+    pub(super) fn watch() {}
+
+    #[inline]
+    pub(super) fn generation() -> u32 {
+        0
     }
 }
