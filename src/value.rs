@@ -99,16 +99,26 @@ pub(crate) fn push<T: Send + Sync + 'static>(parent: Option<&Values>, key: &'sta
         name: key.name,
         value,
     };
-    // portable-atomic-util's `Arc` cannot unsize-coerce on stable Rust, so the
-    // node goes through a `Box` (which can) at the cost of one copy.
-    #[cfg(feature = "portable-atomic")]
-    {
-        let boxed: alloc::boxed::Box<ValueNode<dyn Any + Send + Sync>> = alloc::boxed::Box::new(node);
-        Arc::from(boxed)
-    }
     #[cfg(not(feature = "portable-atomic"))]
     {
         Arc::new(node)
+    }
+    // portable-atomic-util's `Arc` cannot unsize-coerce on stable Rust
+    // (`CoerceUnsized` is unstable), and going through a `Box`, which can,
+    // costs a second allocation and a copy. A raw pointer can: allocate the
+    // sized node, unsize the pointer, take the `Arc` back.
+    #[cfg(feature = "portable-atomic")]
+    {
+        let sized: *const ValueNode<T> = Arc::into_raw(Arc::new(node));
+        let unsized_: *const ValueNode<dyn Any + Send + Sync> = sized;
+        // SAFETY: `from_raw`'s contract: the pointer came from
+        // `Arc::<U>::into_raw` with `U = ValueNode<T>` sized and of the same
+        // size and alignment as the pointee — a coercion keeps the address
+        // and the new vtable is `ValueNode<T>`'s own, so `from_raw` finds the
+        // same `ArcInner` and the last drop frees it with the layout it was
+        // allocated with. The one reference `into_raw` gave up is taken back
+        // once.
+        unsafe { Arc::from_raw(unsized_) }
     }
 }
 
