@@ -277,11 +277,13 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     use std::thread::{self, Thread};
 
     struct Unpark(Thread);
+    // `Wake` takes `alloc`'s `Arc`, not `crate::Arc` (portable-atomic-util's
+    // with `portable-atomic`).
     impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
+        fn wake(self: alloc::sync::Arc<Self>) {
             self.0.unpark();
         }
-        fn wake_by_ref(self: &Arc<Self>) {
+        fn wake_by_ref(self: &alloc::sync::Arc<Self>) {
             self.0.unpark();
         }
     }
