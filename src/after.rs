@@ -1,5 +1,6 @@
 //! After-funcs: callbacks that run once a context is done.
 
+pub use crate::node::AfterFuncs;
 use crate::node::{AfterFuncInner, AF_RAN, AF_RUNNING, AF_STOPPED};
 use crate::sync::{AtomicBool, Ordering};
 use crate::Arc;
@@ -10,9 +11,16 @@ use core::task::{Context as TaskContext, Poll};
 
 /// A callback registered with [`Context::after_func`](crate::Context::after_func).
 ///
-/// The callback runs once, on the thread that cancels the context (or that
-/// observes its deadline, or the timer's thread), after every lock is
-/// released. Dropping an `AfterFunc` does **not** stop it (as in Go); turn it
+/// The callback runs once, after every lock is released: on the thread that
+/// cancels the context explicitly (`cancel`, a dropped handle), or, for a
+/// deadline, off the thread that noticed it — a read (`is_done`, `err`, a
+/// `done()` poll) never runs it, nor does the std timer's thread: they hand
+/// it to the after-func spawner ([`set_after_func_spawner`]; by default a
+/// thread of its own with `std`), as Go runs each `AfterFunc` in a goroutine
+/// of its own. Timers that fire from an executor or a virtual clock
+/// (`TokioTimer`, `ManualClock::advance`) run it where they fire, after the
+/// wakers, unless they say otherwise
+/// ([`Timer::hands_off_after_funcs`](crate::Timer::hands_off_after_funcs)). Dropping an `AfterFunc` does **not** stop it (as in Go); turn it
 /// into a [`guard`](Self::guard) for a callback scoped to a block, which is
 /// stopped — and waited for, if it is running — when the guard drops.
 ///
@@ -382,4 +390,55 @@ impl fmt::Debug for AfterFunc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AfterFunc").finish_non_exhaustive()
     }
+}
+
+/// The installed after-func spawner, as a `fn(AfterFuncs)` (null: none).
+static SPAWNER: core::sync::atomic::AtomicPtr<()> = core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs where the after-funcs of a deadline go when they must not run on
+/// the thread that noticed it: a read (`is_done`, `err`, `cause`, a `done()`
+/// poll) that finds a deadline passed, or a timer that keeps user code off
+/// its thread ([`Timer::hands_off_after_funcs`](crate::Timer::hands_off_after_funcs),
+/// e.g. [`StdTimer`](crate::StdTimer)). Explicit cancels (`cancel`, a dropped
+/// handle) still run them on the cancelling thread, as before.
+///
+/// Without a spawner, with `std`, each batch runs on a new thread (falling
+/// back to the calling thread if one cannot be started); without `std`, on
+/// the calling thread. A spawner must run (or drop: that runs them too) the
+/// [`AfterFuncs`] it is given — on a thread pool, `tokio::task::spawn_blocking`,
+/// an embassy task's queue. Process-wide; the last call wins.
+///
+/// ```
+/// use ctxcore::{set_after_func_spawner, AfterFuncs};
+///
+/// fn on_a_thread(funcs: AfterFuncs) {
+///     std::thread::spawn(move || funcs.run());
+/// }
+/// set_after_func_spawner(on_a_thread);
+/// ```
+pub fn set_after_func_spawner(spawn: fn(AfterFuncs)) {
+    SPAWNER.store(spawn as *mut (), Ordering::Release);
+}
+
+/// Runs `funcs` where the installed spawner says (see
+/// [`set_after_func_spawner`]).
+pub(crate) fn hand_off(funcs: AfterFuncs) {
+    let p = SPAWNER.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: only `set_after_func_spawner` stores here, and it stores a
+        // `fn(AfterFuncs)`, which has the size and validity of a pointer.
+        let spawn: fn(AfterFuncs) = unsafe { core::mem::transmute::<*mut (), fn(AfterFuncs)>(p) };
+        spawn(funcs);
+        return;
+    }
+    #[cfg(feature = "std")]
+    {
+        // If the thread cannot start, the closure is dropped with `funcs`,
+        // whose `Drop` runs them here.
+        let _ = std::thread::Builder::new()
+            .name("ctxcore-after-func".into())
+            .spawn(move || funcs.run());
+    }
+    #[cfg(not(feature = "std"))]
+    funcs.run();
 }

@@ -2,8 +2,8 @@
 
 use crate::after::AfterFunc;
 use crate::cause::Cause;
-use crate::done::{Done, DoneOwned, Run};
-use crate::error::Error;
+use crate::done::{Done, DoneOwned, Run, RunWithCause};
+use crate::error::{ContextError, Error};
 use crate::node::{AfterFuncInner, NodeRef};
 use crate::time::{default_timer, Instant, Timer};
 use crate::value::{self, Key, Values};
@@ -396,6 +396,25 @@ impl Context {
         self.node.as_ref().and_then(|n| n.node().cause())
     }
 
+    /// `None` while live; then why it is done together with the cause, as
+    /// one [`ContextError`]: [`err`](Self::err) and [`cause`](Self::cause)
+    /// in a value that implements `std::error::Error` (the cause is its
+    /// `source`), for returning across an API edge with `?`.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    ///
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// assert!(ctx.error().is_none());
+    /// h.cancel_with("client disconnected");
+    /// let err = ctx.error().unwrap();
+    /// assert_eq!(err.kind(), Error::Canceled);
+    /// assert_eq!(err.to_string(), "context canceled: client disconnected");
+    /// ```
+    pub fn error(&self) -> Option<ContextError> {
+        self.node.as_ref().and_then(|n| ContextError::of_node(n.node()))
+    }
+
     /// The earliest deadline on the path to the root, if any.
     ///
     /// ```
@@ -537,6 +556,30 @@ impl Context {
     /// ```
     pub fn run<F: Future>(&self, fut: F) -> Run<F> {
         Run::new(self.done_owned(), fut)
+    }
+
+    /// [`run`](Self::run), reporting the cause too: `Ok(output)`, or
+    /// `Err(`[`ContextError`]`)` — the error and the cause of the
+    /// cancellation that won — if the context is done first. The same rules
+    /// as `run`: done before the first poll, the work never starts; once
+    /// started, a ready output wins.
+    ///
+    /// ```
+    /// use ctxcore::{Context, ContextError};
+    /// use std::time::Duration;
+    ///
+    /// async fn query(ctx: &Context) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
+    ///     let rows = ctx.run_with_cause(futures::future::pending::<u32>()).await?;
+    ///     Ok(rows)
+    /// }
+    ///
+    /// let (ctx, _h) = Context::background().with_timeout_cause(Duration::from_millis(5), "database too slow");
+    /// let err = futures::executor::block_on(query(&ctx)).unwrap_err();
+    /// assert_eq!(err.to_string(), "context deadline exceeded: database too slow");
+    /// assert!(err.downcast_ref::<ContextError>().unwrap().is_deadline_exceeded());
+    /// ```
+    pub fn run_with_cause<F: Future>(&self, fut: F) -> RunWithCause<F> {
+        RunWithCause::new(self.run(fut))
     }
 
     /// Blocks this thread until the context is done; returns the error.

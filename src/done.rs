@@ -1,5 +1,8 @@
-//! Waiting for a context: [`Done`], [`DoneOwned`], [`Run`].
+//! Waiting for a context: [`Done`], [`DoneOwned`], [`Run`],
+//! [`RunWithCause`].
 
+#[cfg(feature = "alloc")]
+use crate::error::ContextError;
 use crate::error::Error;
 #[cfg(feature = "alloc")]
 use crate::node::NodeRef;
@@ -298,6 +301,78 @@ impl<F> fmt::Debug for Run<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Run")
             .field("finished", &self.fut.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<F> Run<F> {
+    /// The error to report for `kind`, with the cause of the cancellation
+    /// that won (read once the context is known to be done).
+    fn context_error(&self, kind: Error) -> ContextError {
+        let cause = self.done.node.as_ref().and_then(|n| n.node().cause());
+        match cause {
+            Some(cause) => ContextError::new(kind, cause),
+            None => ContextError::from_error(kind),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+/// The future returned by
+/// [`Context::run_with_cause`](crate::Context::run_with_cause): [`Run`],
+/// whose error is a [`ContextError`] that carries the cause.
+///
+/// ```
+/// use ctxcore::{Context, Error};
+///
+/// let (ctx, h) = Context::background().with_cancel();
+/// h.cancel_with("shutting down");
+/// let err = futures::executor::block_on(ctx.run_with_cause(async { 1 })).unwrap_err();
+/// assert_eq!(err.kind(), Error::Canceled);
+/// assert_eq!(err.cause().as_str(), Some("shutting down"));
+/// ```
+#[must_use = "futures do nothing unless polled"]
+pub struct RunWithCause<F> {
+    run: Run<F>,
+}
+
+#[cfg(feature = "alloc")]
+impl<F> RunWithCause<F> {
+    pub(crate) fn new(run: Run<F>) -> Self {
+        RunWithCause { run }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<F: Future> Future for RunWithCause<F> {
+    type Output = Result<F::Output, ContextError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning of `run`; it is never moved out.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: `run` is pinned because `self` is.
+        let run = unsafe { Pin::new_unchecked(&mut this.run) };
+        match run.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(out)) => Poll::Ready(Ok(out)),
+            Poll::Ready(Err(kind)) => Poll::Ready(Err(this.run.context_error(kind))),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<F: Future> FusedFuture for RunWithCause<F> {
+    fn is_terminated(&self) -> bool {
+        self.run.is_terminated()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<F> fmt::Debug for RunWithCause<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunWithCause")
+            .field("finished", &self.run.fut.is_none())
             .finish_non_exhaustive()
     }
 }

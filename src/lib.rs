@@ -69,11 +69,19 @@ mod value;
 #[cfg(feature = "alloc")]
 mod after;
 #[cfg(feature = "alloc")]
+mod cancel_on_drop;
+#[cfg(feature = "alloc")]
 mod context;
 mod done;
+#[cfg(feature = "alloc")]
+mod group;
+#[cfg(all(doctest, feature = "std"))]
+mod guides;
+#[cfg(feature = "alloc")]
+mod tracker;
 
 pub use cause::Cause;
-pub use error::Error;
+pub use error::{ContextError, Error};
 #[cfg(not(loom))]
 pub use root::StaticContext;
 pub use scoped::{ContextRef, ScopedContext};
@@ -81,12 +89,16 @@ pub use time::{Clock, Instant, Timer};
 pub use value::Key;
 
 #[cfg(feature = "alloc")]
-pub use after::{AfterFunc, AfterFuncGuard, StopOutcome, StopWait};
+pub use after::{set_after_func_spawner, AfterFunc, AfterFuncGuard, AfterFuncs, StopOutcome, StopWait};
+#[cfg(feature = "alloc")]
+pub use cancel_on_drop::CancelOnDrop;
 #[cfg(feature = "alloc")]
 pub use context::{CancelHandle, Context};
 pub use done::Done;
 #[cfg(feature = "alloc")]
-pub use done::{DoneOwned, Run};
+pub use done::{DoneOwned, Run, RunWithCause};
+#[cfg(feature = "alloc")]
+pub use group::{Group, GroupTask, GroupWait, TaskAbandoned};
 #[cfg(all(feature = "embassy-time", feature = "alloc"))]
 pub use time::EmbassyTimer;
 #[cfg(all(feature = "alloc", not(loom)))]
@@ -95,6 +107,8 @@ pub use time::ManualClock;
 pub use time::StdTimer;
 #[cfg(feature = "tokio")]
 pub use time::TokioTimer;
+#[cfg(feature = "alloc")]
+pub use tracker::{DrainTimeout, InFlight, Tracker};
 
 /// The `Arc` of the heap API: `alloc`'s, or, with `portable-atomic`,
 /// portable-atomic-util's, whose counts are portable atomics (so the `alloc`

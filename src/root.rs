@@ -2,7 +2,7 @@
 
 use crate::cause::Cause;
 use crate::done::Done;
-use crate::error::Error;
+use crate::error::{ContextError, Error};
 use crate::node::Node;
 use crate::scoped::ContextRef;
 use crate::time::{default_timer, Instant, Timer};
@@ -76,6 +76,20 @@ impl StaticContext {
     /// The cause of the winning cancellation, if done.
     pub fn cause(&self) -> Option<Cause> {
         self.node.cause()
+    }
+
+    /// Why the root is done and the cause, as one [`ContextError`]; `None`
+    /// while live. See [`Context::error`](crate::Context::error).
+    ///
+    /// ```
+    /// use ctxcore::StaticContext;
+    ///
+    /// static POWER: StaticContext = StaticContext::new();
+    /// POWER.cancel_with("power loss");
+    /// assert_eq!(POWER.error().unwrap().to_string(), "context canceled: power loss");
+    /// ```
+    pub fn error(&self) -> Option<ContextError> {
+        ContextError::of_node(&self.node)
     }
 
     /// The current time on this root's clock: its

@@ -4,7 +4,7 @@
 
 use crate::cause::Cause;
 use crate::done::Done;
-use crate::error::Error;
+use crate::error::{ContextError, Error};
 use crate::node::Node;
 use crate::time::{default_timer, Instant};
 use core::fmt;
@@ -59,6 +59,23 @@ impl<'a> ContextRef<'a> {
     /// The cause of the winning cancellation, if done.
     pub fn cause(&self) -> Option<Cause> {
         self.node.and_then(Node::cause)
+    }
+
+    /// Why the context is done and the cause, as one [`ContextError`]; `None`
+    /// while live. See [`Context::error`](crate::Context::error).
+    ///
+    /// ```
+    /// use ctxcore::{Error, ScopedContext, StaticContext};
+    /// use core::pin::pin;
+    ///
+    /// static ROOT: StaticContext = StaticContext::new();
+    /// let step = pin!(ScopedContext::new(ROOT.as_ref()));
+    /// let ctx = step.as_ref().context();
+    /// step.cancel_with("step aborted");
+    /// assert_eq!(ctx.error().unwrap().to_string(), "context canceled: step aborted");
+    /// ```
+    pub fn error(&self) -> Option<ContextError> {
+        self.node.and_then(ContextError::of_node)
     }
 
     /// The earliest deadline on the path to the root.

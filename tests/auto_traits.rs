@@ -1,8 +1,8 @@
 //! The auto traits DESIGN.md promises, pinned down at compile time.
 
 use ctxcore::{
-    AfterFunc, CancelHandle, Cause, Context, ContextRef, Done, DoneOwned, Error, Instant, Key, Run, ScopedContext,
-    StaticContext,
+    AfterFunc, CancelHandle, Cause, Context, ContextError, ContextRef, Done, DoneOwned, Error, Instant, Key, Run,
+    RunWithCause, ScopedContext, StaticContext,
 };
 
 fn send<T: Send>() {}
@@ -12,6 +12,7 @@ fn clone<T: Clone>() {}
 fn copy_eq<T: Copy + Eq + core::fmt::Debug + core::fmt::Display + core::error::Error>() {}
 fn instant<T: Copy + Eq + Ord + core::hash::Hash + core::fmt::Debug>() {}
 fn fused<T: futures_core::future::FusedFuture>() {}
+fn error<T: core::fmt::Debug + core::fmt::Display + core::error::Error>() {}
 
 #[test]
 fn auto_traits_hold() {
@@ -39,6 +40,14 @@ fn auto_traits_hold() {
     sync::<Cause>();
     clone::<Cause>();
     copy_eq::<Error>();
+    send::<ContextError>();
+    sync::<ContextError>();
+    static_::<ContextError>();
+    clone::<ContextError>();
+    error::<ContextError>();
+    send::<RunWithCause<core::future::Ready<u8>>>();
+    static_::<RunWithCause<core::future::Ready<u8>>>();
+    fused::<RunWithCause<core::future::Ready<u8>>>();
     instant::<Instant>();
     sync::<Key<u8>>();
     assert!(

@@ -11,7 +11,8 @@
 use core::future::Future;
 use core::pin::{pin, Pin};
 use core::task::{Context as TaskContext, Poll, Waker};
-use ctxcore::{Context, ContextRef, Error, Instant, ManualClock, ScopedContext, StaticContext, StdTimer};
+use ctxcore::{Context, ContextError, ContextRef, Error, Instant, ManualClock, ScopedContext, StaticContext, StdTimer};
+use std::error::Error as StdError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Wake;
@@ -284,4 +285,294 @@ fn blocking_waits_still_wake_on_the_deadline() {
     let (ctx, _h) = Context::background().with_timeout(Duration::from_millis(5));
     assert_eq!(ctx.wait_blocking(), Error::DeadlineExceeded);
     assert_eq!(ctx.time_left(), Some(Duration::ZERO));
+}
+
+// ---------------------------------------------------------------------------
+// ContextError: the error with its cause (issue 11, item 2)
+
+#[derive(Debug)]
+struct ClientGone {
+    peer: &'static str,
+}
+
+impl std::fmt::Display for ClientGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client {} disconnected", self.peer)
+    }
+}
+
+impl std::error::Error for ClientGone {}
+
+fn source_of(err: &dyn StdError) -> Option<&(dyn StdError + 'static)> {
+    err.source()
+}
+
+#[test]
+fn context_error_is_send_sync_static_clone_debug() {
+    fn assert_traits<T: Send + Sync + Clone + std::fmt::Debug + std::fmt::Display + StdError + 'static>() {}
+    assert_traits::<ContextError>();
+    fn assert_send<T: Send>(_: &T) {}
+    let (ctx, _h) = Context::background().with_cancel();
+    assert_send(&ctx.run_with_cause(async {}));
+}
+
+#[test]
+fn context_error_display_is_gos() {
+    let (ctx, h) = Context::background().with_cancel();
+    assert!(ctx.error().is_none(), "live: no error");
+    h.cancel();
+    let err = ctx.error().unwrap();
+    assert_eq!(err.to_string(), "context canceled");
+    assert!(!err.has_cause());
+    assert!(source_of(&err).is_none(), "no explicit cause: no source");
+
+    let (ctx, h) = Context::background().with_cancel();
+    h.cancel_with("shutting down");
+    let err = ctx.error().unwrap();
+    assert_eq!(err.to_string(), "context canceled: shutting down");
+    assert!(err.has_cause());
+    assert!(source_of(&err).is_none(), "a static message is text only");
+    assert_eq!(err.cause().as_str(), Some("shutting down"));
+
+    let (ctx, h) = Context::background().with_cancel();
+    h.cancel_with(ClientGone { peer: "10.0.0.7" });
+    let err = ctx.error().unwrap();
+    assert_eq!(err.to_string(), "context canceled: client 10.0.0.7 disconnected");
+    let gone = source_of(&err).unwrap().downcast_ref::<ClientGone>().unwrap();
+    assert_eq!(gone.peer, "10.0.0.7");
+    assert_eq!(err.cause().downcast_ref::<ClientGone>().unwrap().peer, "10.0.0.7");
+
+    let (ctx, h) = Context::background().with_cancel();
+    h.cancel_with(String::from("owned message"));
+    assert_eq!(ctx.error().unwrap().to_string(), "context canceled: owned message");
+
+    // An explicit cause that happens to be the other kind is shown.
+    let (ctx, h) = Context::background().with_cancel();
+    h.cancel_with(Error::DeadlineExceeded);
+    let err = ctx.error().unwrap();
+    assert_eq!(err.kind(), Error::Canceled);
+    assert_eq!(err.to_string(), "context canceled: context deadline exceeded");
+    assert_eq!(
+        source_of(&err).unwrap().downcast_ref::<Error>(),
+        Some(&Error::DeadlineExceeded)
+    );
+
+    let dbg = format!("{:?}", ContextError::new(Error::Canceled, "x"));
+    assert!(
+        dbg.contains("ContextError") && dbg.contains("Canceled") && dbg.contains('x'),
+        "{dbg}"
+    );
+}
+
+#[test]
+fn context_error_of_deadlines() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let root = Context::with_timer(&CLOCK);
+    let (plain, _h1) = root.with_timeout(SEC);
+    let (caused, _h2) = root.with_timeout_cause(SEC, ClientGone { peer: "p" });
+    let (child, _h3) = caused.with_cancel();
+    assert!(plain.error().is_none());
+    CLOCK.advance(SEC);
+    let err = plain.error().unwrap();
+    assert!(err.is_deadline_exceeded() && !err.is_canceled());
+    assert_eq!(err.to_string(), "context deadline exceeded");
+    let err = child.error().unwrap();
+    assert_eq!(err.kind(), Error::DeadlineExceeded, "inherited");
+    assert_eq!(err.to_string(), "context deadline exceeded: client p disconnected");
+    assert!(source_of(&err).unwrap().is::<ClientGone>());
+}
+
+#[test]
+fn context_error_inherited_and_on_every_context_kind() {
+    static ROOT: StaticContext = StaticContext::new();
+    let heap = ROOT.context();
+    let (request, _h) = heap.with_cancel();
+    let (query, _hq) = request.with_cancel();
+    let step = pin!(ScopedContext::new(query.as_ref()));
+    let step = step.as_ref().context();
+    let (other, _ho) = Context::background().with_cancel();
+    let either = Context::any([&other, &query]);
+    assert!(ROOT.error().is_none() && step.error().is_none() && either.error().is_none());
+    ROOT.cancel_with(ClientGone { peer: "root" });
+    for err in [
+        ROOT.error(),
+        ROOT.as_ref().error(),
+        request.error(),
+        query.error(),
+        query.as_ref().error(),
+        step.error(),
+        either.error(),
+        query.with_cancel().0.error(),
+    ] {
+        let err = err.expect("done");
+        assert_eq!(err.kind(), Error::Canceled);
+        assert_eq!(err.to_string(), "context canceled: client root disconnected");
+        assert!(err.cause().is::<ClientGone>());
+    }
+    assert!(ContextRef::background().error().is_none());
+    assert!(Context::background().error().is_none());
+}
+
+#[test]
+fn context_error_crosses_api_edges_with_question_mark() {
+    fn boxed(ctx: &Context) -> Result<(), Box<dyn StdError + Send + Sync>> {
+        ctx.error().map_or(Ok(()), Err)?;
+        Ok(())
+    }
+    fn boxed_plain(ctx: &Context) -> Result<(), Box<dyn StdError>> {
+        ctx.error().map_or(Ok(()), Err)?;
+        Ok(())
+    }
+    fn kind_only(ctx: &Context) -> Result<(), Error> {
+        ctx.error().map_or(Ok(()), Err)?;
+        Ok(())
+    }
+    let (ctx, h) = Context::background().with_cancel();
+    assert!(boxed(&ctx).is_ok());
+    h.cancel_with(ClientGone { peer: "b" });
+    let b = boxed(&ctx).unwrap_err();
+    assert_eq!(b.to_string(), "context canceled: client b disconnected");
+    let inner = b.downcast_ref::<ContextError>().unwrap();
+    assert!(source_of(inner).unwrap().is::<ClientGone>());
+    assert!(boxed_plain(&ctx).unwrap_err().source().unwrap().is::<ClientGone>());
+    assert_eq!(kind_only(&ctx), Err(Error::Canceled));
+    let from_kind: ContextError = Error::DeadlineExceeded.into();
+    assert!(!from_kind.has_cause());
+    assert_eq!(from_kind.into_cause().as_error(), Some(Error::DeadlineExceeded));
+}
+
+#[test]
+fn context_error_as_a_cause_chains_sources() {
+    // A failure of one context becomes the cause of cancelling another (the
+    // error-group shape): the chain walks down to the original cause.
+    static CLOCK: ManualClock = ManualClock::new();
+    let (query, _hq) = Context::with_timer(&CLOCK).with_timeout_cause(SEC, ClientGone { peer: "q" });
+    CLOCK.advance(SEC);
+    let (group, hg) = Context::background().with_cancel();
+    hg.cancel_with(query.error().unwrap());
+    let err = group.error().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "context canceled: context deadline exceeded: client q disconnected"
+    );
+    let first = source_of(&err).unwrap().downcast_ref::<ContextError>().unwrap();
+    assert!(first.is_deadline_exceeded());
+    assert!(source_of(first).unwrap().is::<ClientGone>());
+}
+
+#[test]
+fn context_error_into_io_error() {
+    use std::io::{ErrorKind, Read};
+    static CLOCK: ManualClock = ManualClock::new();
+    let (late, _h) = Context::with_timer(&CLOCK).with_timeout_cause(SEC, "too slow");
+    CLOCK.advance(SEC);
+    let io: std::io::Error = late.error().unwrap().into();
+    assert_eq!(io.kind(), ErrorKind::TimedOut);
+    assert_eq!(io.to_string(), "context deadline exceeded: too slow");
+    let inner = io.get_ref().unwrap().downcast_ref::<ContextError>().unwrap();
+    assert_eq!(inner.cause().as_str(), Some("too slow"));
+
+    let (ctx, h) = Context::background().with_cancel();
+    h.cancel_with(ClientGone { peer: "io" });
+    let io = std::io::Error::from(ctx.error().unwrap());
+    assert_eq!(io.kind(), ErrorKind::Other);
+    let plain: std::io::Error = Error::Canceled.into();
+    assert_eq!(plain.kind(), ErrorKind::Other);
+    assert_eq!(
+        std::io::Error::from(Error::DeadlineExceeded).kind(),
+        ErrorKind::TimedOut
+    );
+
+    // Why not `Interrupted`: std's loops retry it at once. A reader that
+    // reports its cancelled context ends `read_exact` after one call.
+    struct CtxReader {
+        ctx: Context,
+        calls: usize,
+    }
+    impl Read for CtxReader {
+        fn read(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+            self.calls += 1;
+            match self.ctx.error() {
+                Some(err) => Err(err.into()),
+                None => Ok(0),
+            }
+        }
+    }
+    let mut reader = CtxReader { ctx, calls: 0 };
+    let err = reader.read_exact(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(reader.calls, 1, "not retried");
+    assert!(err
+        .get_ref()
+        .unwrap()
+        .downcast_ref::<ContextError>()
+        .unwrap()
+        .cause()
+        .is::<ClientGone>());
+}
+
+#[test]
+fn run_with_cause_reports_the_cause() {
+    let (ctx, h) = Context::background().with_cancel();
+    assert_eq!(futures::executor::block_on(ctx.run_with_cause(async { 3 })).unwrap(), 3);
+
+    let (_counter, waker) = CountingWaker::new();
+    let mut run = pin!(ctx.run_with_cause(futures::future::pending::<()>()));
+    assert!(poll_once(run.as_mut(), &waker).is_pending());
+    h.cancel_with(ClientGone { peer: "r" });
+    let err = match poll_once(run.as_mut(), &waker) {
+        Poll::Ready(Err(err)) => err,
+        other => panic!("expected the error, got {other:?}"),
+    };
+    assert_eq!(err.to_string(), "context canceled: client r disconnected");
+    assert!(source_of(&err).unwrap().is::<ClientGone>());
+    assert!(futures::future::FusedFuture::is_terminated(&*run));
+
+    // Done before the first poll: never started, and the cause is there.
+    let polls = Arc::new(AtomicUsize::new(0));
+    let out = futures::executor::block_on(ctx.run_with_cause(ReadyOnSecondPoll { polls: polls.clone() }));
+    assert!(out.unwrap_err().cause().is::<ClientGone>());
+    assert_eq!(polls.load(Ordering::SeqCst), 0);
+
+    // Once started, a ready output wins, as for `run`.
+    let (ctx, h) = Context::background().with_cancel();
+    let mut run = pin!(ctx.run_with_cause(ReadyOnSecondPoll { polls: polls.clone() }));
+    assert!(poll_once(run.as_mut(), &waker).is_pending());
+    h.cancel();
+    assert!(matches!(poll_once(run.as_mut(), &waker), Poll::Ready(Ok("finished"))));
+}
+
+#[test]
+fn run_with_cause_on_a_deadline() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let (ctx, _h) = Context::with_timer(&CLOCK).with_timeout_cause(SEC, "database too slow");
+    let (_counter, waker) = CountingWaker::new();
+    let mut run = pin!(ctx.run_with_cause(futures::future::pending::<()>()));
+    assert!(poll_once(run.as_mut(), &waker).is_pending());
+    CLOCK.advance(SEC);
+    match poll_once(run.as_mut(), &waker) {
+        Poll::Ready(Err(err)) => {
+            assert!(err.is_deadline_exceeded());
+            assert_eq!(err.to_string(), "context deadline exceeded: database too slow");
+        }
+        other => panic!("expected the deadline, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The README's warning for Go users (issue 11, item 9)
+
+/// `let (ctx, _) = p.with_cancel()` drops the handle at once, which cancels;
+/// `detach()` is Go's `_`.
+#[test]
+#[allow(clippy::let_underscore_untyped)]
+fn underscore_pattern_cancels_at_once_detach_does_not() {
+    let (ctx, _) = Context::background().with_cancel();
+    assert_eq!(ctx.err(), Some(Error::Canceled), "`_` drops the handle at once");
+    let (ctx, _cancel) = Context::background().with_cancel();
+    assert!(!ctx.is_done(), "a named binding lives to the end of the scope");
+    let (ctx, handle) = Context::background().with_cancel();
+    handle.detach();
+    assert!(!ctx.is_done(), "detach gives cancel-on-drop up");
+    let (ctx, _) = Context::background().with_timeout(60 * SEC);
+    assert_eq!(ctx.err(), Some(Error::Canceled), "the same for deadline children");
 }

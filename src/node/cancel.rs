@@ -17,10 +17,19 @@ impl Node {
         self.cancel_inner(err, cause, false)
     }
 
+    /// A passed deadline noticed by a read (`is_done`, `err`, `cause`, a
+    /// `done()` poll): the owner of the deadline is cancelled here, its
+    /// waiters woken, but its after-funcs are handed off (issue 11: user
+    /// callbacks never run inside a read).
+    pub(super) fn cancel_observed(&self) -> bool {
+        // SAFETY: `self` is valid for the call and `owned` is false.
+        unsafe { Self::cancel_raw(self, Error::DeadlineExceeded, None, true, false, true) }
+    }
+
     pub(super) fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
         // SAFETY: `self` is valid for the call and `owned` is false, so the
         // node is never released in there.
-        unsafe { Self::cancel_raw(self, err, cause, own_deadline, false) }
+        unsafe { Self::cancel_raw(self, err, cause, own_deadline, false, false) }
     }
 
     /// The cancellation, in three phases so that no user code runs while
@@ -36,7 +45,8 @@ impl Node {
     ///
     /// With `owned`, the caller hands over one reference to `node` (a
     /// claimed timer entry), released in phase 2 before any of `node`'s
-    /// wakers run.
+    /// wakers run. With `hand_off`, the after-funcs go to the installed
+    /// spawner instead of running on this thread.
     ///
     /// # Safety
     /// `node` is valid; with `owned`, the caller owns a reference to it and
@@ -47,6 +57,7 @@ impl Node {
         cause: Option<Cause>,
         own_deadline: bool,
         owned: bool,
+        hand_off: bool,
     ) -> bool {
         // SAFETY: the caller keeps `node` valid until we release it (below,
         // after the last use of `this`).
@@ -85,7 +96,7 @@ impl Node {
             return true;
         }
         // SAFETY: forwarded from our caller; we hold `this`'s lock.
-        unsafe { Self::propagate(node, guard, displaced, owned) };
+        unsafe { Self::propagate(node, guard, displaced, owned, hand_off) };
         drop(orphaned);
         true
     }
@@ -186,7 +197,13 @@ impl Node {
     /// As for `cancel_raw`; `guard` holds the lock of `node`, which this call
     /// just made done, and `displaced` is the cause that `set_done` displaced.
     #[inline(never)]
-    pub(super) unsafe fn propagate(node: *const Node, guard: LockGuard<'_>, displaced: Option<Cause>, owned: bool) {
+    pub(super) unsafe fn propagate(
+        node: *const Node,
+        guard: LockGuard<'_>,
+        displaced: Option<Cause>,
+        owned: bool,
+        hand_off: bool,
+    ) {
         // SAFETY: the caller keeps `node` valid until we release it (below,
         // after the last use of `this`).
         let this = unsafe { &*node };
@@ -244,7 +261,22 @@ impl Node {
             wake_pending(tag, &mut batch);
         }
         // Phase 3: after-funcs, then the displaced cause, with no node held.
-        runs.run(&mut batch);
+        // A deadline noticed by a reader, or fired by a timer that keeps
+        // user code off its thread, hands its after-funcs to the spawner
+        // (`crate::after::hand_off`): they never run inside a read, and a
+        // slow one never holds up another deadline.
+        #[cfg(feature = "alloc")]
+        if hand_off && !runs.is_empty() {
+            crate::after::hand_off(AfterFuncs::new(runs));
+        } else {
+            runs.run(&mut batch);
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            // No after-funcs without `alloc`.
+            let _ = hand_off;
+            runs.run(&mut batch);
+        }
         batch.call(|| drop(displaced));
         batch.finish();
     }

@@ -634,7 +634,7 @@ impl Node {
             }
             owner = p;
         }
-        owner.cancel_inner(Error::DeadlineExceeded, None, true);
+        owner.cancel_observed();
         true
     }
 
@@ -684,3 +684,5 @@ pub(crate) use self::after::{AfterFuncInner, AF_RAN, AF_RUNNING, AF_STOPPED};
 pub(crate) use self::heap::NodeRef;
 pub use self::timer::{TimerEntry, TimerFiring};
 pub(crate) use self::waiter::Waiter;
+#[cfg(feature = "alloc")]
+pub use self::work::AfterFuncs;

@@ -196,6 +196,67 @@ impl RunList {
     }
 }
 
+impl RunList {
+    /// Whether there is nothing to run.
+    pub(super) fn is_empty(&self) -> bool {
+        #[cfg(feature = "alloc")]
+        {
+            self.head.is_null()
+        }
+        #[cfg(not(feature = "alloc"))]
+        true
+    }
+}
+
+/// After-funcs of a cancellation, handed to the after-func spawner instead
+/// of running on the thread that noticed a deadline (see
+/// [`set_after_func_spawner`](crate::set_after_func_spawner)). Run them with
+/// [`run`](Self::run), on whatever thread or task suits; dropping it runs
+/// them too, so that no callback is lost.
+#[cfg(feature = "alloc")]
+pub struct AfterFuncs {
+    list: RunList,
+}
+
+// SAFETY: the list holds `Arc` references to after-func entries, which are
+// `Send + Sync` (their callbacks are `Send`), and nothing else (invariant 8:
+// the entries are unlinked and their free links belong to this list).
+#[cfg(feature = "alloc")]
+unsafe impl Send for AfterFuncs {}
+
+#[cfg(feature = "alloc")]
+impl AfterFuncs {
+    pub(super) fn new(list: RunList) -> Self {
+        AfterFuncs { list }
+    }
+
+    /// Runs every callback, in the order the cancellation found them. With
+    /// `std`, a panicking one does not stop the others; the first panic is
+    /// re-raised at the end.
+    pub fn run(mut self) {
+        let mut batch = Batch::new();
+        self.list.run(&mut batch);
+        batch.finish();
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl core::fmt::Debug for AfterFuncs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AfterFuncs").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for AfterFuncs {
+    fn drop(&mut self) {
+        // Not run by the spawner: run them here rather than lose them.
+        let mut batch = Batch::new();
+        self.list.run(&mut batch);
+        batch.finish();
+    }
+}
+
 impl Drop for RunList {
     fn drop(&mut self) {
         // Only reached with entries left while unwinding without `std`:

@@ -235,6 +235,20 @@ pub unsafe trait Timer: Clock {
     /// Forgets `entry` if it is still armed. Must be cheap (it runs whenever a
     /// deadline context is cancelled or freed).
     fn disarm(&self, entry: &TimerEntry);
+
+    /// Whether the after-funcs of a deadline this timer fires are handed to
+    /// the after-func spawner ([`set_after_func_spawner`]: by default a new
+    /// thread with `std`) instead of running on the thread that fires it.
+    /// `false` by default: they run where [`TimerFiring::fire`] is called
+    /// (a virtual clock's `advance`, an executor's timer task), after its
+    /// wakers. [`StdTimer`] says `true`, so a slow after-func never holds up
+    /// another deadline. (A deadline noticed by a read is handed off
+    /// whatever the timer says: user callbacks never run inside a read.)
+    ///
+    /// [`set_after_func_spawner`]: crate::set_after_func_spawner
+    fn hands_off_after_funcs(&self) -> bool {
+        false
+    }
 }
 
 /// The entries of a timer backed by an ordered map, keyed by

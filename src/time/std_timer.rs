@@ -236,6 +236,12 @@ unsafe impl Timer for StdTimer {
         }
     }
 
+    fn hands_off_after_funcs(&self) -> bool {
+        // The timer thread wakes tasks and moves on: user callbacks run on
+        // the after-func spawner (a thread of their own by default).
+        true
+    }
+
     fn disarm(&self, entry: &TimerEntry) {
         let mut state = self.lock();
         let _removed = state.entries.remove(&entry.key());
