@@ -393,6 +393,10 @@ impl fmt::Debug for AfterFunc {
 }
 
 /// The installed after-func spawner, as a `fn(AfterFuncs)` (null: none).
+/// A process-wide setting read with one load, not part of any protocol the
+/// loom models explore, so a `core` atomic rather than `crate::sync`'s (a
+/// loom atomic cannot live in a `static`); pointer-sized loads and stores
+/// exist on every target the crate builds for, CAS or not.
 static SPAWNER: core::sync::atomic::AtomicPtr<()> = core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
 
 /// Installs where the after-funcs of a deadline go when they must not run on
