@@ -217,3 +217,47 @@ impl<F> fmt::Debug for CancelOnDrop<F> {
             .finish_non_exhaustive()
     }
 }
+
+/// Unit tests of the pin projection, small enough for Miri (`ci/miri.sh` runs
+/// `--lib`).
+#[cfg(all(test, feature = "std", not(loom)))]
+mod tests {
+    use crate::Context;
+    use core::future::Future;
+    use core::pin::pin;
+    use core::task::{Context as TaskContext, Poll};
+    use std::string::ToString;
+
+    #[test]
+    fn dropped_pinned_in_flight_cancels_with_the_cause() {
+        let waker = futures::task::noop_waker();
+        let mut cx = TaskContext::from_waker(&waker);
+        let (request, handle) = Context::background().with_cancel();
+        let (leaf_tx, leaf_rx) = std::sync::mpsc::channel();
+        {
+            let r = request.clone();
+            let mut fut = pin!(handle.cancel_on_drop(
+                async move {
+                    let (leaf, _leaf_handle) = r.with_cancel();
+                    leaf_tx.send(leaf.clone()).unwrap();
+                    leaf.done().await
+                },
+                "client disconnected",
+            ));
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        } // dropped in place, pinned
+        let leaf = leaf_rx.recv().unwrap();
+        assert_eq!(leaf.cause().unwrap().to_string(), "client disconnected");
+    }
+
+    #[test]
+    fn completed_cancels_plainly() {
+        let waker = futures::task::noop_waker();
+        let mut cx = TaskContext::from_waker(&waker);
+        let (request, handle) = Context::background().with_cancel();
+        let mut fut = pin!(handle.cancel_on_drop(async { 3 }, "unused"));
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(3));
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(request.cause().unwrap().as_error(), Some(crate::Error::Canceled));
+    }
+}

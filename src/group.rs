@@ -574,3 +574,69 @@ impl From<TaskAbandoned> for std::io::Error {
         std::io::Error::other(err)
     }
 }
+
+/// Unit tests of the error slot and the tasks' hand-over, small enough for
+/// Miri (`ci/miri.sh` runs `--lib`).
+#[cfg(all(test, feature = "std", not(loom)))]
+mod tests {
+    use super::*;
+    use std::string::String;
+    use std::vec;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Failed(String);
+    impl fmt::Display for Failed {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl core::error::Error for Failed {}
+    impl From<TaskAbandoned> for Failed {
+        fn from(_: TaskAbandoned) -> Self {
+            Failed("abandoned".into())
+        }
+    }
+
+    #[test]
+    fn the_slot_keeps_the_first_and_hands_back_the_rest() {
+        let slot = ErrorSlot::new();
+        assert!(!slot.is_set());
+        assert_eq!(slot.put(Failed("a".into())), Ok(()));
+        assert_eq!(slot.put(Failed("b".into())), Err(Failed("b".into())));
+        assert!(slot.is_set());
+        assert_eq!(slot.take(), Some(Failed("a".into())));
+        assert_eq!(slot.take(), None);
+    }
+
+    #[test]
+    fn in_task_and_spawned_on_a_thread() {
+        let mut group = Group::<Failed>::new(&Context::background());
+        let ctx = group.context().clone();
+        let mut tasks = vec![];
+        group.spawn_with(|t| tasks.push(t), async { Err(Failed("spawned".into())) });
+        let sibling = ctx.clone();
+        group.spawn(async move {
+            let _ = sibling.done().await;
+            Ok(())
+        });
+        let runner = std::thread::spawn(move || {
+            for t in tasks {
+                futures::executor::block_on(t);
+            }
+        });
+        let result = futures::executor::block_on(group.wait());
+        runner.join().unwrap();
+        assert_eq!(result, Err(Failed("spawned".into())));
+        assert_eq!(ctx.cause().unwrap().downcast_ref(), Some(&Failed("spawned".into())));
+    }
+
+    #[test]
+    fn a_dropped_task_is_abandoned() {
+        let mut group = Group::<Failed>::new(&Context::background());
+        group.spawn_with(drop, async { Ok(()) });
+        assert_eq!(
+            futures::executor::block_on(group.wait()),
+            Err(Failed("abandoned".into()))
+        );
+    }
+}
