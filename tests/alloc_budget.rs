@@ -360,7 +360,7 @@ fn churn_of_cancel_children_leaves_nothing_behind() {
         drop((any, c));
     });
 
-    // Orphans (node.rs invariant 16): a detached child dropped while its own
+    // Orphans (node/mod.rs invariant 16): a detached child dropped while its own
     // child lives is kept by that child alone, then freed by it; or a whole
     // orphaned subtree is cancelled from above and then dropped.
     let per = churn(n, |_| {
