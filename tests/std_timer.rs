@@ -27,7 +27,15 @@ fn no_entry_leaks() {
     let mut cancelled = Vec::new();
     let mut dropped = Vec::new();
     for i in 0..N {
-        let (ctx, h) = Context::background().with_timeout(Duration::from_micros(500 + 50 * i as u64));
+        // The ones cancelled below get a far deadline: on a loaded machine
+        // creating 300 contexts can outlast a short one, and the timer would
+        // then win the race with `cancel` (DeadlineExceeded, not Canceled).
+        let timeout = if i % 3 == 1 {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_micros(500 + 50 * i as u64)
+        };
+        let (ctx, h) = Context::background().with_timeout(timeout);
         let tx = tx.clone();
         ctx.after_func(move || tx.send(()).unwrap());
         match i % 3 {
