@@ -120,7 +120,10 @@ fn panicking_cause_drop_when_freed_leaks_the_parent() {
     CLOCK_FREE.advance(Duration::from_secs(5));
     assert!(c.cause().unwrap().downcast_ref::<PanicOnDrop>().is_some());
     drop(hc);
-    assert!(quietly(|| drop(c)).is_err(), "the cause's drop panicked through the last drop");
+    assert!(
+        quietly(|| drop(c)).is_err(),
+        "the cause's drop panicked through the last drop"
+    );
     // `p` is cancelled from above: it keeps its deadline cause until freed.
     hr.cancel();
     drop((hp, p, r, root));
