@@ -158,6 +158,16 @@ impl NodeRef {
         refs: u32,
     ) -> NodeRef {
         let (flags, eff, timer) = Node::child_layout(parent.map(NodeRef::node), fallback_timer, deadline);
+        // A deadline cause the child will not keep (its parent's deadline is
+        // earlier) is dropped first, before any count is taken: its `Drop`
+        // is user code and may panic (property 7).
+        let owns = flags & OWNS_DEADLINE != 0;
+        let cause = if owns {
+            deadline_cause
+        } else {
+            drop(deadline_cause);
+            None
+        };
         // A child without a deadline of a plain heap node holds its parent
         // by the parent's kid count, under the lock it takes anyway to link
         // itself, instead of by an atomic reference (invariant 16).
@@ -177,8 +187,6 @@ impl NodeRef {
             }
             None => ptr::null(),
         };
-        let owns = flags & OWNS_DEADLINE != 0;
-        let cause = if owns { deadline_cause } else { None };
         let child = Self::alloc(Node::new(parent_ptr, flags | HEAP, eff, cause, timer));
         // Not shared yet (not linked, not armed): a plain store is enough.
         // Every reference counted here is handed out by the caller.
@@ -193,11 +201,13 @@ impl NodeRef {
                     core::mem::forget(p.clone());
                 }
                 // Born done: nobody else can see the child yet, so no lock and
-                // no propagation machinery are needed.
-                let (err, cause) = child.node().inherited();
+                // no propagation machinery are needed. A deadline cause is
+                // kept, not displaced (`CAUSE_UP`, invariant 2): dropping it
+                // here would run user code while the caller's second
+                // reference is not handed out yet.
                 // Not linked, not armed: only this thread can touch it.
                 // SAFETY: that exclusivity is what the lock gives (inv. 1).
-                drop(unsafe { child.node().set_done(err, cause, false) });
+                unsafe { child.node().set_done_inherited() };
                 return child;
             }
             // SAFETY: we hold the parent's lock; the child is not shared.

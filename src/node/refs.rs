@@ -245,6 +245,8 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
     let mut next = Some(node);
     // Dying `any` nodes' links whose parent references are still to release.
     let mut pending: *mut AnyLinks = ptr::null_mut();
+    #[cfg(feature = "std")]
+    let mut panic: Option<Box<dyn core::any::Any + Send>> = None;
     loop {
         let cur = match next.take() {
             Some(cur) => cur,
@@ -255,7 +257,7 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
                         zeroed = false;
                         p
                     }
-                    None => return,
+                    None => break,
                 }
             }
         };
@@ -311,7 +313,16 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         }
         // SAFETY: refs is zero and nothing can reach the node any more; it was
         // allocated by `Box::leak` in `NodeRef::alloc`.
-        drop(unsafe { Box::from_raw(cur.as_ptr()) });
+        let freed = unsafe { Box::from_raw(cur.as_ptr()) };
+        // Freeing drops the node's cause: user code, which may panic. The
+        // walk goes on (a parent's count must still be given back), and the
+        // first panic is re-raised at the end (with `std`).
+        #[cfg(feature = "std")]
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(freed))) {
+            panic.get_or_insert(p);
+        }
+        #[cfg(not(feature = "std"))]
+        drop(freed);
         if let Some(any) = any {
             // SAFETY: the links are unlinked from every parent and the node
             // that owned them is gone: this loop owns them now.
@@ -320,6 +331,15 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         }
         if walk_up {
             next = NonNull::new(parent as *mut Node);
+        }
+    }
+    #[cfg(feature = "std")]
+    if let Some(p) = panic {
+        if std::thread::panicking() {
+            // A second panic would abort: the payload (user data) leaks.
+            core::mem::forget(p);
+        } else {
+            std::panic::resume_unwind(p);
         }
     }
 }
