@@ -311,18 +311,27 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
             // SAFETY: immutable while the node lived; parents retained.
             unsafe { unlink_any_links(any.as_ref()) };
         }
+        // The cause is the one field whose drop is user code (it may panic).
+        // SAFETY: the count is zero and nothing can reach the node: the slot
+        // is ours alone.
+        let has_cause = n.cause.with(|p| unsafe { (*p).is_some() });
         // SAFETY: refs is zero and nothing can reach the node any more; it was
         // allocated by `Box::leak` in `NodeRef::alloc`.
         let freed = unsafe { Box::from_raw(cur.as_ptr()) };
-        // Freeing drops the node's cause: user code, which may panic. The
-        // walk goes on (a parent's count must still be given back), and the
-        // first panic is re-raised at the end (with `std`).
-        #[cfg(feature = "std")]
-        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(freed))) {
-            panic.get_or_insert(p);
+        if !has_cause {
+            // No user code to run.
+            drop(freed);
+        } else {
+            // A panicking `Drop` must not stop the walk (a parent's count is
+            // still to give back): with `std` it is caught and re-raised at
+            // the end.
+            #[cfg(feature = "std")]
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(freed))) {
+                panic.get_or_insert(p);
+            }
+            #[cfg(not(feature = "std"))]
+            drop(freed);
         }
-        #[cfg(not(feature = "std"))]
-        drop(freed);
         if let Some(any) = any {
             // SAFETY: the links are unlinked from every parent and the node
             // that owned them is gone: this loop owns them now.
@@ -351,6 +360,7 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
 /// # Safety
 /// `pending` is a stack of links of freed `any` nodes, owned by the caller.
 #[cfg(feature = "alloc")]
+#[inline]
 unsafe fn pop_pending_parent(pending: &mut *mut AnyLinks) -> Option<NonNull<Node>> {
     while !pending.is_null() {
         // SAFETY: the links belong to freed `any` nodes: they are unlinked
