@@ -30,10 +30,10 @@
 //! scales them, as in `tests/stress.rs` (about 1 s in a debug build). They
 //! use real threads heavily and are not run under Miri. What they leak on
 //! purpose stays reachable from a static, so a leak checker only reports
-//! what the library lost. Under AddressSanitizer they are clean except for
-//! the two tests with panicking causes, which LeakSanitizer reports until
-//! the leak shown by `tests/fuzz_regressions.rs`
-//! (`panicking_cause_drop_when_freed_leaks_the_parent`) is fixed.
+//! what the library lost. Under AddressSanitizer and LeakSanitizer they are
+//! clean (before `a6e016c`, the two tests with panicking causes leaked the
+//! parents of nodes freed while their cause's `Drop` panicked:
+//! `tests/fuzz_regressions.rs`).
 //!
 //! Sensitivity: on the core the fourth review reproduced its defects on
 //! (`77d6074`), three of these fail: the waker-drops-owner test hangs (its
