@@ -1529,7 +1529,10 @@ impl Real {
             }
             Action::Detach { h, really } => {
                 if really {
-                    self.handles[h].take().expect("live handle").detach();
+                    // Its context is done: this may be the node's last
+                    // owner, and its cause's `Drop` may panic.
+                    let hd = self.handles[h].take().expect("live handle");
+                    guard(caught, || hd.detach());
                 } else {
                     self.handles[h].put_aside();
                 }
