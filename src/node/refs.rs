@@ -264,20 +264,11 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         // SAFETY: we own a reference (or the last one, just dropped), so the
         // node is valid.
         let n = unsafe { cur.as_ref() };
-        if !core::mem::replace(&mut zeroed, false) {
-            if is_immortal(cur) {
-                // A parent's or an `any` link's reference to the immortal
-                // node was never counted (invariant 15).
-                continue;
-            }
-            let old = n.refs.fetch_sub(1, Ordering::Release);
-            if old != 1 {
-                if old >= MAX_REFS {
-                    // Saturated: sticky, never free (invariant 5).
-                    n.refs.store(SATURATED, Ordering::Relaxed);
-                }
-                continue;
-            }
+        // A reference taken over from the walk (a parent's, an `any`
+        // link's) is given up here; the first node's count is already zero.
+        // SAFETY: we own that reference.
+        if !core::mem::replace(&mut zeroed, false) && unsafe { !release_walked(cur) } {
+            continue;
         }
         // Synchronise with every other owner's Release decrement before
         // freeing. An Acquire load of the count rather than a fence: the same
@@ -311,27 +302,14 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
             // SAFETY: immutable while the node lived; parents retained.
             unsafe { unlink_any_links(any.as_ref()) };
         }
-        // The cause is the one field whose drop is user code (it may panic).
-        // SAFETY: the count is zero and nothing can reach the node: the slot
-        // is ours alone.
-        let has_cause = n.cause.with(|p| unsafe { (*p).is_some() });
-        // SAFETY: refs is zero and nothing can reach the node any more; it was
-        // allocated by `Box::leak` in `NodeRef::alloc`.
-        let freed = unsafe { Box::from_raw(cur.as_ptr()) };
-        if !has_cause {
-            // No user code to run.
-            drop(freed);
-        } else {
-            // A panicking `Drop` must not stop the walk (a parent's count is
-            // still to give back): with `std` it is caught and re-raised at
-            // the end.
-            #[cfg(feature = "std")]
-            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(freed))) {
-                panic.get_or_insert(p);
-            }
-            #[cfg(not(feature = "std"))]
-            drop(freed);
+        // SAFETY: refs is zero and nothing can reach the node any more.
+        let freed = unsafe { free_node(cur) };
+        #[cfg(feature = "std")]
+        if let Err(p) = freed {
+            panic.get_or_insert(p);
         }
+        #[cfg(not(feature = "std"))]
+        let _: Result<(), ()> = freed;
         if let Some(any) = any {
             // SAFETY: the links are unlinked from every parent and the node
             // that owned them is gone: this loop owns them now.
@@ -350,6 +328,68 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         } else {
             std::panic::resume_unwind(p);
         }
+    }
+}
+
+/// Gives up a reference that `release_last`'s walk holds (to a parent or an
+/// `any` link's parent); true if it was the last, so the node is to be freed.
+///
+/// # Safety
+/// The caller owns that reference.
+#[cfg(feature = "alloc")]
+#[inline]
+unsafe fn release_walked(cur: NonNull<Node>) -> bool {
+    if is_immortal(cur) {
+        // A parent's or an `any` link's reference to the immortal node was
+        // never counted (invariant 15).
+        return false;
+    }
+    // SAFETY: our reference keeps the node valid.
+    let n = unsafe { cur.as_ref() };
+    let old = n.refs.fetch_sub(1, Ordering::Release);
+    if old >= MAX_REFS {
+        // Saturated: sticky, never free (invariant 5).
+        n.refs.store(SATURATED, Ordering::Relaxed);
+    }
+    old == 1
+}
+
+/// A panic payload caught while freeing a node, or nothing to carry without
+/// `std`.
+#[cfg(feature = "std")]
+type Caught = Box<dyn core::any::Any + Send>;
+#[cfg(not(feature = "std"))]
+type Caught = ();
+
+/// Frees a heap node. Its cause is the one field whose drop is user code
+/// (it may panic): a node without one is freed plainly; otherwise, with
+/// `std`, the drop runs under `catch_unwind` and a panic is returned, so the
+/// freeing walk can finish (a parent's count is still to give back) and
+/// re-raise it at the end.
+///
+/// # Safety
+/// The node's count is zero and nothing can reach it any more; it was
+/// allocated by `Box::leak` in `NodeRef::alloc`.
+#[cfg(feature = "alloc")]
+#[inline]
+unsafe fn free_node(cur: NonNull<Node>) -> Result<(), Caught> {
+    // SAFETY: nothing else can reach the node: the slot is ours alone.
+    let has_cause = unsafe { cur.as_ref() }.cause.with(|p| unsafe { (*p).is_some() });
+    // SAFETY: forwarded from the caller.
+    let freed = unsafe { Box::from_raw(cur.as_ptr()) };
+    if !has_cause {
+        // No user code to run.
+        drop(freed);
+        return Ok(());
+    }
+    #[cfg(feature = "std")]
+    {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(freed)))
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        drop(freed);
+        Ok(())
     }
 }
 
