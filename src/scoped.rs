@@ -274,9 +274,9 @@ impl<'p> ScopedContext<'p> {
 
 impl Drop for ScopedContext<'_> {
     fn drop(&mut self) {
-        // No `ContextRef` or waiting future can still borrow us (they borrow
-        // `self`); an attached node was pinned, and drop ends its pinning.
-        // SAFETY: so this is the owner's one, last call.
+        // SAFETY: this is the owner's one, last call: no `ContextRef` or
+        // waiting future can still borrow us (they borrow `self`); an
+        // attached node was pinned, and drop ends its pinning.
         unsafe { self.node.detach_scoped() };
     }
 }

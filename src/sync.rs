@@ -124,9 +124,9 @@ impl RawLock {
     #[inline]
     pub(crate) fn lock(&self) -> LockGuard<'_> {
         #[cfg(feature = "critical-section")]
-        // The matching `release` runs in `LockGuard::drop`, with the state
-        // returned here, in LIFO order: guards are scoped, never leaked.
-        // SAFETY: acquire/release are paired and nested (see above).
+        // SAFETY: acquire/release are paired and nested: the matching
+        // `release` runs in `LockGuard::drop`, with the state returned here,
+        // in LIFO order (guards are scoped, never leaked).
         let restore = unsafe { critical_section::acquire() };
         let mut spins = 0u32;
         loop {
@@ -156,8 +156,8 @@ impl RawLock {
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<LockGuard<'_>> {
         #[cfg(feature = "critical-section")]
-        // As in `lock`: released by the guard's drop, or just below.
-        // SAFETY: acquire/release are paired and nested.
+        // SAFETY: acquire/release are paired and nested, as in `lock`:
+        // released by the guard's drop, or just below.
         let restore = unsafe { critical_section::acquire() };
         if !self.locked.load(Ordering::Relaxed)
             && self

@@ -103,10 +103,10 @@ impl AfterFuncInner {
     pub(crate) fn stop(this: &Arc<AfterFuncInner>) -> u8 {
         let n = this.node.node();
         let guard = n.lock.lock();
-        // A linked entry has not been taken by a canceller: unlinking it
-        // makes its func and the list's reference ours (invariant 8).
         // SAFETY: we hold the lock (invariant 1), which guards the link,
         // the func slot of a linked entry and `status`.
+        // A linked entry has not been taken by a canceller: unlinking it
+        // makes its func and the list's reference ours (invariant 8).
         let (found, taken) = unsafe {
             let status = this.status.with_mut(|p| &mut *p);
             if this.entry.link.is_linked() {

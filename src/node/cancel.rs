@@ -63,10 +63,10 @@ impl Node {
         // after the last use of `this`).
         let this = unsafe { &*node };
         if this.is_done_flag() {
+            // SAFETY: forwarded from our caller; no lock is held.
             // Already done (`DONE` is final, invariant 2): this call loses
             // without taking a lock. The common case is a handle dropped
             // after an explicit `cancel`.
-            // SAFETY: forwarded from our caller; no lock is held.
             return unsafe { Self::lose(node, cause, owned) };
         }
         // With its parent an orphan whose last kid count this cancel gave up:
@@ -142,8 +142,8 @@ impl Node {
             drop(pg);
             Some((guard, unlinked))
         } else {
-            // The parent's lock first, then ours (tree order).
             // SAFETY: the parent outlives us (invariant 4).
+            // The parent's lock first, then ours (tree order).
             let parent_guard = unsafe { parent.as_ref() }.map(|p| p.lock.lock());
             let guard = this.lock.lock();
             if this.is_done_flag() {
@@ -457,9 +457,9 @@ pub(super) fn phase_one(work: &mut WorkList, batch: &mut Batch, runs: &mut RunLi
         if !n.counted() {
             held.scoped.push(n_ptr);
         } else {
+            // SAFETY: we own the hold `push_popped` took, if any.
             // A counted node's parent is counted too, or a `static` (never
             // freed): its parent hold can go now.
-            // SAFETY: we own the hold `push_popped` took, if any.
             unsafe { release_parent_hold(n) };
             if left {
                 held.later.push(n_ptr);

@@ -73,10 +73,10 @@ impl Node {
             if c.is_null() {
                 break;
             }
-            // A reference of any lifetime is fine: it is used only while the
-            // parent's lock holds (or, once we descend, while invariant 13 does).
             // SAFETY: a child popped under its parent's still-held lock is
             // valid (invariants 5 and 12).
+            // A reference of any lifetime is fine: it is used only while the
+            // parent's lock holds (or, once we descend, while invariant 13 does).
             let child: &Node = unsafe { &*c };
             if child.state.load(Ordering::Relaxed) & OWNS_DEADLINE == 0 {
                 if let Some(child_guard) = child.lock.try_lock() {
@@ -100,9 +100,9 @@ impl Node {
                         continue;
                     }
                     let (err, cause) = inherit.get_or_insert_with(|| self.done_with());
+                    // SAFETY: we hold the child's lock and it is live (inv. 1).
                     // Without a deadline of its own its cause slot is empty, so
                     // nothing is displaced (invariant 12).
-                    // SAFETY: we hold the child's lock and it is live (inv. 1).
                     let displaced = unsafe { child.set_done(*err, cause.clone(), false) };
                     debug_assert!(displaced.is_none());
                     core::mem::forget(displaced);
@@ -228,9 +228,9 @@ pub(super) unsafe fn release_parent_hold(node: &Node) {
     // SAFETY: the hold (or `node`, invariant 4) keeps the parent valid.
     if let Some(p) = unsafe { p.as_ref() } {
         if !p.counted() {
+            // SAFETY: we own the hold.
             // A scoped or static node is never freed by its count (its
             // owner holds one and waits for the rest, invariant 10).
-            // SAFETY: we own the hold.
             unsafe { release_node(p) };
         }
     }

@@ -200,13 +200,12 @@ impl NodeRef {
                     // Never linked: it holds its parent by a reference.
                     core::mem::forget(p.clone());
                 }
-                // Born done: nobody else can see the child yet, so no lock and
-                // no propagation machinery are needed. A deadline cause is
-                // kept, not displaced (`CAUSE_UP`, invariant 2): dropping it
-                // here would run user code while the caller's second
-                // reference is not handed out yet.
-                // Not linked, not armed: only this thread can touch it.
-                // SAFETY: that exclusivity is what the lock gives (inv. 1).
+                // SAFETY: not linked, not armed: only this thread can touch
+                // the child, the exclusivity the lock gives (invariant 1).
+                // Born done: no propagation machinery is needed. A deadline
+                // cause is kept, not displaced (`CAUSE_UP`, invariant 2):
+                // dropping it here would run user code while the caller's
+                // second reference is not handed out yet.
                 unsafe { child.node().set_done_inherited() };
                 return child;
             }

@@ -264,9 +264,9 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         // SAFETY: we own a reference (or the last one, just dropped), so the
         // node is valid.
         let n = unsafe { cur.as_ref() };
+        // SAFETY: we own that reference.
         // A reference taken over from the walk (a parent's, an `any`
         // link's) is given up here; the first node's count is already zero.
-        // SAFETY: we own that reference.
         if !core::mem::replace(&mut zeroed, false) && unsafe { !release_walked(cur) } {
             continue;
         }
@@ -373,8 +373,10 @@ type Caught = ();
 #[cfg(feature = "alloc")]
 #[inline]
 unsafe fn free_node(cur: NonNull<Node>) -> Result<(), Caught> {
+    // SAFETY: forwarded from the caller: the node is still valid.
+    let n = unsafe { cur.as_ref() };
     // SAFETY: nothing else can reach the node: the slot is ours alone.
-    let has_cause = unsafe { cur.as_ref() }.cause.with(|p| unsafe { (*p).is_some() });
+    let has_cause = n.cause.with(|p| unsafe { (*p).is_some() });
     // SAFETY: forwarded from the caller.
     let freed = unsafe { Box::from_raw(cur.as_ptr()) };
     if !has_cause {
@@ -439,8 +441,8 @@ unsafe fn unlink_from_parent(n: &Node, parent: *const Node, s: u32) -> Option<bo
         }
     }
     let last_kid = if s & KID != 0 {
-        // Our hold on the parent was a kid count (invariant 16).
         // SAFETY: we hold the parent's lock.
+        // Our hold on the parent was a kid count (invariant 16).
         Some(unsafe { p.drop_kid() })
     } else {
         None

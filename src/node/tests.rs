@@ -273,9 +273,8 @@ pub(super) fn review_refs_saturation_is_sticky() {
     drop(b);
     drop(a);
     for _ in 0..1000 {
-        // Each simulated owner owned one reference; the count is
-        // saturated, so none of these frees the node.
-        // SAFETY: (of the simulation) as above.
+        // SAFETY: (of the simulation) each simulated owner owned one
+        // reference; the count is saturated, so none of these frees the node.
         unsafe { release_node(root.ptr.as_ptr()) };
     }
     assert!(

@@ -80,13 +80,13 @@ impl TimerFiring {
     pub fn fire(self) {
         let node = self.node.as_ptr() as *const Node;
         core::mem::forget(self);
+        // SAFETY: the node is valid while we own the reference.
         // A timer that keeps user code off its own thread
         // (`Timer::hands_off_after_funcs`) hands the after-funcs off.
-        // SAFETY: the node is valid while we own the reference.
         let hand_off = unsafe { (*node).timer }.is_some_and(|t| t.hands_off_after_funcs());
+        // SAFETY: we own a reference (claimed) and hand it over.
         // The reference is released before the context's wakers and
         // after-funcs run, so one may drop it (even a `ScopedContext`).
-        // SAFETY: we own a reference (claimed) and hand it over.
         unsafe { Node::cancel_raw(node, Error::DeadlineExceeded, None, true, true, hand_off) };
     }
 }

@@ -57,10 +57,10 @@ impl Waiter {
         this.node = node;
         let mut guard = node.lock.lock();
         if new.is_none() {
-            // SAFETY: we hold the node's lock (invariant 1).
-            let same = this
-                .waker
-                .with(|p| unsafe { (*p).as_ref().is_some_and(|w| w.will_wake(cx.waker())) });
+            let waker = &this.waker;
+            // SAFETY: we hold the node's lock, which guards the slot
+            // (invariant 1).
+            let same = waker.with(|p| unsafe { (*p).as_ref().is_some_and(|w| w.will_wake(cx.waker())) });
             if !same {
                 drop(guard);
                 new = Some(cx.waker().clone());

@@ -65,9 +65,9 @@ impl Batch {
 
     /// Takes the initialised tasks out, leaving the batch empty.
     pub(super) fn take(&mut self, i: usize) -> Task {
-        // Callers read each of the first `len` slots exactly once, after
-        // setting `len` to zero.
-        // SAFETY: so every slot read is initialised and never read again.
+        // SAFETY: callers read each of the first `len` slots exactly once,
+        // after setting `len` to zero, so every slot read is initialised and
+        // never read again.
         unsafe { self.tasks[i].assume_init_read() }
     }
 
