@@ -281,28 +281,14 @@ impl Future for Finished<'_> {
 #[cfg(feature = "std")]
 fn block_on<F: Future>(fut: F) -> F::Output {
     extern crate std;
-    use std::task::Wake;
-    use std::thread::{self, Thread};
-
-    struct Unpark(Thread);
-    // `Wake` takes `alloc`'s `Arc`, not `crate::Arc` (portable-atomic-util's
-    // with `portable-atomic`).
-    impl Wake for Unpark {
-        fn wake(self: alloc::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &alloc::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = alloc::sync::Arc::new(Unpark(thread::current())).into();
+    let waker = crate::done::thread_waker();
     let mut cx = TaskContext::from_waker(&waker);
     let mut fut = core::pin::pin!(fut);
     loop {
         if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
             return out;
         }
-        thread::park();
+        std::thread::park();
     }
 }
 

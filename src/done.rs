@@ -377,6 +377,28 @@ impl<F> fmt::Debug for RunWithCause<F> {
     }
 }
 
+/// A waker that unparks the current thread: what the blocking waits of the
+/// crate (`wait_blocking`, `AfterFunc::stop_and_wait`) park on.
+#[cfg(feature = "std")]
+pub(crate) fn thread_waker() -> core::task::Waker {
+    extern crate std;
+    use std::task::Wake;
+    use std::thread::Thread;
+
+    struct Unpark(Thread);
+    // `Wake` takes `alloc`'s `Arc`, not `crate::Arc` (portable-atomic-util's
+    // with `portable-atomic`).
+    impl Wake for Unpark {
+        fn wake(self: alloc::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &alloc::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    alloc::sync::Arc::new(Unpark(std::thread::current())).into()
+}
+
 /// Blocks the thread on `done`, up to `timeout`. `until_deadline` tells how
 /// long until the context's own deadline: the thread then wakes by itself to
 /// observe it, so a blocking wait never depends on a timer thread that may be
@@ -388,23 +410,11 @@ pub(crate) fn block_on_done(
     until_deadline: impl Fn() -> Option<core::time::Duration>,
 ) -> Option<Error> {
     extern crate std;
-    use alloc::sync::Arc;
     use core::time::Duration;
-    use std::task::Wake;
-    use std::thread::{self, Thread};
-
-    struct Unpark(Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
+    use std::thread;
 
     let start = std::time::Instant::now();
-    let waker = Arc::new(Unpark(thread::current())).into();
+    let waker = thread_waker();
     let mut cx = TaskContext::from_waker(&waker);
     let mut done = core::pin::pin!(done);
     loop {

@@ -30,6 +30,9 @@
 //! finishes the detach (unlink, disarm, pending list, wait for holders,
 //! release the parent) while the panic unwinds. `.ci/run` runs this file
 //! without `std` too.
+
+mod common;
+use common::leak;
 use core::future::Future;
 use core::task::{Context as TaskCx, Waker};
 use ctxcore::{Context, ManualClock, ScopedContext, StaticContext};
@@ -130,17 +133,4 @@ fn detach_unwind_frees_node_a_canceller_still_holds() {
         });
     });
     drop(sibs);
-}
-
-/// `mem::forget` that Miri's leak check accepts: the value stays reachable
-/// from a static (Miri reports only memory no static reaches), and its
-/// `Drop` never runs, exactly as with `forget`.
-fn leak<T>(b: core::pin::Pin<Box<T>>) {
-    struct Leaked(#[allow(dead_code)] *mut ());
-    // SAFETY: the pointer is only kept, never used.
-    unsafe impl Send for Leaked {}
-    static LEAKED: std::sync::Mutex<Vec<Leaked>> = std::sync::Mutex::new(Vec::new());
-    // SAFETY: the box is never moved out of again (it is leaked).
-    let p = Box::into_raw(unsafe { core::pin::Pin::into_inner_unchecked(b) });
-    LEAKED.lock().unwrap().push(Leaked(p as *mut ()));
 }

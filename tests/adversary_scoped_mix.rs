@@ -4,6 +4,9 @@
 //! deadline firing (ManualClock) concurrently with the owner's drop.
 //!
 //! These attacks held against the round-4 fixes; kept as regression tests.
+
+mod common;
+use common::leak;
 use core::future::Future;
 use core::pin::{pin, Pin};
 use core::task::{Context as TaskCx, Waker};
@@ -100,17 +103,4 @@ fn timer_fires_while_owner_drops() {
         });
         assert_eq!(CLOCK.armed(), 0);
     }
-}
-
-/// `mem::forget` that Miri's leak check accepts: the value stays reachable
-/// from a static (Miri reports only memory no static reaches), and its
-/// `Drop` never runs, exactly as with `forget`.
-fn leak<T>(b: core::pin::Pin<Box<T>>) {
-    struct Leaked(#[allow(dead_code)] *mut ());
-    // SAFETY: the pointer is only kept, never used.
-    unsafe impl Send for Leaked {}
-    static LEAKED: std::sync::Mutex<Vec<Leaked>> = std::sync::Mutex::new(Vec::new());
-    // SAFETY: the box is never moved out of again (it is leaked).
-    let p = Box::into_raw(unsafe { core::pin::Pin::into_inner_unchecked(b) });
-    LEAKED.lock().unwrap().push(Leaked(p as *mut ()));
 }

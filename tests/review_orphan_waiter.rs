@@ -10,24 +10,12 @@
 //! orphan is cancelled and its kids after it. Loom model:
 //! `orphan_with_leaked_waiter_vs_root_cancel`; this test runs under Miri
 //! (`ci/miri.sh`).
+
+mod common;
+use common::leak;
 use core::future::Future;
-use core::pin::Pin;
 use core::task::{Context as TaskCx, Poll};
 use ctxcore::Context;
-use std::sync::Mutex;
-
-/// `mem::forget` that Miri's leak check accepts: the value stays reachable
-/// from a static (Miri reports only memory no static reaches), and its
-/// `Drop` never runs, exactly as with `forget`.
-fn leak<T>(b: Pin<Box<T>>) {
-    struct Leaked(#[allow(dead_code)] *mut ());
-    // SAFETY: the pointer is only kept, never used.
-    unsafe impl Send for Leaked {}
-    static LEAKED: Mutex<Vec<Leaked>> = Mutex::new(Vec::new());
-    // SAFETY: the box is never moved out of again (it is leaked).
-    let p = Box::into_raw(unsafe { Pin::into_inner_unchecked(b) });
-    LEAKED.lock().unwrap().push(Leaked(p as *mut ()));
-}
 
 #[test]
 fn orphan_with_leaked_waiter_is_skipped_by_parent_cancel() {

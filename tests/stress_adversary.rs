@@ -40,6 +40,9 @@
 //! watchdog fails it after 30 s), a leaked scoped child's waiter is never
 //! woken, and a panicking cause's unwind leaves after-funcs unrun.
 
+mod common;
+use common::leak;
+
 use ctxcore::{CancelHandle, Clock, Context, DoneOwned, Error, Instant, Key, ManualClock, ScopedContext};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -150,22 +153,6 @@ fn bounded<R: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> R + Sen
         },
         Err(_) => panic!("{what}: not finished after {secs} s (deadlock or lost wake-up)"),
     }
-}
-
-/// A pointer to something leaked on purpose.
-struct Leaked(#[allow(dead_code)] *const ());
-// SAFETY: never dereferenced; only keeps the allocation reachable.
-unsafe impl Send for Leaked {}
-
-/// What the tests leak on purpose, reachable from here (so LeakSanitizer
-/// and Miri's leak check report only what the library loses).
-static LEAKED: Mutex<Vec<Leaked>> = Mutex::new(Vec::new());
-
-/// `mem::forget` of a pinned box, keeping its address reachable.
-fn leak<T>(b: Pin<Box<T>>) {
-    let p = &*b as *const T as *const ();
-    std::mem::forget(b);
-    lock(&LEAKED).push(Leaked(p));
 }
 
 /// `mem::forget` of a value (its drop never runs), kept reachable.
