@@ -1,0 +1,145 @@
+//! [`ResponseBody`]: the response body raced against the request's context.
+
+use super::future::context_error;
+use super::Error;
+use http_body::Frame;
+use ctxcore::{Context, DoneOwned};
+use http_body::{Body, SizeHint};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+
+pin_project! {
+    /// The response body of [`PropagateDeadline`](super::PropagateDeadline):
+    /// streaming it is raced against the request's [`Context`] too.
+    ///
+    /// Each poll checks the context first: once it is done, the inner body
+    /// is dropped (hyper closes an HTTP/1 connection or resets an HTTP/2
+    /// stream), the frame is [`Error::Canceled`] or
+    /// [`Error::DeadlineExceeded`] with the cause, and the body then ends.
+    /// An error of the inner body is [`Error::Inner`]. `is_end_stream` and
+    /// `size_hint` are forwarded. A request without a context gives a body
+    /// that only forwards. See the [module docs](super).
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use ctxcore_http::client::ResponseBody;
+    /// use http_body_util::{BodyExt, Full};
+    ///
+    /// let (ctx, handle) = Context::background().with_cancel();
+    /// let body = ResponseBody::new(Full::new(bytes::Bytes::from_static(b"hi")), Some(ctx));
+    /// handle.cancel_with("user left");
+    /// let err = futures::executor::block_on(body.collect()).unwrap_err();
+    /// assert!(err.is_canceled());
+    /// ```
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: Option<B>,
+        #[pin]
+        done: Option<DoneOwned>,
+        ctx: Option<Context>,
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps `body`: raced against `ctx` when there is one, forwarded as it
+    /// is otherwise.
+    ///
+    /// ```
+    /// use ctxcore_http::client::ResponseBody;
+    /// let body = ResponseBody::new(http_body_util::Empty::<bytes::Bytes>::new(), None);
+    /// # let _ = body;
+    /// ```
+    pub fn new(body: B, ctx: Option<Context>) -> Self {
+        ResponseBody {
+            inner: Some(body),
+            done: ctx.as_ref().map(Context::done_owned),
+            ctx,
+        }
+    }
+
+    /// The context the body is raced against, if any.
+    ///
+    /// ```
+    /// use ctxcore_http::client::ResponseBody;
+    /// let body = ResponseBody::new((), None);
+    /// assert!(body.context().is_none());
+    /// ```
+    pub fn context(&self) -> Option<&Context> {
+        self.ctx.as_ref()
+    }
+
+    /// The inner body, unless it was dropped because the context ended.
+    ///
+    /// ```
+    /// use ctxcore_http::client::ResponseBody;
+    /// let body = ResponseBody::new(7u8, None);
+    /// assert_eq!(body.get_ref(), Some(&7));
+    /// ```
+    pub fn get_ref(&self) -> Option<&B> {
+        self.inner.as_ref()
+    }
+
+    /// The inner body (giving up the race), unless it was dropped because
+    /// the context ended.
+    ///
+    /// ```
+    /// use ctxcore_http::client::ResponseBody;
+    /// let body = ResponseBody::new(7u8, None);
+    /// assert_eq!(body.into_inner(), Some(7));
+    /// ```
+    pub fn into_inner(self) -> Option<B> {
+        self.inner
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("streaming", &self.inner.is_some())
+            .field("ctx", &self.ctx)
+            .finish()
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = Error<B::Error>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if this.inner.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Some(done) = this.done.as_mut().as_pin_mut() {
+            if let Poll::Ready(kind) = done.poll(cx) {
+                this.inner.set(None);
+                this.done.set(None);
+                return Poll::Ready(Some(Err(context_error(this.ctx.as_ref(), kind).into())));
+            }
+        }
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.done.set(None);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Inner(e)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(B::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+    }
+}

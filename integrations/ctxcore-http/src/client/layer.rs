@@ -1,0 +1,87 @@
+//! [`PropagateDeadlineLayer`]: builds [`PropagateDeadline`] services.
+
+use super::service::PropagateDeadline;
+use ctxcore::Context;
+use http::HeaderName;
+use tower_layer::Layer;
+
+/// A [`Layer`] that wraps an HTTP client service in [`PropagateDeadline`]:
+/// each request's [`Context`] (from the request extensions) sets the
+/// `grpc-timeout` header and bounds the call and its response body.
+///
+/// See the [module docs](super) for what it does exactly.
+///
+/// ```
+/// use ctxcore_http::client::PropagateDeadlineLayer;
+/// use ctxcore::Context;
+/// use http::HeaderName;
+///
+/// // Requests without a context pass through unchanged.
+/// let layer = PropagateDeadlineLayer::new();
+/// // Or: requests without a context run under this one.
+/// let (service_ctx, _stop) = Context::background().with_cancel();
+/// let layer = PropagateDeadlineLayer::new()
+///     .default_context(service_ctx)
+///     .timeout_ms_header(HeaderName::from_static("x-timeout-ms"));
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PropagateDeadlineLayer {
+    pub(crate) default: Option<Context>,
+    pub(crate) ms_header: Option<HeaderName>,
+}
+
+impl PropagateDeadlineLayer {
+    /// A layer without a default context and without a millisecond header:
+    /// requests that carry no [`Context`] pass through unchanged.
+    ///
+    /// ```
+    /// let layer = ctxcore_http::client::PropagateDeadlineLayer::new();
+    /// # let _ = layer;
+    /// ```
+    pub fn new() -> Self {
+        PropagateDeadlineLayer::default()
+    }
+
+    /// Requests that carry no [`Context`] in their extensions run under `ctx`
+    /// (for example a service-wide context that shutdown cancels). A
+    /// context in the request always wins.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    /// use std::time::Duration;
+    /// let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(5));
+    /// let layer = ctxcore_http::client::PropagateDeadlineLayer::new().default_context(ctx);
+    /// # let _ = layer;
+    /// ```
+    pub fn default_context(mut self, ctx: Context) -> Self {
+        self.default = Some(ctx);
+        self
+    }
+
+    /// Also send the time left, in whole milliseconds (truncated, never
+    /// rounded up), in the header `name` (for example `x-timeout-ms`),
+    /// keeping a smaller value already there.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// let layer = ctxcore_http::client::PropagateDeadlineLayer::new()
+    ///     .timeout_ms_header(HeaderName::from_static("x-timeout-ms"));
+    /// # let _ = layer;
+    /// ```
+    pub fn timeout_ms_header(mut self, name: HeaderName) -> Self {
+        self.ms_header = Some(name);
+        self
+    }
+}
+
+impl<S> Layer<S> for PropagateDeadlineLayer {
+    type Service = PropagateDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PropagateDeadline {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
