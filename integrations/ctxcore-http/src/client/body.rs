@@ -2,15 +2,14 @@
 
 use super::future::context_error;
 use super::Error;
-use http_body::Frame;
 use ctxcore::{Context, DoneOwned};
+use http_body::Frame;
 use http_body::{Body, SizeHint};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
-
 
 pin_project! {
     /// The response body of [`PropagateDeadline`](super::PropagateDeadline):
@@ -38,8 +37,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: Option<B>,
-        #[pin]
-        done: Option<DoneOwned>,
+        // Boxed (made on the first `Pending` of the inner body) so that the
+        // body is `Unpin` whenever `B` is.
+        done: Option<Pin<Box<DoneOwned>>>,
         ctx: Option<Context>,
     }
 }
@@ -56,7 +56,7 @@ impl<B> ResponseBody<B> {
     pub fn new(body: B, ctx: Option<Context>) -> Self {
         ResponseBody {
             inner: Some(body),
-            done: ctx.as_ref().map(Context::done_owned),
+            done: None,
             ctx,
         }
     }
@@ -111,27 +111,39 @@ impl<B: Body> Body for ResponseBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
         let mut this = self.project();
-        if this.inner.is_none() {
-            return Poll::Ready(None);
-        }
-        if let Some(done) = this.done.as_mut().as_pin_mut() {
-            if let Poll::Ready(kind) = done.poll(cx) {
-                this.inner.set(None);
-                this.done.set(None);
-                return Poll::Ready(Some(Err(context_error(this.ctx.as_ref(), kind).into())));
-            }
-        }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
+        let Some(ctx) = this.ctx.as_ref() else {
+            // No context: only forward.
+            return inner.poll_frame(cx).map_err(Error::Inner);
+        };
+        // The context first, then the body.
+        if let Some(err) = ctx.error() {
+            this.inner.set(None);
+            *this.done = None;
+            return Poll::Ready(Some(Err(err.into())));
+        }
         match inner.poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
-                this.done.set(None);
+                *this.done = None;
+                this.ctx.take();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Inner(e)))),
+            Poll::Ready(Some(frame)) => Poll::Ready(Some(frame.map_err(Error::Inner))),
+            Poll::Pending => {
+                // Wait for the context too: the first wait registers a waiter.
+                let done = this.done.get_or_insert_with(|| Box::pin(ctx.done_owned()));
+                match done.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(kind) => {
+                        let err = context_error(Some(ctx), kind);
+                        this.inner.set(None);
+                        *this.done = None;
+                        Poll::Ready(Some(Err(err.into())))
+                    }
+                }
+            }
         }
     }
 
@@ -140,6 +152,8 @@ impl<B: Body> Body for ResponseBody<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), B::size_hint)
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), B::size_hint)
     }
 }

@@ -88,7 +88,8 @@ impl<F> fmt::Debug for ResponseFuture<F> {
 
 /// The error of a done context (`kind` from its `done` future), with the cause.
 pub(crate) fn context_error(ctx: Option<&Context>, kind: ctxcore::Error) -> ContextError {
-    ctx.and_then(Context::error).unwrap_or_else(|| ContextError::from_error(kind))
+    ctx.and_then(Context::error)
+        .unwrap_or_else(|| ContextError::from_error(kind))
 }
 
 impl<F, B, E> Future for ResponseFuture<F>

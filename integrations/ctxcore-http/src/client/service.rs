@@ -156,20 +156,47 @@ mod tests {
     fn shorter_header_is_kept() {
         let mut h = HeaderMap::new();
         h.insert(GRPC_TIMEOUT, HeaderValue::from_static("100m"));
-        set_shorter(&mut h, &GRPC_TIMEOUT, Duration::from_secs(1), codec::parse, codec::encode);
+        set_shorter(
+            &mut h,
+            &GRPC_TIMEOUT,
+            Duration::from_secs(1),
+            codec::parse,
+            codec::encode,
+        );
         assert_eq!(h[&GRPC_TIMEOUT], "100m");
-        set_shorter(&mut h, &GRPC_TIMEOUT, Duration::from_millis(50), codec::parse, codec::encode);
-        assert_eq!(codec::parse(h[&GRPC_TIMEOUT].as_bytes()), Some(Duration::from_millis(50)));
+        set_shorter(
+            &mut h,
+            &GRPC_TIMEOUT,
+            Duration::from_millis(50),
+            codec::parse,
+            codec::encode,
+        );
+        assert_eq!(
+            codec::parse(h[&GRPC_TIMEOUT].as_bytes()),
+            Some(Duration::from_millis(50))
+        );
     }
 
     #[test]
     fn malformed_or_repeated_header_is_replaced() {
         let mut h = HeaderMap::new();
         h.insert(GRPC_TIMEOUT, HeaderValue::from_static("soon"));
-        set_shorter(&mut h, &GRPC_TIMEOUT, Duration::from_secs(1), codec::parse, codec::encode);
+        set_shorter(
+            &mut h,
+            &GRPC_TIMEOUT,
+            Duration::from_secs(1),
+            codec::parse,
+            codec::encode,
+        );
         assert_eq!(codec::parse(h[&GRPC_TIMEOUT].as_bytes()), Some(Duration::from_secs(1)));
         h.append(GRPC_TIMEOUT, HeaderValue::from_static("1m"));
-        set_shorter(&mut h, &GRPC_TIMEOUT, Duration::from_secs(2), codec::parse, codec::encode);
+        set_shorter(
+            &mut h,
+            &GRPC_TIMEOUT,
+            Duration::from_secs(2),
+            codec::parse,
+            codec::encode,
+        );
         assert_eq!(h.get_all(&GRPC_TIMEOUT).iter().count(), 1);
     }
 
@@ -177,7 +204,13 @@ mod tests {
     fn ms_header() {
         let name = HeaderName::from_static("x-timeout-ms");
         let mut h = HeaderMap::new();
-        set_shorter(&mut h, &name, Duration::from_micros(2_999_999), codec::parse_ms, codec::encode_ms);
+        set_shorter(
+            &mut h,
+            &name,
+            Duration::from_micros(2_999_999),
+            codec::parse_ms,
+            codec::encode_ms,
+        );
         assert_eq!(h[&name], "2999");
         set_shorter(&mut h, &name, Duration::from_secs(9), codec::parse_ms, codec::encode_ms);
         assert_eq!(h[&name], "2999");
