@@ -234,8 +234,8 @@ pub fn parse_millis(value: &[u8]) -> Result<Duration, ParseError> {
 /// use std::time::Duration;
 ///
 /// let e = encode(Duration::from_secs(3600 * 200));
-/// assert_eq!(e.as_str(), "12000000S");
-/// assert_eq!(e.to_string(), "12000000S");
+/// assert_eq!(e.as_str(), "720000S");
+/// assert_eq!(e.to_string(), "720000S");
 /// assert_eq!(e.duration(), Duration::from_secs(3600 * 200));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -272,8 +272,8 @@ impl Encoded {
     /// ```
     /// use std::time::Duration;
     /// let e = ctxcore_http::grpc_timeout::encode(Duration::new(100, 123_456_789));
-    /// assert_eq!(e.as_str(), "100123u");
-    /// assert_eq!(e.duration(), Duration::from_micros(100_123_456));
+    /// assert_eq!(e.as_str(), "100123m");
+    /// assert_eq!(e.duration(), Duration::from_millis(100_123));
     /// ```
     pub fn duration(&self) -> Duration {
         parse_bytes(self.as_bytes()).unwrap_or(Duration::from_nanos(1))
