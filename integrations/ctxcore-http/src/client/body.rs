@@ -31,7 +31,7 @@ pin_project! {
     /// let (ctx, handle) = Context::background().with_cancel();
     /// let body = ResponseBody::new(Full::new(bytes::Bytes::from_static(b"hi")), Some(ctx));
     /// handle.cancel_with("user left");
-    /// let err = futures::executor::block_on(body.collect()).unwrap_err();
+    /// let err = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(body.collect()).unwrap_err();
     /// assert!(err.is_canceled());
     /// ```
     pub struct ResponseBody<B> {

@@ -34,7 +34,7 @@ pin_project! {
     /// let mut req = http::Request::new(());
     /// req.extensions_mut().insert(ctx);
     /// let fut: ctxcore_http::client::ResponseFuture<_> = svc.call(req);
-    /// let err = futures::executor::block_on(fut).unwrap_err();
+    /// let err = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(fut).unwrap_err();
     /// assert!(matches!(&err, Error::Canceled(cause) if cause.as_str() == Some("user left")));
     /// ```
     pub struct ResponseFuture<F> {

@@ -37,7 +37,7 @@
 //! use std::time::Duration;
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
-//! # futures::executor::block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! // Any tower service of http::Request; here one that echoes the header.
 //! let inner = service_fn(|req: http::Request<()>| async move {
 //!     let timeout = req.headers().get("grpc-timeout").cloned();
