@@ -180,3 +180,8 @@ cause_type!(
     ShuttingDown,
     "server shutting down"
 );
+
+/// Whether `ctx` carries the marker of a layer with `expose_cause(true)`.
+pub(crate) fn layer_marker(ctx: &ctxcore::Context) -> bool {
+    ctx.value(&layer::EXPOSE_CAUSE).is_some()
+}
