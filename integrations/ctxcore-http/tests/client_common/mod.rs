@@ -80,6 +80,8 @@ where
                 return;
             };
             count.fetch_add(1, Ordering::SeqCst);
+            // No Nagle: small frames (a reset) go out at once.
+            let _ = stream.set_nodelay(true);
             let handler = handler.clone();
             let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
@@ -111,9 +113,11 @@ pub type HyperClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// A hyper-util legacy client speaking `proto`.
 pub fn hyper_client(proto: Proto) -> HyperClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .http2_only(proto == Proto::Http2)
-        .build_http()
+        .build(connector)
 }
 
 /// That client behind the client layer.
