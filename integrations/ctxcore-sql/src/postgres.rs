@@ -1,1 +1,910 @@
-//! (to be written)
+//! tokio-postgres queries under a [`Context`]: when the context is done, the
+//! server really stops the statement, and the connection is clean for the
+//! next user.
+//!
+//! ```no_run
+//! use ctxcore::Context;
+//! use ctxcore_sql::postgres::{Canceller, ClientExt};
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres".parse()?;
+//! let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+//! tokio::spawn(connection);
+//! // Once per server (next to the pool): where to send cancel requests.
+//! let cancel = Canceller::new(&config);
+//!
+//! let (ctx, _handle) = Context::background().with_timeout(Duration::from_millis(200));
+//! let err = client.with_ctx(&ctx, &cancel).query("SELECT pg_sleep(30)", &[]).await.unwrap_err();
+//! assert!(err.context_error().unwrap().is_deadline_exceeded());
+//! // The server stopped the statement; the connection is ready for more.
+//! let row = client.query_one("SELECT 1", &[]).await?;
+//! # let _ = row; Ok(()) }
+//! ```
+//!
+//! # What a call does
+//!
+//! [`WithContext::query`] (and `query_one`, `query_opt`, `execute`,
+//! `batch_execute`):
+//!
+//! 1. returns [`Error::Context`] at once, sending nothing, if the context is
+//!    already done;
+//! 2. if the context has a deadline (and [`WithContext::statement_timeout`]
+//!    is on, the default), pipelines `SET statement_timeout = <time left,
+//!    rounded up to a millisecond>` in front of the statement, so the server
+//!    enforces the deadline by itself with no extra round trip and no cancel
+//!    connection; afterwards `RESET statement_timeout` is queued on the same
+//!    connection, ahead of anything its next user sends;
+//! 3. registers an after-func on the context that sends the server a cancel
+//!    request through the [`Canceller`] (a new connection, spawned on the tokio
+//!    runtime) when the context is done;
+//! 4. awaits the statement's answer: if the context is done it waits at most
+//!    [`WithContext::answer_timeout`] for the server's `57014 query_canceled`;
+//! 5. stops the after-func *and waits for it* ([`AfterFunc::stop_wait`]), and,
+//!    if it ran, awaits the cancel request to its end (the server closing the
+//!    cancel connection, see below), bounded by [`Canceller::timeout`];
+//! 6. maps the result: `57014` (canceled by us, or the statement timeout once
+//!    the context's deadline has passed) becomes `Error::Context` with the
+//!    context's error and cause; every other failure is `Error::Driver`, even if
+//!    the context is done by then; a statement that completed returns its rows.
+//!
+//! # Pitfalls (why the naive ways fail)
+//!
+//! - **Dropping a tokio-postgres future does not stop the server.** Wrapping
+//!   `client.query(..)` in `ctx.run(..)`, `select!` or `tokio::time::timeout`
+//!   drops the future, but the backend keeps running the statement and the
+//!   connection stays busy: the next query on that pooled connection waits
+//!   behind it. Only a cancel request (or `statement_timeout`) stops it.
+//! - **A late cancel hits the next query.** PostgreSQL cancel requests name a
+//!   backend, not a statement. `CancelToken::cancel_query` returns as soon as it
+//!   has *written* the request; the postmaster signals the backend a little
+//!   later. If the statement finished meanwhile and the connection went back to
+//!   the pool, the signal cancels whatever its next user runs. The
+//!   [`Canceller`] therefore opens the cancel connection itself and waits until
+//!   the server *closes* it: the postmaster child closes it only after it has
+//!   sent the signal. A signal that reaches an idle backend (one waiting for its
+//!   next command) is discarded by PostgreSQL, so once this call returns,
+//!   nothing of ours can land on the next statement. The after-func is stopped
+//!   with a wait, so a cancel cannot be *started* after we return either.
+//! - **`statement_timeout` leaks.** A `SET` left on a pooled connection limits
+//!   every later user. The `RESET` is queued on the connection before this call
+//!   returns (or, if the call's future is dropped, from its `Drop`), so it runs
+//!   before anything the next user sends. In a transaction that aborts, the
+//!   `ROLLBACK` undoes the `SET` anyway.
+//! - **A cancelled statement is not the only `57014`.** The server's own
+//!   `statement_timeout` uses the same code: it is the context's
+//!   `DeadlineExceeded` only once the context's deadline has passed; otherwise
+//!   (a timeout the user set) it stays the driver's error.
+//!
+//! # If the caller drops the future mid-statement
+//!
+//! The [`Drop`] of the call's future sends a cancel request (spawned on the
+//! runtime) and queues, on the same connection, `RESET statement_timeout` (if
+//! it was set) and a guard statement `SELECT pg_sleep(<drop_guard>)` (100 ms by
+//! default, [`WithContext::drop_guard`]). The guard keeps the backend busy
+//! while the cancel request travels, so a cancel that arrives after the
+//! statement finished hits the guard, not the next user's statement. The
+//! remaining window, stated exactly: a cancel request that takes longer than
+//! the guard to reach the server could still cancel the next statement on that
+//! connection. Awaiting the call to its end has no such window.
+//!
+//! # TLS
+//!
+//! The cancel connection uses the TLS connector given to
+//! [`Canceller::with_tls`] (any `MakeTlsConnect<CancelStream>`, e.g.
+//! postgres-native-tls or postgres-openssl's connectors) with the
+//! connection's `sslmode`; [`Canceller::new`] uses [`NoTls`].
+
+use core::fmt;
+use core::future::{poll_fn, Future};
+use core::pin::{pin, Pin};
+use core::task::{Context as TaskCx, Poll, Waker};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ctxcore::{AfterFunc, Context, ContextError, Error as Kind};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::runtime::Handle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{CancelToken, Client, Config, GenericClient, NoTls, Row, ToStatement, Transaction};
+
+/// The error of a query under a context: the context's error, or
+/// [`tokio_postgres::Error`].
+///
+/// ```
+/// let err: ctxcore_sql::postgres::Error =
+///     ctxcore_sql::Error::Context(ctxcore::ContextError::from_error(ctxcore::Error::Canceled));
+/// assert!(err.is_context());
+/// ```
+pub type Error = crate::Error<tokio_postgres::Error>;
+
+const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_DROP_GUARD: Duration = Duration::from_millis(100);
+/// How long to wait for the context's own deadline to fire once the server's
+/// statement timeout said it passed (clock skew between our timer and the
+/// server's is at most a millisecond or so).
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
+/// Where and how to send PostgreSQL cancel requests for connections made
+/// from one [`Config`]. Cheap to clone (one `Arc`). Build it once, next to the
+/// pool or the client.
+///
+/// A cancel request is bounded by [`timeout`](Self::timeout) (5 s by default)
+/// and is finished only when the server has closed the cancel connection,
+/// that is after the postmaster has signalled the backend (see the [module
+/// docs](self)).
+///
+/// ```
+/// use ctxcore_sql::postgres::Canceller;
+/// let config: tokio_postgres::Config = "host=127.0.0.1 port=5432 user=postgres".parse().unwrap();
+/// let cancel = Canceller::new(&config).timeout(std::time::Duration::from_secs(2));
+/// # let _ = cancel;
+/// ```
+pub struct Canceller<T = NoTls> {
+    inner: Arc<CancellerInner<T>>,
+}
+
+struct CancellerInner<T> {
+    target: Option<Target>,
+    hostname: String,
+    tls: T,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Tcp(String, u16),
+    Ip(std::net::IpAddr, u16),
+    Unix(PathBuf),
+}
+
+impl<T> Clone for Canceller<T> {
+    fn clone(&self) -> Self {
+        Canceller {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Canceller<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Canceller")
+            .field("target", &self.inner.target)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Canceller<NoTls> {
+    /// Cancel requests without TLS to the server of `config` (its first host,
+    /// or first `hostaddr`, and first port; 5432 if none).
+    ///
+    /// ```
+    /// let config: tokio_postgres::Config = "host=/var/run/postgresql user=postgres".parse().unwrap();
+    /// let cancel = ctxcore_sql::postgres::Canceller::new(&config);
+    /// # let _ = cancel;
+    /// ```
+    pub fn new(config: &Config) -> Self {
+        Canceller::with_tls(config, NoTls)
+    }
+}
+
+impl<T> Canceller<T>
+where
+    T: MakeTlsConnect<CancelStream> + Clone + Send + Sync + 'static,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<CancelStream>>::Future: Send,
+{
+    /// Cancel requests through `tls` (the same connector the connections
+    /// use) to the server of `config`. For a config with several hosts, the
+    /// first is used.
+    ///
+    /// ```
+    /// use ctxcore_sql::postgres::Canceller;
+    /// let config: tokio_postgres::Config = "host=db.internal user=app sslmode=require".parse().unwrap();
+    /// // With a real TLS connector (e.g. postgres_native_tls::MakeTlsConnector) in place of NoTls.
+    /// let cancel = Canceller::with_tls(&config, tokio_postgres::NoTls);
+    /// # let _ = cancel;
+    /// ```
+    pub fn with_tls(config: &Config, tls: T) -> Self {
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let (target, hostname) = match (config.get_hostaddrs().first(), config.get_hosts().first()) {
+            (Some(ip), host) => (
+                Some(Target::Ip(*ip, port)),
+                match host {
+                    Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                    _ => String::new(),
+                },
+            ),
+            (None, Some(tokio_postgres::config::Host::Tcp(h))) => (Some(Target::Tcp(h.clone(), port)), h.clone()),
+            #[cfg(unix)]
+            (None, Some(tokio_postgres::config::Host::Unix(dir))) => {
+                (Some(Target::Unix(dir.join(format!(".s.PGSQL.{port}")))), String::new())
+            }
+            _ => (None, String::new()),
+        };
+        Canceller {
+            inner: Arc::new(CancellerInner {
+                target,
+                hostname,
+                tls,
+                timeout: DEFAULT_CANCEL_TIMEOUT,
+            }),
+        }
+    }
+
+    /// The bound on one cancel request (connect, send, and the server closing
+    /// the connection). Default 5 s.
+    ///
+    /// ```
+    /// let config: tokio_postgres::Config = "host=127.0.0.1 user=postgres".parse().unwrap();
+    /// let cancel = ctxcore_sql::postgres::Canceller::new(&config).timeout(std::time::Duration::from_millis(500));
+    /// # let _ = cancel;
+    /// ```
+    pub fn timeout(self, timeout: Duration) -> Self {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.timeout = timeout;
+                inner
+            }
+            Err(shared) => CancellerInner {
+                target: shared.target.clone(),
+                hostname: shared.hostname.clone(),
+                tls: shared.tls.clone(),
+                timeout,
+            },
+        };
+        Canceller { inner: Arc::new(inner) }
+    }
+
+    /// Sends a cancel request for the statement running on `token`'s
+    /// connection, and returns once the server has acted on it (closed the
+    /// cancel connection), or after the timeout. `Ok(())` means the request was
+    /// delivered, not that a statement was cancelled.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: &tokio_postgres::Client, config: &tokio_postgres::Config) {
+    /// let cancel = ctxcore_sql::postgres::Canceller::new(config);
+    /// cancel.cancel(client.cancel_token()).await.unwrap();
+    /// # }
+    /// ```
+    pub async fn cancel(&self, token: CancelToken) -> io::Result<()> {
+        let (bound, _h) = Context::background().with_timeout(self.inner.timeout);
+        let send = pin!(self.send(token));
+        match first_of(send, bound.done()).await {
+            Either::Left(r) => r,
+            Either::Right(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "cancel request timed out")),
+        }
+    }
+
+    async fn send(&self, token: CancelToken) -> io::Result<()> {
+        let stream = match &self.inner.target {
+            Some(Target::Tcp(host, port)) => CancelStream::tcp(tokio::net::TcpStream::connect((host.as_str(), *port)).await?),
+            Some(Target::Ip(ip, port)) => CancelStream::tcp(tokio::net::TcpStream::connect((*ip, *port)).await?),
+            #[cfg(unix)]
+            Some(Target::Unix(path)) => CancelStream::unix(tokio::net::UnixStream::connect(path).await?),
+            #[cfg(not(unix))]
+            Some(Target::Unix(_)) => return Err(io::Error::new(io::ErrorKind::Unsupported, "no Unix sockets here")),
+            None => return Err(io::Error::new(io::ErrorKind::InvalidInput, "the config names no host")),
+        };
+        let mut tls = self.inner.tls.clone();
+        let connect = tls
+            .make_tls_connect(&self.inner.hostname)
+            .map_err(|e| io::Error::other(e.into()))?;
+        token
+            .cancel_query_raw(stream, connect)
+            .await
+            .map_err(io::Error::other)
+    }
+}
+
+/// The stream a cancel request travels on (TCP or a Unix socket). Its
+/// `poll_shutdown` shuts down the write half and then reads until the server
+/// closes the connection, which the postmaster does only after signalling the
+/// backend: that is how a [`Canceller`] knows the cancel has landed.
+///
+/// TLS connectors are given this type (`MakeTlsConnect<CancelStream>`).
+///
+/// ```
+/// fn needs_tls_for_cancel<T: tokio_postgres::tls::MakeTlsConnect<ctxcore_sql::postgres::CancelStream>>(_: T) {}
+/// needs_tls_for_cancel(tokio_postgres::NoTls);
+/// ```
+#[derive(Debug)]
+pub struct CancelStream {
+    inner: StreamInner,
+    write_shut: bool,
+}
+
+#[derive(Debug)]
+enum StreamInner {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl CancelStream {
+    fn tcp(s: tokio::net::TcpStream) -> Self {
+        let _ = s.set_nodelay(true);
+        CancelStream {
+            inner: StreamInner::Tcp(s),
+            write_shut: false,
+        }
+    }
+
+    #[cfg(unix)]
+    fn unix(s: tokio::net::UnixStream) -> Self {
+        CancelStream {
+            inner: StreamInner::Unix(s),
+            write_shut: false,
+        }
+    }
+}
+
+impl AsyncRead for CancelStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskCx<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            StreamInner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
+            StreamInner::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for CancelStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskCx<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().inner {
+            StreamInner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
+            StreamInner::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            StreamInner::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
+            StreamInner::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.write_shut {
+            let r = match &mut this.inner {
+                StreamInner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+                #[cfg(unix)]
+                StreamInner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            };
+            match r {
+                Poll::Ready(Ok(())) => this.write_shut = true,
+                other => return other,
+            }
+        }
+        // Read until the server closes its end: the postmaster child that
+        // handles a cancel request closes the socket after signalling.
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            let r = match &mut this.inner {
+                StreamInner::Tcp(s) => Pin::new(s).poll_read(cx, &mut buf),
+                #[cfg(unix)]
+                StreamInner::Unix(s) => Pin::new(s).poll_read(cx, &mut buf),
+            };
+            match r {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for tokio_postgres::Client {}
+    impl Sealed for tokio_postgres::Transaction<'_> {}
+}
+
+/// Runs statements of a [`Client`] or a [`Transaction`] (and so of a
+/// `deadpool_postgres::Object` or its transactions, which deref to them)
+/// under a [`Context`]. Sealed.
+///
+/// ```no_run
+/// use ctxcore::Context;
+/// use ctxcore_sql::postgres::{Canceller, ClientExt};
+///
+/// # async fn demo(client: &mut tokio_postgres::Client, cancel: &Canceller) -> Result<(), ctxcore_sql::postgres::Error> {
+/// let (ctx, _h) = Context::background().with_timeout(std::time::Duration::from_secs(1));
+/// let n = client.with_ctx(&ctx, cancel).execute("DELETE FROM jobs WHERE done", &[]).await?;
+/// let tx = client.transaction().await.map_err(ctxcore_sql::Error::Driver)?;
+/// tx.with_ctx(&ctx, cancel).execute("UPDATE jobs SET n = n + 1", &[]).await?;
+/// tx.commit().await.map_err(ctxcore_sql::Error::Driver)?;
+/// # let _ = n; Ok(()) }
+/// ```
+pub trait ClientExt: GenericClient + Sync + sealed::Sealed + Sized {
+    /// The cancel token of the underlying connection.
+    #[doc(hidden)]
+    fn ctx_cancel_token(&self) -> CancelToken;
+
+    /// Statements run under `ctx`, cancelled through `canceller`. See the
+    /// [module docs](self).
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let rows = client.with_ctx(ctx, cancel).query("SELECT 1", &[]).await;
+    /// # let _ = rows; }
+    /// ```
+    fn with_ctx<'a, T>(&'a self, ctx: &'a Context, canceller: &'a Canceller<T>) -> WithContext<'a, Self, T> {
+        WithContext {
+            client: self,
+            ctx,
+            canceller,
+            statement_timeout: true,
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT,
+            drop_guard: DEFAULT_DROP_GUARD,
+        }
+    }
+}
+
+impl ClientExt for Client {
+    fn ctx_cancel_token(&self) -> CancelToken {
+        self.cancel_token()
+    }
+}
+
+impl ClientExt for Transaction<'_> {
+    fn ctx_cancel_token(&self) -> CancelToken {
+        self.cancel_token()
+    }
+}
+
+/// A client's statements under a context; made by [`ClientExt::with_ctx`].
+/// `Copy`: configure once, run many statements.
+///
+/// ```no_run
+/// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+/// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+/// let db = client.with_ctx(ctx, cancel).statement_timeout(false);
+/// let one = db.query_one("SELECT 1::int4", &[]).await.unwrap().get::<_, i32>(0);
+/// # let _ = one; }
+/// ```
+pub struct WithContext<'a, C, T = NoTls> {
+    client: &'a C,
+    ctx: &'a Context,
+    canceller: &'a Canceller<T>,
+    statement_timeout: bool,
+    answer_timeout: Duration,
+    drop_guard: Duration,
+}
+
+impl<C, T> Clone for WithContext<'_, C, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<C, T> Copy for WithContext<'_, C, T> {}
+
+impl<C, T> fmt::Debug for WithContext<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithContext")
+            .field("ctx", self.ctx)
+            .field("canceller", self.canceller)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("answer_timeout", &self.answer_timeout)
+            .field("drop_guard", &self.drop_guard)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the statement's future resolved to, before mapping.
+enum Answer<R> {
+    Done(Result<R, tokio_postgres::Error>),
+    /// The context was done and the server did not answer within the bound.
+    NoAnswer,
+}
+
+impl<'a, C, T> WithContext<'a, C, T>
+where
+    C: ClientExt,
+    T: MakeTlsConnect<CancelStream> + Clone + Send + Sync + 'static,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<CancelStream>>::Future: Send,
+{
+    /// Whether a context deadline is also sent to the server as
+    /// `statement_timeout` (default: on). Off, a deadline is enforced by a
+    /// cancel request only.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let db = client.with_ctx(ctx, cancel).statement_timeout(false);
+    /// # let _ = db; }
+    /// ```
+    pub fn statement_timeout(mut self, on: bool) -> Self {
+        self.statement_timeout = on;
+        self
+    }
+
+    /// How long to wait for the server's answer once the context is done and
+    /// the cancel request sent (default 5 s). Past it the call returns the
+    /// context's error while the statement may still be running: the
+    /// connection stays usable, its next statement queues behind.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let db = client.with_ctx(ctx, cancel).answer_timeout(std::time::Duration::from_secs(1));
+    /// # let _ = db; }
+    /// ```
+    pub fn answer_timeout(mut self, bound: Duration) -> Self {
+        self.answer_timeout = bound;
+        self
+    }
+
+    /// The guard statement's length when the call's future is dropped
+    /// mid-statement (default 100 ms; see the [module docs](self)).
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let db = client.with_ctx(ctx, cancel).drop_guard(std::time::Duration::from_millis(250));
+    /// # let _ = db; }
+    /// ```
+    pub fn drop_guard(mut self, guard: Duration) -> Self {
+        self.drop_guard = guard;
+        self
+    }
+
+    /// Like [`Client::query`], under the context.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let rows = client.with_ctx(ctx, cancel).query("SELECT $1::text", &[&"hi"]).await.unwrap();
+    /// assert_eq!(rows[0].get::<_, &str>(0), "hi");
+    /// # }
+    /// ```
+    pub async fn query<S>(self, statement: &S, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error>
+    where
+        S: ?Sized + ToStatement + Sync + Send,
+    {
+        self.run(|| self.client.query(statement, params)).await
+    }
+
+    /// Like [`Client::query_one`], under the context.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let row = client.with_ctx(ctx, cancel).query_one("SELECT 1::int4", &[]).await.unwrap();
+    /// assert_eq!(row.get::<_, i32>(0), 1);
+    /// # }
+    /// ```
+    pub async fn query_one<S>(self, statement: &S, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error>
+    where
+        S: ?Sized + ToStatement + Sync + Send,
+    {
+        self.run(|| self.client.query_one(statement, params)).await
+    }
+
+    /// Like [`Client::query_opt`], under the context.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let row = client.with_ctx(ctx, cancel).query_opt("SELECT 1 WHERE false", &[]).await.unwrap();
+    /// assert!(row.is_none());
+    /// # }
+    /// ```
+    pub async fn query_opt<S>(self, statement: &S, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error>
+    where
+        S: ?Sized + ToStatement + Sync + Send,
+    {
+        self.run(|| self.client.query_opt(statement, params)).await
+    }
+
+    /// Like [`Client::execute`], under the context.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// let n = client.with_ctx(ctx, cancel).execute("UPDATE t SET x = x + 1", &[]).await.unwrap();
+    /// # let _ = n; }
+    /// ```
+    pub async fn execute<S>(self, statement: &S, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error>
+    where
+        S: ?Sized + ToStatement + Sync + Send,
+    {
+        self.run(|| self.client.execute(statement, params)).await
+    }
+
+    /// Like [`Client::batch_execute`] (simple query protocol, several
+    /// statements), under the context.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// client.with_ctx(ctx, cancel).batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)").await.unwrap();
+    /// # }
+    /// ```
+    pub async fn batch_execute(self, statements: &str) -> Result<(), Error> {
+        self.run(|| self.client.batch_execute(statements)).await
+    }
+
+    async fn run<R, F, Fut>(self, op: F) -> Result<R, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<R, tokio_postgres::Error>>,
+    {
+        let ctx = self.ctx;
+        if let Some(e) = ctx.error() {
+            return Err(crate::Error::Context(e));
+        }
+        let rt = Handle::try_current().ok();
+        let slot: Arc<Mutex<Option<Context>>> = Arc::new(Mutex::new(None));
+        let after = {
+            let slot = Arc::clone(&slot);
+            let canceller = self.canceller.clone();
+            let token = self.client.ctx_cancel_token();
+            let rt = rt.clone();
+            ctx.after_func(move || {
+                let task = spawn_cancel(rt.as_ref(), &canceller, token);
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            })
+        };
+        let mut guard = InFlight {
+            client: self.client,
+            canceller: self.canceller,
+            spawn: spawn_cancel::<T>,
+            rt,
+            slot,
+            after,
+            drop_guard: self.drop_guard,
+            sent: false,
+            answered: false,
+            timeout_set: false,
+            finished: false,
+        };
+        if ctx.is_done() {
+            // Cancelled between the check and the registration: the
+            // after-func may have started a cancel; nothing was sent, so it
+            // lands on an idle backend. Wait for it and report.
+            guard.settle().await;
+            guard.finished = true;
+            return Err(crate::Error::Context(ctx.error().unwrap_or(ContextError::from_error(Kind::Canceled))));
+        }
+
+        let timeout_ms = match (self.statement_timeout, ctx.deadline()) {
+            (true, Some(_)) => ctx.time_left().map(|d| {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                ms.clamp(1, i32::MAX as u128) as u64
+            }),
+            _ => None,
+        };
+        let set_sql;
+        let mut set = match timeout_ms {
+            Some(ms) => {
+                set_sql = format!("SET statement_timeout = {ms}");
+                Some(self.client.batch_execute(&set_sql))
+            }
+            None => None,
+        };
+        let mut query = pin!(op());
+        // The SET (if any) is polled first, so its request is queued before
+        // the statement's.
+        let answer = {
+            let guard = &mut guard;
+            let done = ctx.done();
+            let mut done = pin!(done);
+            let first = poll_fn(|cx| {
+                if let Some(s) = set.as_mut() {
+                    guard.timeout_set = true;
+                    if s.as_mut().poll(cx).is_ready() {
+                        set = None;
+                    }
+                }
+                guard.sent = true;
+                if let Poll::Ready(r) = query.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if done.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            match first {
+                Some(r) => Answer::Done(r),
+                None => {
+                    // The context is done: the after-func is sending the
+                    // cancel. Await the server's answer, bounded.
+                    let (bound, _h) = Context::background().with_timeout(self.answer_timeout);
+                    match first_of(query.as_mut(), bound.done()).await {
+                        Either::Left(r) => Answer::Done(r),
+                        Either::Right(_) => Answer::NoAnswer,
+                    }
+                }
+            }
+        };
+        if let Answer::Done(_) = &answer {
+            guard.answered = true;
+        }
+        // The SET's answer came before the statement's: nothing to wait for.
+        drop(set.take());
+        guard.settle().await;
+        if guard.timeout_set {
+            send_only(self.client.batch_execute("RESET statement_timeout"));
+        }
+        guard.finished = true;
+        match answer {
+            Answer::Done(Ok(r)) => Ok(r),
+            Answer::Done(Err(e)) if e.code() == Some(&SqlState::QUERY_CANCELED) => match ctx.error() {
+                Some(ce) => Err(crate::Error::Context(ce)),
+                None => match ctx.deadline() {
+                    // (A little tolerance: the server's clock is not ours.)
+                    Some(_) if ctx.time_left().is_some_and(|l| l <= Duration::from_millis(2)) => {
+                        // The server's statement timeout fired with the
+                        // deadline: let the context's own timer catch up.
+                        let (grace, _h) = Context::background().with_timeout(DEADLINE_GRACE);
+                        let _ = first_of(pin!(ctx.done()), grace.done()).await;
+                        Err(crate::Error::Context(
+                            ctx.error().unwrap_or(ContextError::from_error(Kind::DeadlineExceeded)),
+                        ))
+                    }
+                    _ => Err(crate::Error::Driver(e)),
+                },
+            },
+            Answer::Done(Err(e)) => Err(crate::Error::Driver(e)),
+            Answer::NoAnswer => Err(crate::Error::Context(
+                ctx.error().unwrap_or(ContextError::from_error(Kind::Canceled)),
+            )),
+        }
+    }
+}
+
+/// The state of one call, and its `Drop` for a future dropped mid-statement.
+struct InFlight<'a, C: ClientExt, T> {
+    client: &'a C,
+    canceller: &'a Canceller<T>,
+    /// `spawn_cancel` for this `T` (its bounds checked where it was taken).
+    spawn: SpawnCancel<T>,
+    rt: Option<Handle>,
+    /// Done once the cancel request the after-func started has finished.
+    slot: Arc<Mutex<Option<Context>>>,
+    after: AfterFunc,
+    drop_guard: Duration,
+    /// The statement's request may have been queued on the connection.
+    sent: bool,
+    /// The server answered the statement.
+    answered: bool,
+    /// `SET statement_timeout` was queued.
+    timeout_set: bool,
+    /// The call ran to its end: nothing left for `Drop`.
+    finished: bool,
+}
+
+impl<C: ClientExt, T> InFlight<'_, C, T> {
+    /// Stops the after-func (waiting if it is running) and awaits the cancel
+    /// request it started, if any.
+    async fn settle(&mut self) {
+        self.after.stop_wait().await;
+        let task = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            // The task is bounded by the canceller's own timeout; this bound
+            // only matters if the runtime drops the task.
+            let (bound, _h) = Context::background().with_timeout(self.canceller.inner.timeout * 2);
+            let _ = first_of(pin!(task.done()), bound.done()).await;
+        }
+    }
+}
+
+impl<C: ClientExt, T> Drop for InFlight<'_, C, T> {
+    fn drop(&mut self) {
+        if self.finished || !self.sent {
+            return;
+        }
+        // The caller dropped the call mid-way. The after-func does little
+        // (it spawns), so waiting for it here is short.
+        self.after.stop_and_wait();
+        let pending = self
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some_and(|t| !t.is_done());
+        let mut cancelling = pending;
+        if !self.answered && !pending {
+            let _ = (self.spawn)(self.rt.as_ref(), self.canceller, self.client.ctx_cancel_token());
+            cancelling = true;
+        }
+        if self.timeout_set {
+            send_only(self.client.batch_execute("RESET statement_timeout"));
+        }
+        if cancelling {
+            let guard = format!("SELECT pg_sleep({})", self.drop_guard.as_secs_f64());
+            send_only(self.client.batch_execute(&guard));
+            if self.timeout_set {
+                send_only(self.client.batch_execute("RESET statement_timeout"));
+            }
+        }
+    }
+}
+
+impl<C: ClientExt, T> fmt::Debug for InFlight<'_, C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight").field("sent", &self.sent).finish_non_exhaustive()
+    }
+}
+
+type SpawnCancel<T> = fn(Option<&Handle>, &Canceller<T>, CancelToken) -> Context;
+
+/// Starts a cancel request on the runtime (or, outside one, on a thread of
+/// its own with a small runtime). The context returned is done once the
+/// request has finished (or its task was dropped).
+fn spawn_cancel<T>(rt: Option<&Handle>, canceller: &Canceller<T>, token: CancelToken) -> Context
+where
+    T: MakeTlsConnect<CancelStream> + Clone + Send + Sync + 'static,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<CancelStream>>::Future: Send,
+{
+    let (finished, handle) = Context::background().with_cancel();
+    let canceller = canceller.clone();
+    let fut = async move {
+        let _ = canceller.cancel(token).await;
+        handle.cancel();
+    };
+    match rt {
+        Some(rt) => drop(rt.spawn(fut)),
+        None => {
+            // Dropping `fut` unrun drops the handle, which cancels `finished`.
+            let _ = std::thread::Builder::new().name("ctxcore-sql-cancel".into()).spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_io().build() {
+                    rt.block_on(fut);
+                }
+            });
+        }
+    }
+    finished
+}
+
+/// Queues a tokio-postgres request without waiting for its answer: the first
+/// poll of its future hands the request to the connection; the answer is
+/// discarded when the future is dropped.
+fn send_only<F: Future>(f: F) {
+    let mut f = pin!(f);
+    let _ = f.as_mut().poll(&mut TaskCx::from_waker(Waker::noop()));
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Polls `a` then `b`; the first ready wins.
+async fn first_of<A: Future + Unpin, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    first(a, pin!(b)).await
+}
+
+async fn first<A: Future + Unpin, B: Future + Unpin>(mut a: A, mut b: B) -> Either<A::Output, B::Output> {
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = Pin::new(&mut a).poll(cx) {
+            return Poll::Ready(Either::Left(r));
+        }
+        if let Poll::Ready(r) = Pin::new(&mut b).poll(cx) {
+            return Poll::Ready(Either::Right(r));
+        }
+        Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,381 @@
+//! tokio-postgres under a context, against a real PostgreSQL (a throwaway
+//! cluster per test binary, a database per test).
+#![cfg(feature = "tokio-postgres")]
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+use std::time::{Duration, Instant};
+
+use ctxcore::{Context, Error as Kind};
+use ctxcore_sql::postgres::{Canceller, ClientExt};
+use ctxcore_sql::Error;
+use support::pg::PgCluster;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// Every wait in these tests is bounded by this.
+const LIMIT: Duration = Duration::from_secs(20);
+
+struct Db {
+    pg: &'static PgCluster,
+    name: String,
+    config: Config,
+    cancel: Canceller,
+}
+
+impl Db {
+    fn new(name: &str) -> Db {
+        let pg = PgCluster::shared();
+        let name = pg.create_database(name);
+        let config: Config = pg.config(&name).parse().unwrap();
+        let cancel = Canceller::new(&config);
+        Db { pg, name, config, cancel }
+    }
+
+    async fn connect(&self) -> Client {
+        let (client, conn) = bounded(self.config.connect(NoTls)).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
+    /// The state and query of backend `pid`, seen from another connection.
+    async fn activity(&self, pid: i32) -> (String, String) {
+        let c = self.connect().await;
+        let row = bounded(c.query_one(
+            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        ))
+        .await
+        .unwrap();
+        (row.get(0), row.get(1))
+    }
+}
+
+async fn bounded<F: Future>(f: F) -> F::Output {
+    match tokio::time::timeout(LIMIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("not done within {LIMIT:?}"),
+    }
+}
+
+async fn pid(c: &Client) -> i32 {
+    bounded(c.query_one("SELECT pg_backend_pid()", &[])).await.unwrap().get(0)
+}
+
+/// Waits (bounded) until backend `pid` is idle: its statement really stopped.
+async fn assert_goes_idle(db: &Db, pid: i32) -> Duration {
+    let t = Instant::now();
+    loop {
+        let (state, query) = db.activity(pid).await;
+        if state == "idle" {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "backend {pid} still {state:?} running {query:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sleep_cancelled_100ms_in_stops_on_the_server() {
+    let db = Db::new("cancel");
+    let client = db.connect().await;
+    let backend = pid(&client).await;
+    let (ctx, handle) = Context::background().with_cancel();
+    let cancelled_at = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handle.cancel_with("client went away");
+        Instant::now()
+    });
+    let t = Instant::now();
+    let err = bounded(client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]))
+        .await
+        .unwrap_err();
+    let returned = Instant::now();
+    let cancelled_at = cancelled_at.await.unwrap();
+    let latency = returned - cancelled_at;
+    eprintln!("pg_sleep(30) cancelled after {:?}: returned {latency:?} after the cancel", t.elapsed());
+    let ce = err.context_error().expect("the context's error");
+    assert_eq!(ce.kind(), Kind::Canceled);
+    assert_eq!(ce.cause().as_str(), Some("client went away"));
+    assert!(latency < Duration::from_millis(50), "returned {latency:?} after the cancel");
+    // Idle at once: we returned only after the server answered.
+    let (state, query) = db.activity(backend).await;
+    assert_eq!(state, "idle", "{query}");
+    // The connection is in sync and nothing late hits the next statements.
+    let row = bounded(client.query_one("SELECT 41 + 1", &[])).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    bounded(client.execute("SELECT pg_sleep(0.3)", &[])).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_200ms_is_deadline_exceeded_and_stops_on_the_server() {
+    let db = Db::new("deadline");
+    let client = db.connect().await;
+    let backend = pid(&client).await;
+    for statement_timeout in [true, false] {
+        let (ctx, _h) = Context::background().with_timeout_cause(Duration::from_millis(200), "slow report");
+        let t = Instant::now();
+        let err = bounded(
+            client
+                .with_ctx(&ctx, &db.cancel)
+                .statement_timeout(statement_timeout)
+                .query("SELECT pg_sleep(30)", &[]),
+        )
+        .await
+        .unwrap_err();
+        let took = t.elapsed();
+        eprintln!("deadline 200 ms (statement_timeout {statement_timeout}): returned after {took:?}");
+        let ce = err.context_error().unwrap_or_else(|| panic!("context error, got {err:?}"));
+        assert_eq!(ce.kind(), Kind::DeadlineExceeded);
+        assert_eq!(ce.cause().as_str(), Some("slow report"));
+        assert!(took >= Duration::from_millis(195) && took < Duration::from_millis(250 + 50), "{took:?}");
+        let (state, query) = db.activity(backend).await;
+        assert_eq!(state, "idle", "{query}");
+        // statement_timeout did not leak to the connection's next user.
+        let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
+        assert_eq!(row.get::<_, &str>(0), "0");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn already_done_returns_at_once_and_never_runs() {
+    let db = Db::new("done");
+    let client = db.connect().await;
+    bounded(client.batch_execute("CREATE TABLE t (x int)")).await.unwrap();
+    let (cancelled, h) = Context::background().with_cancel();
+    h.cancel_with("gone");
+    let (expired, _h) = Context::background().with_timeout(Duration::ZERO);
+    for (ctx, kind) in [(&cancelled, Kind::Canceled), (&expired, Kind::DeadlineExceeded)] {
+        let t = Instant::now();
+        let err = bounded(client.with_ctx(ctx, &db.cancel).execute("INSERT INTO t VALUES (1)", &[]))
+            .await
+            .unwrap_err();
+        let took = t.elapsed();
+        assert_eq!(err.context_error().map(|e| e.kind()), Some(kind));
+        assert!(took < Duration::from_millis(5), "{took:?}");
+    }
+    let n: i64 = bounded(client.query_one("SELECT count(*) FROM t", &[])).await.unwrap().get(0);
+    assert_eq!(n, 0, "the INSERT never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_stays_the_drivers_error() {
+    let db = Db::new("bad");
+    let client = db.connect().await;
+    bounded(client.batch_execute("CREATE TABLE u (x int PRIMARY KEY); INSERT INTO u VALUES (1)"))
+        .await
+        .unwrap();
+    let (ctx, h) = Context::background().with_timeout(Duration::from_secs(10));
+    let q = client.with_ctx(&ctx, &db.cancel);
+    let err = bounded(q.query("SELEC 1", &[])).await.unwrap_err();
+    assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::SYNTAX_ERROR));
+    let err = bounded(q.execute("INSERT INTO u VALUES (1)", &[])).await.unwrap_err();
+    assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::UNIQUE_VIOLATION));
+    // A statement timeout the user set (not the context's deadline) stays the driver's.
+    let (no_deadline, _h2) = Context::background().with_cancel();
+    bounded(client.batch_execute("SET statement_timeout = 50")).await.unwrap();
+    let err = bounded(client.with_ctx(&no_deadline, &db.cancel).query("SELECT pg_sleep(5)", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::QUERY_CANCELED));
+    bounded(client.batch_execute("RESET statement_timeout")).await.unwrap();
+    // A failure seen after the context is done is still the driver's: the
+    // context is cancelled while a failing statement runs, and the cancel
+    // request cannot reach the server (a canceller aimed at a closed port),
+    // so the statement fails on its own.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = Canceller::new(&format!("host=127.0.0.1 port={closed} user=postgres").parse().unwrap());
+    let cancel_soon = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h.cancel();
+    });
+    let err = bounded(client.with_ctx(&ctx, &dead).query("SELECT 1 / (SELECT 0 FROM pg_sleep(0.2))", &[]))
+        .await
+        .unwrap_err();
+    assert!(ctx.is_done());
+    assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::DIVISION_BY_ZERO), "{err:?}");
+    cancel_soon.await.unwrap();
+    let err = bounded(q.query("SELECT 1 / 0", &[])).await.unwrap_err();
+    assert!(err.is_context(), "done before the call: never sent");
+    let row = bounded(client.query_one("SELECT 1", &[])).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+/// Polls the inner future `polls_left` times (waking itself so the polls
+/// come at once), then drops it.
+struct Cancellable<F> {
+    inner: Option<Pin<Box<F>>>,
+    polls_left: usize,
+}
+
+impl<F: Future> Future for Cancellable<F> {
+    type Output = Option<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        match inner.as_mut().poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Some(v)),
+            Poll::Pending => {
+                self.polls_left -= 1;
+                if self.polls_left == 0 {
+                    self.inner = None;
+                    return Poll::Ready(None);
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_after_n_polls_stops_the_server_and_the_connection_is_reusable() {
+    let db = Db::new("drop");
+    let client = db.connect().await;
+    let backend = pid(&client).await;
+    for polls in [1, 2, 3, 5, 10, 50] {
+        for deadline in [false, true] {
+            let (ctx, _h) = if deadline {
+                Context::background().with_timeout(Duration::from_secs(60))
+            } else {
+                Context::background().with_cancel()
+            };
+            let fut = client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]);
+            let out = bounded(Cancellable { inner: Some(Box::pin(fut)), polls_left: polls }).await;
+            assert!(out.is_none(), "pg_sleep(30) cannot finish in {polls} polls");
+            let t = Instant::now();
+            // The next statement on the connection runs soon: the server stopped pg_sleep(30).
+            let row = bounded(client.query_one("SELECT 7", &[])).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 7);
+            let took = t.elapsed();
+            assert!(took < Duration::from_secs(2), "next statement waited {took:?} after {polls} polls");
+            assert_goes_idle(&db, backend).await;
+            let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
+            assert_eq!(row.get::<_, &str>(0), "0", "statement_timeout leaked after {polls} polls");
+            // Nothing late lands on a later statement.
+            bounded(client.execute("SELECT pg_sleep(0.15)", &[])).await.unwrap();
+        }
+    }
+}
+
+/// A small xorshift: random enough for picking moments, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_queries_random_cancels_on_a_pool_of_4() {
+    let db = Db::new("pool");
+    let mgr = deadpool_postgres::Manager::new(db.config.clone(), NoTls);
+    let pool = deadpool_postgres::Pool::builder(mgr).max_size(4).build().unwrap();
+    let cancel = db.cancel.clone();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    const WORKERS: u64 = 8;
+    const TOTAL: u64 = 1000;
+    for w in 0..WORKERS {
+        let pool = pool.clone();
+        let cancel = cancel.clone();
+        let finished = finished.clone();
+        let cancelled = cancelled.clone();
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+            for i in 0..TOTAL / WORKERS {
+                let n = (w * 1000 + i) as i32;
+                let obj = pool.get().await.unwrap();
+                let (ctx, handle) = if rng.below(4) == 0 {
+                    // Some with a deadline: the statement_timeout path.
+                    Context::background().with_timeout(Duration::from_millis(2 + rng.below(4)))
+                } else {
+                    Context::background().with_cancel()
+                };
+                let moment = rng.below(3); // 0 before, 1 during, 2 after
+                let sleep_us = rng.below(3000);
+                let server_sleep = format!("{:.4}", rng.below(3) as f64 / 1000.0);
+                let mut after = None;
+                let canceller = if moment == 0 {
+                    handle.cancel_with("before");
+                    None
+                } else if moment == 1 {
+                    Some(tokio::spawn(async move {
+                        // A random moment, not a synchronisation.
+                        tokio::time::sleep(Duration::from_micros(sleep_us)).await;
+                        handle.cancel_with("during");
+                    }))
+                } else {
+                    after = Some(handle);
+                    None
+                };
+                let res = obj
+                    .with_ctx(&ctx, &cancel)
+                    .query("SELECT $1::int4, pg_sleep($2::float8)", &[&n, &server_sleep.parse::<f64>().unwrap()])
+                    .await;
+                match res {
+                    Ok(rows) => {
+                        assert_eq!(rows.len(), 1);
+                        assert_eq!(rows[0].get::<_, i32>(0), n, "a finished query returns its rows");
+                        finished.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Error::Context(e)) => {
+                        assert!(moment != 2 || e.is_deadline_exceeded(), "cancelled after it returned? {e}");
+                        let own = ctx.error().expect("a context error only from a done context");
+                        assert_eq!(own.kind(), e.kind());
+                        cancelled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => panic!("query {n} (moment {moment}) failed on its own: {e:?}"),
+                }
+                if let Some(h) = after {
+                    h.cancel_with("after");
+                }
+                if let Some(c) = canceller {
+                    c.await.unwrap();
+                }
+                // The connection goes back to the pool now: a late cancel
+                // from this query would hit the next user's.
+                drop(obj);
+            }
+        }));
+    }
+    for w in workers {
+        bounded(w).await.unwrap();
+    }
+    let (f, c) = (finished.load(Ordering::Relaxed), cancelled.load(Ordering::Relaxed));
+    eprintln!("1000 queries on a pool of 4: {f} finished with their rows, {c} cancelled");
+    assert_eq!(f + c, TOTAL as usize);
+    assert!(f > 100 && c > 100, "both outcomes exercised: {f} / {c}");
+    let status = pool.status();
+    assert_eq!(status.size, 4, "{status:?}");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let obj = bounded(pool.get()).await.unwrap();
+        let row = bounded(obj.query_one("SELECT 1, current_setting('statement_timeout')", &[])).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 1);
+        assert_eq!(row.get::<_, &str>(1), "0", "statement_timeout leaked into the pool");
+        held.push(obj);
+    }
+    let n: i64 = bounded(held[0].query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state <> 'idle' AND pid <> pg_backend_pid()",
+        &[&db.name],
+    ))
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(n, 0, "every backend is idle");
+    let _ = db.pg;
+}
