@@ -3,8 +3,11 @@
 //! [`RequestBuilderExt::send_with_context`] (on `reqwest::RequestBuilder`):
 //!
 //! 1. fails at once, without sending, when the context is already done;
-//! 2. sets `grpc-timeout` to the time left (on the context's own clock,
-//!    truncated), keeping a shorter value already in the request, and sets
+//! 2. sets `grpc-timeout` to the time left (on the context's own clock)
+//!    less [`DEFAULT_MARGIN`](crate::client::DEFAULT_MARGIN) for the
+//!    request's way to the peer (see
+//!    [`PropagateDeadlineLayer::margin`](crate::client::PropagateDeadlineLayer::margin)),
+//!    truncated, keeping a shorter value already in the request, and sets
 //!    the request's reqwest timeout to the shorter of its own and the time
 //!    left. Note that reqwest lets a request's timeout *replace* a
 //!    client-wide `ClientBuilder::timeout`: a client-wide timeout shorter
@@ -92,16 +95,17 @@ impl RequestBuilderExt for ::reqwest::RequestBuilder {
             let (client, req) = self.build_split();
             let mut req = req.map_err(Error::Inner)?;
             if let Some(left) = ctx.time_left() {
+                let sent = left.saturating_sub(crate::client::DEFAULT_MARGIN);
                 let headers = req.headers_mut();
                 let keep = {
                     let mut there = headers.get_all(&GRPC_TIMEOUT).iter();
                     match (there.next(), there.next()) {
-                        (Some(v), None) => crate::grpc_timeout::parse_bytes(v.as_bytes()).is_ok_and(|d| d <= left),
+                        (Some(v), None) => crate::grpc_timeout::parse_bytes(v.as_bytes()).is_ok_and(|d| d <= sent),
                         _ => false,
                     }
                 };
                 if !keep {
-                    let value: HeaderValue = crate::grpc_timeout::encode(left).to_header_value();
+                    let value: HeaderValue = crate::grpc_timeout::encode(sent).to_header_value();
                     headers.insert(GRPC_TIMEOUT, value);
                 }
                 let timeout = req.timeout_mut();

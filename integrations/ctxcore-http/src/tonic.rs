@@ -46,7 +46,7 @@
 use crate::client;
 #[cfg(doc)]
 use crate::client::PropagateDeadlineLayer;
-use ::tonic::{Code, Status};
+use ::tonic::{Code, Status, TimeoutExpired};
 use ctxcore::{Context, ContextError};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -91,16 +91,35 @@ pub fn status(err: &ContextError) -> Status {
 impl<E: Into<BoxError>> From<client::Error<E>> for Status {
     /// A context error as [`status`] does; an inner error as tonic's
     /// [`Status::from_error`] does (a `Status` inside stays itself, an
-    /// HTTP/2 or connect error gets its code, anything else is `UNKNOWN`).
+    /// HTTP/2 or connect error gets its code, anything else is `UNKNOWN`),
+    /// except that tonic's own [`TimeoutExpired`] (a `Channel` enforcing the
+    /// `grpc-timeout` header this layer set: with the default margin it fires
+    /// just before the context's deadline) is `DEADLINE_EXCEEDED`, not
+    /// tonic's `CANCELLED`.
     fn from(err: client::Error<E>) -> Status {
         match err {
-            client::Error::Inner(e) => Status::from_error(e.into()),
+            client::Error::Inner(e) => inner_status(e.into()),
             client::Error::Canceled(_) => Status::new(Code::Cancelled, ctxcore::Error::Canceled.to_string()),
             client::Error::DeadlineExceeded(_) => {
                 Status::new(Code::DeadlineExceeded, ctxcore::Error::DeadlineExceeded.to_string())
             }
         }
     }
+}
+
+/// tonic's [`Status::from_error`], except that tonic's own timeout (a
+/// `Channel` enforcing the `grpc-timeout` header, [`TimeoutExpired`]
+/// anywhere in the source chain) is `DEADLINE_EXCEEDED`, as gRPC specifies,
+/// not tonic's `CANCELLED`.
+fn inner_status(err: BoxError) -> Status {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(&*err);
+    while let Some(e) = source {
+        if let Some(timeout) = e.downcast_ref::<TimeoutExpired>() {
+            return Status::new(Code::DeadlineExceeded, timeout.to_string());
+        }
+        source = e.source();
+    }
+    Status::from_error(err)
 }
 
 /// Reads and sets the [`Context`] of a `tonic::Request` (kept in its
@@ -424,5 +443,7 @@ mod tests {
         assert_eq!((inner.code(), inner.message()), (Code::NotFound, "gone"));
         let io = Status::from(client::Error::Inner(std::io::Error::other("boom")));
         assert_eq!(io.code(), Code::Unknown);
+        let timeout = Status::from(client::Error::Inner(std::io::Error::other(TimeoutExpired(()))));
+        assert_eq!(timeout.code(), Code::DeadlineExceeded);
     }
 }

@@ -7,7 +7,7 @@ mod client_common;
 use bytes::Bytes;
 use client_common::*;
 use ctxcore::Context;
-use ctxcore_http::client::{Error, PropagateDeadlineLayer};
+use ctxcore_http::client::{Error, PropagateDeadlineLayer, DEFAULT_MARGIN};
 use ctxcore_http::grpc_timeout;
 use http::{HeaderName, HeaderValue, Response};
 use http_body_util::BodyExt;
@@ -62,13 +62,14 @@ async fn header_is_set_from_time_left() {
         let (grpc, ms) = got.split_once('|').unwrap();
         let grpc = grpc_timeout::parse(grpc).unwrap();
         eprintln!("{proto:?}: grpc-timeout {got}, parsed {grpc:?}");
-        assert!(grpc <= Duration::from_secs(2), "{grpc:?}");
+        // The time left, less the margin for the way to the peer.
+        assert!(grpc <= Duration::from_secs(2) - DEFAULT_MARGIN, "{grpc:?}");
         assert!(
-            grpc >= left_after,
+            grpc + DEFAULT_MARGIN >= left_after,
             "sent {grpc:?}, yet {left_after:?} is left after the call"
         );
-        let ms: u64 = ms.parse().unwrap();
-        assert!(ms <= 2000 && u128::from(ms) >= left_after.as_millis(), "{ms}");
+        let ms = Duration::from_millis(ms.parse().unwrap());
+        assert!(ms <= grpc && ms + Duration::from_millis(1) > grpc, "{ms:?}");
     }
 }
 
@@ -292,8 +293,9 @@ async fn deadline_mid_call_is_deadline_exceeded() {
         let (_server_keep, mut events) = hanging(proto).await;
         let mut client = client(proto);
         let budget = Duration::from_millis(150);
-        let (ctx, _h) = Context::background().with_timeout_cause(budget, "downstream too slow");
+        // Before the context: a preemption in between must not shorten `took`.
         let start = Instant::now();
+        let (ctx, _h) = Context::background().with_timeout_cause(budget, "downstream too slow");
         let err = bounded(
             "the call",
             client
@@ -383,4 +385,40 @@ async fn a_finished_body_reports_no_error_after_cancel() {
     h.cancel();
     assert_eq!(got, b"all of it");
     assert!(bounded("the end", body.frame()).await.is_none());
+}
+
+#[tokio::test]
+async fn the_margin_is_configurable() {
+    let server = echo_headers(Proto::Http1).await;
+    for margin in [Duration::ZERO, Duration::from_millis(50)] {
+        let mut client = tower::ServiceBuilder::new()
+            .layer(PropagateDeadlineLayer::new().margin(margin))
+            .service(hyper_client(Proto::Http1));
+        let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(1));
+        let before = ctx.time_left().unwrap();
+        let resp = bounded(
+            "the call",
+            client.ready().await.unwrap().call(get(&server.url("/"), Some(&ctx))),
+        )
+        .await
+        .unwrap();
+        let after = ctx.time_left().unwrap();
+        let sent = grpc_timeout::parse(body_text(resp).await.trim_end_matches('|')).unwrap();
+        assert!(
+            sent + margin <= before && sent + margin >= after,
+            "{margin:?}: {sent:?}"
+        );
+    }
+    // A margin larger than the time left sends the smallest timeout.
+    let mut client = tower::ServiceBuilder::new()
+        .layer(PropagateDeadlineLayer::new().margin(Duration::from_secs(5)))
+        .service(hyper_client(Proto::Http1));
+    let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(1));
+    let resp = bounded(
+        "the call",
+        client.ready().await.unwrap().call(get(&server.url("/"), Some(&ctx))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(body_text(resp).await, "1n|");
 }

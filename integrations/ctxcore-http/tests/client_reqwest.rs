@@ -118,8 +118,9 @@ async fn cancel_mid_call_drops_the_send() {
 async fn deadline_mid_call_is_deadline_exceeded() {
     let (server, mut events) = hanging().await;
     let budget = Duration::from_millis(150);
-    let (ctx, _h) = Context::background().with_timeout_cause(budget, "too slow");
+    // Before the context: a preemption in between must not shorten `took`.
     let start = Instant::now();
+    let (ctx, _h) = Context::background().with_timeout_cause(budget, "too slow");
     let err = bounded(
         "the call",
         reqwest_client().get(server.url("/")).send_with_context(&ctx),

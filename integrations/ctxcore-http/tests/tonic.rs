@@ -6,7 +6,7 @@
 #![cfg(all(feature = "tonic", feature = "server"))]
 
 use ctxcore::Context;
-use ctxcore_http::client::{self, PropagateDeadlineLayer};
+use ctxcore_http::client::{self, PropagateDeadlineLayer, DEFAULT_MARGIN};
 use ctxcore_http::grpc_timeout;
 use ctxcore_http::server::SetRequestContextLayer;
 use ctxcore_http::tonic::{IntoStatusLayer, RequestExt};
@@ -187,8 +187,9 @@ async fn our_client_layer_cuts_off_a_slow_tonic_server() {
 
     // A slow one is cut off at our budget.
     let budget = Duration::from_millis(200);
-    let (ctx, _h) = Context::background().with_timeout_cause(budget, "health check too slow");
+    // Before the context: a preemption in between must not shorten `took`.
     let start = Instant::now();
+    let (ctx, _h) = Context::background().with_timeout_cause(budget, "health check too slow");
     let status = bounded("the slow call", client.check(check("slow").with_context(&ctx)))
         .await
         .unwrap_err();
@@ -207,10 +208,14 @@ async fn our_client_layer_cuts_off_a_slow_tonic_server() {
         status.code(),
         status.message()
     );
+    // Cut off by our deadline ("context deadline exceeded") or, just before
+    // it, by the Channel enforcing the header we sent ("Timeout expired");
+    // either way DEADLINE_EXCEEDED, and the cause stays in this process.
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert_eq!(status.message(), "context deadline exceeded", "the cause stays here");
-    assert!(got <= budget && got > budget / 2, "{got:?}");
-    assert!(took >= budget - Duration::from_millis(1) && took < LIMIT, "{took:?}");
+    assert!(!status.message().contains("too slow"), "{status:?}");
+    assert!(got <= budget - DEFAULT_MARGIN && got > budget / 2, "{got:?}");
+    let earliest = budget - DEFAULT_MARGIN - Duration::from_millis(1);
+    assert!(took >= earliest && took < LIMIT, "{took:?}");
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 use super::service::PropagateDeadline;
 use ctxcore::Context;
 use http::HeaderName;
+use std::time::Duration;
 use tower_layer::Layer;
 
 /// A [`Layer`] that wraps an HTTP client service in [`PropagateDeadline`]:
@@ -25,10 +26,29 @@ use tower_layer::Layer;
 ///     .timeout_ms_header(HeaderName::from_static("x-timeout-ms"));
 /// # let _ = layer;
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PropagateDeadlineLayer {
     pub(crate) default: Option<Context>,
     pub(crate) ms_header: Option<HeaderName>,
+    pub(crate) margin: Duration,
+}
+
+/// What [`PropagateDeadlineLayer`] takes off the time left before sending
+/// it, by default: 2 ms. See [`PropagateDeadlineLayer::margin`].
+///
+/// ```
+/// assert_eq!(ctxcore_http::client::DEFAULT_MARGIN, std::time::Duration::from_millis(2));
+/// ```
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(2);
+
+impl Default for PropagateDeadlineLayer {
+    fn default() -> Self {
+        PropagateDeadlineLayer {
+            default: None,
+            ms_header: None,
+            margin: DEFAULT_MARGIN,
+        }
+    }
 }
 
 impl PropagateDeadlineLayer {
@@ -41,6 +61,24 @@ impl PropagateDeadlineLayer {
     /// ```
     pub fn new() -> Self {
         PropagateDeadlineLayer::default()
+    }
+
+    /// Sends the time left **minus `margin`** (saturating at zero), so that
+    /// the next hop's deadline is not later than ours. The peer starts its
+    /// clock when the request *arrives*, so without a margin its deadline
+    /// would be later than ours by the time the request took to get there
+    /// (connecting, queueing, the network): the margin must cover that.
+    /// Default [`DEFAULT_MARGIN`] (2 ms, for a local network); zero sends
+    /// the time left exactly (truncated to the header's unit).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let layer = ctxcore_http::client::PropagateDeadlineLayer::new().margin(Duration::from_millis(10));
+    /// # let _ = layer;
+    /// ```
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
     }
 
     /// Requests that carry no [`Context`] in their extensions run under `ctx`

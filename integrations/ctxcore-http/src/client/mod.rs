@@ -13,9 +13,11 @@
 //! 2. fails at once, without calling the inner service, when the context is
 //!    already done;
 //! 3. sets `grpc-timeout` to [`Context::time_left`] (read on the tree's own
-//!    clock, encoded in the most precise unit and truncated, so the next hop's
-//!    deadline is never later than ours), keeping a shorter value already in
-//!    the request; optionally also a millisecond header
+//!    clock) less a [`margin`](PropagateDeadlineLayer::margin) for the
+//!    request's way to the peer (default [`DEFAULT_MARGIN`], 2 ms), encoded
+//!    in the most precise unit and truncated, so that the next hop's
+//!    deadline is not later than ours; a shorter value already in the
+//!    request is kept; optionally also a millisecond header
 //!    ([`timeout_ms_header`](PropagateDeadlineLayer::timeout_ms_header));
 //! 4. races the call against the context: every poll of the
 //!    [`ResponseFuture`] checks the context before polling the inner future.
@@ -50,7 +52,7 @@
 //! req.extensions_mut().insert(ctx);
 //! let resp = client.ready().await.unwrap().call(req).await.unwrap();
 //! let sent = resp.body().get_ref().unwrap().clone().unwrap();
-//! assert!(sent.to_str().unwrap().ends_with('u')); // e.g. "1999987u"
+//! assert!(sent.to_str().unwrap().ends_with('u')); // e.g. "1997987u": 2 s, less the margin, less the time spent
 //!
 //! // A done context never reaches the inner service.
 //! let (ctx, h) = Context::background().with_cancel();
@@ -69,7 +71,7 @@ mod service;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
-pub use layer::PropagateDeadlineLayer;
+pub use layer::{PropagateDeadlineLayer, DEFAULT_MARGIN};
 pub use service::PropagateDeadline;
 
 #[cfg(doc)]

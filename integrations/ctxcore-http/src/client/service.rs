@@ -138,6 +138,7 @@ where
             return ResponseFuture::failed(err);
         }
         if let Some(left) = ctx.time_left() {
+            let left = left.saturating_sub(self.layer.margin);
             let headers = req.headers_mut();
             set_shorter(headers, &GRPC_TIMEOUT, left, codec::parse, codec::encode);
             if let Some(name) = &self.layer.ms_header {
