@@ -335,15 +335,21 @@ async fn price(
         format_args!("looking up {user}, {} left", ms(ctx.time_left().unwrap_or_default())),
         None,
     );
+    // Whoever notices first ends this context: its own deadline (the
+    // caller's, sent as grpc-timeout) or the caller dropping the call
+    // (ClientDisconnected, and hyper drops this handler).
+    let watch = ctx.clone();
+    ctx.after_func(move || {
+        if let Some(err) = watch.error() {
+            log("pricing", &watch, "context done", Some(&err));
+        }
+    });
     match ctx
         .run_with_cause(tokio::time::sleep(Duration::from_millis(q.delay_ms.unwrap_or(0))))
         .await
     {
         Ok(()) => Ok("9.99".to_string()),
-        Err(e) => {
-            log("pricing", &ctx, "lookup abandoned", Some(&e));
-            Err(AppError::Context(e))
-        }
+        Err(e) => Err(AppError::Context(e)),
     }
 }
 
@@ -576,7 +582,9 @@ async fn drive(servers: Servers, mut events: mpsc::UnboundedReceiver<Event>) -> 
     let mut call_ended = None;
     for _ in 0..8 {
         let pick = |e: &Event| {
-            e.what == "lookup abandoned" || e.what == "call dropped" || e.what.starts_with("downstream answered")
+            (e.who == "pricing" && e.what == "context done")
+                || e.what == "call dropped"
+                || e.what.starts_with("downstream answered")
         };
         match next_event(&mut events, Duration::from_millis(500), pick).await {
             Some(e) if e.who == "pricing" => pricing_gave_up = Some(e),
