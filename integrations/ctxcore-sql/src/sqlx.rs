@@ -394,11 +394,15 @@ struct State {
     abandoned: bool,
     /// The `statement_timeout` to put back, when it is changed.
     restore: Option<String>,
+    /// The `statement_timeout` the connection had on the first call.
+    baseline: Option<String>,
 }
 
 /// A cancel that must be settled before the connection runs anything else.
 struct Pending {
-    after: AfterFunc,
+    /// The after-func that starts the cancel when the context is done (none
+    /// for the cancel of a drain).
+    after: Option<AfterFunc>,
     slot: Arc<Slot>,
 }
 
@@ -427,6 +431,7 @@ impl Conn {
                 pending: None,
                 abandoned: false,
                 restore: None,
+                baseline: None,
             },
         }
     }
@@ -595,6 +600,7 @@ impl Drop for Conn {
             pending: state.pending.take(),
             abandoned: state.abandoned,
             restore: state.restore.take(),
+            baseline: state.baseline.take(),
         };
         let rt = state.rt.clone();
         // The connection goes back to the pool only once nothing of the old
@@ -620,23 +626,34 @@ impl State {
             return Err(Error::Context(e));
         }
         self.settle(conn).await.map_err(Error::Driver)?;
-        let pid = match self.pid {
-            Some(pid) => pid,
-            None => {
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(Error::Driver)?;
+        // A statement dropped before its answer leaves one to drain.
+        self.abandoned = true;
+        let (pid, baseline) = match (self.pid, &self.baseline) {
+            (Some(pid), Some(baseline)) => (pid, baseline.clone()),
+            _ => {
+                let (pid, baseline): (i32, String) =
+                    sqlx::query_as("SELECT pg_backend_pid(), current_setting('statement_timeout')")
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(Error::Driver)?;
                 self.pid = Some(pid);
-                pid
+                self.baseline = Some(baseline.clone());
+                (pid, baseline)
             }
         };
         // 2. The deadline reaches the server as statement_timeout.
         if let Some(left) = ctx.time_left() {
             if let Some(e) = ctx.error() {
+                self.abandoned = false;
                 return Err(Error::Context(e));
             }
             let ms = left.as_nanos().div_ceil(1_000_000).clamp(1, i32::MAX as u128);
+            // Until the answer says what it was, the value to put back is the
+            // one this connection had on its first call.
+            let fresh = self.restore.is_none();
+            if fresh {
+                self.restore = Some(baseline);
+            }
             // The old value is read in a fenced subquery (OFFSET 0), before
             // the outer target list changes it.
             let (old, _new): (String, String) = sqlx::query_as(
@@ -647,40 +664,48 @@ impl State {
             .fetch_one(&mut *conn)
             .await
             .map_err(Error::Driver)?;
-            self.restore.get_or_insert(old);
+            if fresh {
+                self.restore = Some(old);
+            }
         }
+        self.abandoned = false;
         if let Some(e) = ctx.error() {
             self.restore_timeout(conn).await;
             return Err(Error::Context(e));
         }
         // 3. The cancel, armed for the time the query is in flight.
-        let slot = Arc::new(Slot {
-            pid,
-            pool: self.cancel.clone(),
-            rt: self.rt.clone(),
-            inner: Mutex::new(SlotInner {
-                finished: false,
-                task: None,
-            }),
-            stop: AtomicBool::new(false),
-            wake: Notify::new(),
-        });
+        let slot = Slot::new(pid, &self.cancel, &self.rt);
         let after = ctx.after_func({
             let slot = slot.clone();
             move || slot.fire()
         });
-        Ok(Pending { after, slot })
+        Ok(Pending {
+            after: Some(after),
+            slot,
+        })
     }
 
     /// Makes the connection ready for a new statement after an abandoned
     /// call: every cancel answered, the abandoned answer drained.
     async fn settle(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if let Some(p) = self.pending.take() {
+        if let Some(p) = &self.pending {
             p.settle().await;
+            self.pending = None;
         }
         if self.abandoned {
+            // The abandoned statement may still be in sqlx's write buffer, to
+            // be flushed by the drain: keep cancelling until it has answered.
+            if let Some(pid) = self.pid {
+                let slot = Slot::new(pid, &self.cancel, &self.rt);
+                slot.fire();
+                self.pending = Some(Pending { after: None, slot });
+            }
             drain(conn).await?;
             self.abandoned = false;
+            if let Some(p) = &self.pending {
+                p.settle().await;
+                self.pending = None;
+            }
         }
         if self.restore.is_some() {
             self.restore_timeout(conn).await;
@@ -691,15 +716,16 @@ impl State {
     /// Puts `statement_timeout` back; keeps it to retry if that failed (except
     /// in a failed transaction, whose rollback undoes the change).
     async fn restore_timeout(&mut self, conn: &mut PgConnection) {
-        let Some(old) = self.restore.take() else { return };
+        let Some(old) = self.restore.clone() else { return };
+        // Kept until the answer: a call dropped here restores it next time.
         let r = sqlx::query("SELECT set_config('statement_timeout', $1, false)")
-            .bind(&old)
+            .bind(old)
             .execute(&mut *conn)
             .await;
         match r {
-            Ok(_) => {}
-            Err(e) if has_sqlstate(&e, IN_FAILED_TRANSACTION) => {}
-            Err(_) => self.restore = Some(old),
+            Ok(_) => self.restore = None,
+            Err(e) if has_sqlstate(&e, IN_FAILED_TRANSACTION) => self.restore = None,
+            Err(_) => {}
         }
     }
 }
@@ -740,7 +766,9 @@ impl Pending {
     /// Once this returns, the after-func will never run again, and every
     /// cancel statement that was sent has been answered.
     async fn settle(&self) {
-        self.after.stop_wait().await;
+        if let Some(after) = &self.after {
+            after.stop_wait().await;
+        }
         self.slot.finish().await;
     }
 }
@@ -769,6 +797,20 @@ struct SlotInner {
 }
 
 impl Slot {
+    fn new(pid: i32, pool: &PgPool, rt: &Handle) -> Arc<Self> {
+        Arc::new(Slot {
+            pid,
+            pool: pool.clone(),
+            rt: rt.clone(),
+            inner: Mutex::new(SlotInner {
+                finished: false,
+                task: None,
+            }),
+            stop: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
     /// Starts the cancel (once), unless the query has already answered.
     fn fire(self: &Arc<Self>) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
