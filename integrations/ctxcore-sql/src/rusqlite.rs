@@ -161,7 +161,7 @@ mod sealed {
 /// let (ctx, _cancel) = Context::background().with_cancel();
 /// conn.execute_batch_ctx(&ctx, "CREATE TABLE t (x INTEGER)")?;
 /// assert_eq!(conn.execute_ctx(&ctx, "INSERT INTO t VALUES (?1)", [7])?, 1);
-/// # Ok::<(), ctxcore_sql::rusqlite::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait ConnectionExt: sealed::Sealed {
     /// Runs `f` over the connection under `ctx`: any statement it runs is
@@ -188,7 +188,7 @@ pub trait ConnectionExt: sealed::Sealed {
     ///     Ok(total)
     /// })?;
     /// assert_eq!(total, 3);
-    /// # Ok::<(), ctxcore_sql::rusqlite::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     fn with_context<T, F>(&mut self, ctx: &Context, f: F) -> Result<T>
     where
@@ -222,7 +222,7 @@ pub trait ConnectionExt: sealed::Sealed {
     /// let mut conn = rusqlite::Connection::open_in_memory()?;
     /// let (ctx, _cancel) = Context::background().with_cancel();
     /// conn.execute_batch_ctx(&ctx, "CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")?;
-    /// # Ok::<(), ctxcore_sql::rusqlite::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     fn execute_batch_ctx(&mut self, ctx: &Context, sql: &str) -> Result<()>;
 
@@ -236,7 +236,7 @@ pub trait ConnectionExt: sealed::Sealed {
     /// let (ctx, _cancel) = Context::background().with_cancel();
     /// let s: String = conn.query_row_ctx(&ctx, "SELECT upper(?1)", ["abc"], |r| r.get(0))?;
     /// assert_eq!(s, "ABC");
-    /// # Ok::<(), ctxcore_sql::rusqlite::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     fn query_row_ctx<T, P, F>(&mut self, ctx: &Context, sql: &str, params: P, f: F) -> Result<T>
     where
