@@ -20,7 +20,10 @@ fn bench(c: &mut Criterion) {
     let cluster = pg::PgCluster::start();
     let db = cluster.create_database("bench");
     let config: Config = cluster.config(&db).parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (client, conn) = rt.block_on(config.connect(NoTls)).unwrap();
     rt.spawn(conn);
     let cancel = Canceller::new(&config);

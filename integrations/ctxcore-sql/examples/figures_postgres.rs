@@ -53,7 +53,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             handle.cancel_with("figures");
             Instant::now()
         });
-        let err = client.with_ctx(&ctx, &cancel).query("SELECT pg_sleep(10)", &[]).await.unwrap_err();
+        let err = client
+            .with_ctx(&ctx, &cancel)
+            .query("SELECT pg_sleep(10)", &[])
+            .await
+            .unwrap_err();
         let returned = Instant::now();
         assert!(err.is_context(), "{err}");
         lat.push(returned - at.await?);
@@ -75,7 +79,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             assert!(err.context_error().is_some_and(|e| e.is_deadline_exceeded()), "{err}");
             lat.push(ctx.now().saturating_duration_since(deadline));
         }
-        report(&format!("deadline-to-return (20 ms deadline, statement_timeout {statement_timeout})"), lat);
+        report(
+            &format!("deadline-to-return (20 ms deadline, statement_timeout {statement_timeout})"),
+            lat,
+        );
     }
 
     // Uncancelled queries: wrapper against the bare call, interleaved.

@@ -33,7 +33,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("answer: {}", row.get::<_, i32>(0));
 
     // Too slow for the budget: the server stops it, we get the context's error.
-    let err = conn.with_ctx(&ctx, &cancel).query("SELECT pg_sleep(30)", &[]).await.unwrap_err();
+    let err = conn
+        .with_ctx(&ctx, &cancel)
+        .query("SELECT pg_sleep(30)", &[])
+        .await
+        .unwrap_err();
     println!("slow query: {err}");
     assert!(err.context_error().is_some_and(|e| e.is_deadline_exceeded()));
     drop(conn);
@@ -46,7 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_ctx(&fresh, &cancel)
         .query_one("SELECT current_setting('statement_timeout')", &[])
         .await?;
-    println!("statement_timeout on the pooled connection afterwards: {:?}", row.get::<_, &str>(0));
+    println!(
+        "statement_timeout on the pooled connection afterwards: {:?}",
+        row.get::<_, &str>(0)
+    );
     println!("pool: {:?}", pool.status());
     drop(conn);
     drop(pool);

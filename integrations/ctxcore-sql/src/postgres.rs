@@ -285,7 +285,9 @@ where
 
     async fn send(&self, token: CancelToken) -> io::Result<()> {
         let stream = match &self.inner.target {
-            Some(Target::Tcp(host, port)) => CancelStream::tcp(tokio::net::TcpStream::connect((host.as_str(), *port)).await?),
+            Some(Target::Tcp(host, port)) => {
+                CancelStream::tcp(tokio::net::TcpStream::connect((host.as_str(), *port)).await?)
+            }
             Some(Target::Ip(ip, port)) => CancelStream::tcp(tokio::net::TcpStream::connect((*ip, *port)).await?),
             #[cfg(unix)]
             Some(Target::Unix(path)) => CancelStream::unix(tokio::net::UnixStream::connect(path).await?),
@@ -297,10 +299,7 @@ where
         let connect = tls
             .make_tls_connect(&self.inner.hostname)
             .map_err(|e| io::Error::other(e.into()))?;
-        token
-            .cancel_query_raw(stream, connect)
-            .await
-            .map_err(io::Error::other)
+        token.cancel_query_raw(stream, connect).await.map_err(io::Error::other)
     }
 }
 
@@ -681,7 +680,9 @@ where
             // lands on an idle backend. Wait for it and report.
             guard.settle().await;
             guard.finished = true;
-            return Err(crate::Error::Context(ctx.error().unwrap_or(ContextError::from_error(Kind::Canceled))));
+            return Err(crate::Error::Context(
+                ctx.error().unwrap_or(ContextError::from_error(Kind::Canceled)),
+            ));
         }
 
         let timeout_ms = match (self.statement_timeout, ctx.deadline()) {
@@ -842,7 +843,9 @@ impl<C: ClientExt, T> Drop for InFlight<'_, C, T> {
 
 impl<C: ClientExt, T> fmt::Debug for InFlight<'_, C, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InFlight").field("sent", &self.sent).finish_non_exhaustive()
+        f.debug_struct("InFlight")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
     }
 }
 
@@ -868,11 +871,13 @@ where
         Some(rt) => drop(rt.spawn(fut)),
         None => {
             // Dropping `fut` unrun drops the handle, which cancels `finished`.
-            let _ = std::thread::Builder::new().name("ctxcore-sql-cancel".into()).spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_io().build() {
-                    rt.block_on(fut);
-                }
-            });
+            let _ = std::thread::Builder::new()
+                .name("ctxcore-sql-cancel".into())
+                .spawn(move || {
+                    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_io().build() {
+                        rt.block_on(fut);
+                    }
+                });
         }
     }
     finished

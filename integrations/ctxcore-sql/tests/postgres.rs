@@ -34,7 +34,12 @@ impl Db {
         let name = pg.create_database(name);
         let config: Config = pg.config(&name).parse().unwrap();
         let cancel = Canceller::new(&config);
-        Db { pg, name, config, cancel }
+        Db {
+            pg,
+            name,
+            config,
+            cancel,
+        }
     }
 
     async fn connect(&self) -> Client {
@@ -66,7 +71,10 @@ async fn bounded<F: Future>(f: F) -> F::Output {
 }
 
 async fn pid(c: &Client) -> i32 {
-    bounded(c.query_one("SELECT pg_backend_pid()", &[])).await.unwrap().get(0)
+    bounded(c.query_one("SELECT pg_backend_pid()", &[]))
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Waits (bounded) until backend `pid` is idle: its statement really stopped.
@@ -77,7 +85,10 @@ async fn assert_goes_idle(db: &Db, pid: i32) -> Duration {
         if state == "idle" {
             return t.elapsed();
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "backend {pid} still {state:?} running {query:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "backend {pid} still {state:?} running {query:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -100,11 +111,17 @@ async fn pg_sleep_cancelled_100ms_in_stops_on_the_server() {
     let returned = Instant::now();
     let cancelled_at = cancelled_at.await.unwrap();
     let latency = returned - cancelled_at;
-    eprintln!("pg_sleep(30) cancelled after {:?}: returned {latency:?} after the cancel", t.elapsed());
+    eprintln!(
+        "pg_sleep(30) cancelled after {:?}: returned {latency:?} after the cancel",
+        t.elapsed()
+    );
     let ce = err.context_error().expect("the context's error");
     assert_eq!(ce.kind(), Kind::Canceled);
     assert_eq!(ce.cause().as_str(), Some("client went away"));
-    assert!(latency < Duration::from_millis(50), "returned {latency:?} after the cancel");
+    assert!(
+        latency < Duration::from_millis(50),
+        "returned {latency:?} after the cancel"
+    );
     // Idle at once: we returned only after the server answered.
     let (state, query) = db.activity(backend).await;
     assert_eq!(state, "idle", "{query}");
@@ -132,10 +149,15 @@ async fn deadline_200ms_is_deadline_exceeded_and_stops_on_the_server() {
         .unwrap_err();
         let took = t.elapsed();
         eprintln!("deadline 200 ms (statement_timeout {statement_timeout}): returned after {took:?}");
-        let ce = err.context_error().unwrap_or_else(|| panic!("context error, got {err:?}"));
+        let ce = err
+            .context_error()
+            .unwrap_or_else(|| panic!("context error, got {err:?}"));
         assert_eq!(ce.kind(), Kind::DeadlineExceeded);
         assert_eq!(ce.cause().as_str(), Some("slow report"));
-        assert!(took >= Duration::from_millis(195) && took < Duration::from_millis(250 + 50), "{took:?}");
+        assert!(
+            took >= Duration::from_millis(195) && took < Duration::from_millis(250 + 50),
+            "{took:?}"
+        );
         let (state, query) = db.activity(backend).await;
         assert_eq!(state, "idle", "{query}");
         // statement_timeout did not leak to the connection's next user.
@@ -154,14 +176,21 @@ async fn already_done_returns_at_once_and_never_runs() {
     let (expired, _h) = Context::background().with_timeout(Duration::ZERO);
     for (ctx, kind) in [(&cancelled, Kind::Canceled), (&expired, Kind::DeadlineExceeded)] {
         let t = Instant::now();
-        let err = bounded(client.with_ctx(ctx, &db.cancel).execute("INSERT INTO t VALUES (1)", &[]))
-            .await
-            .unwrap_err();
+        let err = bounded(
+            client
+                .with_ctx(ctx, &db.cancel)
+                .execute("INSERT INTO t VALUES (1)", &[]),
+        )
+        .await
+        .unwrap_err();
         let took = t.elapsed();
         assert_eq!(err.context_error().map(|e| e.kind()), Some(kind));
         assert!(took < Duration::from_millis(5), "{took:?}");
     }
-    let n: i64 = bounded(client.query_one("SELECT count(*) FROM t", &[])).await.unwrap().get(0);
+    let n: i64 = bounded(client.query_one("SELECT count(*) FROM t", &[]))
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "the INSERT never ran");
 }
 
@@ -177,30 +206,54 @@ async fn bad_input_stays_the_drivers_error() {
     let err = bounded(q.query("SELEC 1", &[])).await.unwrap_err();
     assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::SYNTAX_ERROR));
     let err = bounded(q.execute("INSERT INTO u VALUES (1)", &[])).await.unwrap_err();
-    assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::UNIQUE_VIOLATION));
+    assert_eq!(
+        err.driver_error().and_then(|e| e.code()),
+        Some(&SqlState::UNIQUE_VIOLATION)
+    );
     // A statement timeout the user set (not the context's deadline) stays the driver's.
     let (no_deadline, _h2) = Context::background().with_cancel();
-    bounded(client.batch_execute("SET statement_timeout = 50")).await.unwrap();
-    let err = bounded(client.with_ctx(&no_deadline, &db.cancel).query("SELECT pg_sleep(5)", &[]))
+    bounded(client.batch_execute("SET statement_timeout = 50"))
         .await
-        .unwrap_err();
-    assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::QUERY_CANCELED));
+        .unwrap();
+    let err = bounded(
+        client
+            .with_ctx(&no_deadline, &db.cancel)
+            .query("SELECT pg_sleep(5)", &[]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.driver_error().and_then(|e| e.code()),
+        Some(&SqlState::QUERY_CANCELED)
+    );
     bounded(client.batch_execute("RESET statement_timeout")).await.unwrap();
     // A failure seen after the context is done is still the driver's: the
     // context is cancelled while a failing statement runs, and the cancel
     // request cannot reach the server (a canceller aimed at a closed port),
     // so the statement fails on its own.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dead = Canceller::new(&format!("host=127.0.0.1 port={closed} user=postgres").parse().unwrap());
     let cancel_soon = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(20)).await;
         h.cancel();
     });
-    let err = bounded(client.with_ctx(&ctx, &dead).query("SELECT 1 / (SELECT 0 FROM pg_sleep(0.2))", &[]))
-        .await
-        .unwrap_err();
+    let err = bounded(
+        client
+            .with_ctx(&ctx, &dead)
+            .query("SELECT 1 / (SELECT 0 FROM pg_sleep(0.2))", &[]),
+    )
+    .await
+    .unwrap_err();
     assert!(ctx.is_done());
-    assert_eq!(err.driver_error().and_then(|e| e.code()), Some(&SqlState::DIVISION_BY_ZERO), "{err:?}");
+    assert_eq!(
+        err.driver_error().and_then(|e| e.code()),
+        Some(&SqlState::DIVISION_BY_ZERO),
+        "{err:?}"
+    );
     cancel_soon.await.unwrap();
     let err = bounded(q.query("SELECT 1 / 0", &[])).await.unwrap_err();
     assert!(err.is_context(), "done before the call: never sent");
@@ -218,7 +271,9 @@ struct Cancellable<F> {
 impl<F: Future> Future for Cancellable<F> {
     type Output = Option<F::Output>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match inner.as_mut().poll(cx) {
             Poll::Ready(v) => Poll::Ready(Some(v)),
             Poll::Pending => {
@@ -247,17 +302,28 @@ async fn dropped_after_n_polls_stops_the_server_and_the_connection_is_reusable()
                 Context::background().with_cancel()
             };
             let fut = client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]);
-            let out = bounded(Cancellable { inner: Some(Box::pin(fut)), polls_left: polls }).await;
+            let out = bounded(Cancellable {
+                inner: Some(Box::pin(fut)),
+                polls_left: polls,
+            })
+            .await;
             assert!(out.is_none(), "pg_sleep(30) cannot finish in {polls} polls");
             let t = Instant::now();
             // The next statement on the connection runs soon: the server stopped pg_sleep(30).
             let row = bounded(client.query_one("SELECT 7", &[])).await.unwrap();
             assert_eq!(row.get::<_, i32>(0), 7);
             let took = t.elapsed();
-            assert!(took < Duration::from_secs(2), "next statement waited {took:?} after {polls} polls");
+            assert!(
+                took < Duration::from_secs(2),
+                "next statement waited {took:?} after {polls} polls"
+            );
             assert_goes_idle(&db, backend).await;
             let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
-            assert_eq!(row.get::<_, &str>(0), "0", "statement_timeout leaked after {polls} polls");
+            assert_eq!(
+                row.get::<_, &str>(0),
+                "0",
+                "statement_timeout leaked after {polls} polls"
+            );
             // Nothing late lands on a later statement.
             bounded(client.execute("SELECT pg_sleep(0.15)", &[])).await.unwrap();
         }
@@ -324,7 +390,10 @@ async fn thousand_queries_random_cancels_on_a_pool_of_4() {
                 };
                 let res = obj
                     .with_ctx(&ctx, &cancel)
-                    .query("SELECT $1::int4, pg_sleep($2::float8)", &[&n, &server_sleep.parse::<f64>().unwrap()])
+                    .query(
+                        "SELECT $1::int4, pg_sleep($2::float8)",
+                        &[&n, &server_sleep.parse::<f64>().unwrap()],
+                    )
                     .await;
                 match res {
                     Ok(rows) => {
@@ -333,7 +402,10 @@ async fn thousand_queries_random_cancels_on_a_pool_of_4() {
                         finished.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(Error::Context(e)) => {
-                        assert!(moment != 2 || e.is_deadline_exceeded(), "cancelled after it returned? {e}");
+                        assert!(
+                            moment != 2 || e.is_deadline_exceeded(),
+                            "cancelled after it returned? {e}"
+                        );
                         let own = ctx.error().expect("a context error only from a done context");
                         assert_eq!(own.kind(), e.kind());
                         cancelled.fetch_add(1, Ordering::Relaxed);
@@ -364,7 +436,9 @@ async fn thousand_queries_random_cancels_on_a_pool_of_4() {
     let mut held = Vec::new();
     for _ in 0..4 {
         let obj = bounded(pool.get()).await.unwrap();
-        let row = bounded(obj.query_one("SELECT 1, current_setting('statement_timeout')", &[])).await.unwrap();
+        let row = bounded(obj.query_one("SELECT 1, current_setting('statement_timeout')", &[]))
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, i32>(0), 1);
         assert_eq!(row.get::<_, &str>(1), "0", "statement_timeout leaked into the pool");
         held.push(obj);
