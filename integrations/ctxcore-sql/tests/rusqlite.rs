@@ -334,6 +334,37 @@ fn a_finished_call_leaves_nothing_armed() {
     assert_eq!(count_to(&conn, 500_000).unwrap(), 500_000);
 }
 
+/// The synchronous counterpart of dropping a query future after N polls:
+/// the closure steps a runaway statement N rows, then drops it mid-run and
+/// returns. The statement is reset, nothing stays armed, and the connection
+/// serves the next statement even once the context is cancelled.
+#[test]
+fn statement_dropped_after_n_rows_leaves_the_connection_usable() {
+    let mut conn = Connection::open_in_memory().unwrap();
+    for rows_taken in [0usize, 1, 10, 10_000] {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let last = conn
+            .with_context(&ctx, |c| {
+                let mut stmt =
+                    c.prepare("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c")?;
+                let mut rows = stmt.query([])?;
+                let mut last = 0i64;
+                for _ in 0..rows_taken {
+                    last = rows.next()?.expect("a runaway statement has rows").get(0)?;
+                }
+                Ok(last) // `rows` and `stmt` drop here, mid-statement
+            })
+            .unwrap();
+        assert_eq!(last, rows_taken as i64);
+        assert!(!conn.is_busy(), "a statement stayed active after {rows_taken} rows");
+        cancel.cancel_with(Stop(rows_taken));
+        assert_eq!(count_to(&conn, 200_000).unwrap(), 200_000, "after {rows_taken} rows");
+    }
+    // A context that is never done works as the bare call does.
+    let never = Context::background();
+    assert_eq!(conn.with_context(&never, |c| count_to(c, 1000)).unwrap(), 1000);
+}
+
 /// xorshift64*: enough randomness for cancel moments, no dependency.
 struct Rng(u64);
 
@@ -356,6 +387,7 @@ struct Tally {
     cancelled: usize,
     before: usize,
     late: usize,
+    deadline: usize,
 }
 
 /// 1,000 short statements on 4 connections (one thread each), each under a
@@ -397,11 +429,25 @@ fn thousand_statements_cancelled_at_random_moments() {
                 for i in 0..PER_WORKER {
                     let id = w * PER_WORKER + i;
                     let n = 1 + rng.below(20_000) as i64;
-                    let (ctx, handle) = Context::background().with_cancel();
-                    let before = rng.below(5) == 0;
+                    // 1 in 5 cancelled before the call, 1 in 5 under a
+                    // deadline of 0-4 ms (its timer hands the interrupt to
+                    // a thread of its own, which may run late), the rest
+                    // cancelled from the canceller thread 0-6 ms after the
+                    // call starts (during it, or after it returned).
+                    let mode = rng.below(5);
+                    let before = mode == 0;
+                    let deadline = mode == 1;
+                    let (ctx, handle) = if deadline {
+                        Context::background().with_timeout(Duration::from_micros(rng.below(4_000)))
+                    } else {
+                        Context::background().with_cancel()
+                    };
+                    let mut kept = None;
                     if before {
                         handle.cancel_with(Stop(id));
                         tally.before += 1;
+                    } else if deadline {
+                        kept = Some(handle);
                     } else {
                         let delay = Duration::from_micros(rng.below(6_000));
                         tx.send((Instant::now() + delay, handle, id)).unwrap();
@@ -414,6 +460,10 @@ fn thousand_statements_cancelled_at_random_moments() {
                             assert!(!before, "statement {id} ran under a done context");
                             tally.ok += 1;
                         }
+                        Err(Error::Context(e)) if deadline => {
+                            assert_eq!(e.kind(), Kind::DeadlineExceeded, "statement {id}");
+                            tally.deadline += 1;
+                        }
                         Err(Error::Context(e)) => {
                             assert_eq!(e.cause().downcast_ref::<Stop>(), Some(&Stop(id)), "statement {id}");
                             assert!(ctx.is_done());
@@ -421,8 +471,9 @@ fn thousand_statements_cancelled_at_random_moments() {
                         }
                         Err(e) => panic!("statement {id} failed on its own: {e:?}"),
                     }
-                    // The next statement, with no context at all: a late
-                    // interrupt of the call above would fail it.
+                    drop(kept); // a late cancel of its own, too
+                                // The next statement, with no context at all: a late
+                                // interrupt of the call above would fail it.
                     assert!(!conn.is_busy());
                     let m = 1 + rng.below(5_000) as i64;
                     assert_eq!(count_to(&conn, m).unwrap(), m, "after statement {id}");
@@ -446,17 +497,21 @@ fn thousand_statements_cancelled_at_random_moments() {
         total.cancelled += t.cancelled;
         total.before += t.before;
         total.late += t.late;
+        total.deadline += t.deadline;
     }
     eprintln!(
-        "1,000 statements in {:?}: {} returned rows, {} stopped by their context ({} cancelled before the call), {} cancels landed after the call returned",
+        "1,000 statements in {:?}: {} returned rows, {} stopped by a cancel ({} before the call), {} by a deadline; \
+         {} cancels landed after their call returned",
         started.elapsed(),
         total.ok,
         total.cancelled,
         total.before,
+        total.deadline,
         total.late
     );
+    assert_eq!(total.ok + total.cancelled + total.deadline, WORKERS * PER_WORKER);
+    assert!(total.deadline > 0, "no deadline stopped a statement");
     assert!(total.late > 0, "no cancel landed after its call returned");
-    assert_eq!(total.ok + total.cancelled, WORKERS * PER_WORKER);
     assert!(total.cancelled > total.before, "no cancel landed during a statement");
     assert!(total.ok > 0, "no statement finished");
 }
