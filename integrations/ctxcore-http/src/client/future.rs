@@ -14,7 +14,8 @@ pin_project! {
     /// The future of [`PropagateDeadline`](super::PropagateDeadline): the
     /// inner call raced against the request's [`Context`].
     ///
-    /// Each poll checks the context first: once it is done, the inner
+    /// Each poll checks the context first (and, while the call is pending,
+    /// waits on it too): once it is done, the inner
     /// future is dropped at once (hyper then closes an HTTP/1 connection or
     /// resets an HTTP/2 stream) and the future resolves to
     /// [`Error::Canceled`] or [`Error::DeadlineExceeded`] with the cause.
@@ -51,7 +52,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, ctx: Context) -> Self {
         ResponseFuture {
             inner: Some(inner),
-            done: Some(ctx.done_owned()),
+            done: None,
             ctx: Some(ctx),
             failed: None,
         }
@@ -103,20 +104,19 @@ where
         if let Some(err) = this.failed.take() {
             return Poll::Ready(Err(err.into()));
         }
-        if let Some(done) = this.done.as_mut().as_pin_mut() {
-            if let Poll::Ready(kind) = done.poll(cx) {
-                // Drop the call now: hyper closes (HTTP/1) or resets (HTTP/2).
-                this.inner.set(None);
-                this.done.set(None);
-                return Poll::Ready(Err(context_error(this.ctx.as_ref(), kind).into()));
-            }
-        }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             // Polled after completion: nothing is left to report.
             return Poll::Pending;
         };
+        // The context first (one atomic load, and a clock read with a
+        // deadline), then the call.
+        if let Some(err) = this.ctx.as_ref().and_then(Context::error) {
+            // Drop the call now: hyper closes (HTTP/1) or resets (HTTP/2).
+            this.inner.set(None);
+            this.done.set(None);
+            return Poll::Ready(Err(err.into()));
+        }
         match inner.poll(cx) {
-            Poll::Pending => Poll::Pending,
             Poll::Ready(res) => {
                 this.inner.set(None);
                 this.done.set(None);
@@ -125,6 +125,29 @@ where
                     Ok(resp) => Ok(resp.map(|body| ResponseBody::new(body, ctx))),
                     Err(e) => Err(Error::Inner(e)),
                 })
+            }
+            Poll::Pending => {
+                let Some(ctx) = this.ctx.as_ref() else {
+                    return Poll::Pending;
+                };
+                // Wait for the context too: the waiter is made (in place, no
+                // allocation) on the first `Pending`, so a call that is ready
+                // at once never registers one.
+                if this.done.is_none() {
+                    this.done.set(Some(ctx.done_owned()));
+                }
+                let Some(done) = this.done.as_mut().as_pin_mut() else {
+                    return Poll::Pending;
+                };
+                match done.poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(kind) => {
+                        let err = context_error(Some(ctx), kind);
+                        this.inner.set(None);
+                        this.done.set(None);
+                        Poll::Ready(Err(err.into()))
+                    }
+                }
             }
         }
     }
