@@ -38,8 +38,13 @@
 //! 3. registers an after-func on the context that sends the server a cancel
 //!    request through the [`Canceller`] (a new connection, spawned on the tokio
 //!    runtime) when the context is done;
-//! 4. awaits the statement's answer: if the context is done it waits at most
-//!    [`WithContext::answer_timeout`] for the server's `57014 query_canceled`;
+//! 4. awaits the statement's answer: once the context is done it waits at most
+//!    [`WithContext::answer_timeout`] for it (normally the server's `57014
+//!    query_canceled`); a cancel request can land in a gap where our backend
+//!    is idle (between tokio-postgres' prepare round trip and the execute, or
+//!    on the pipelined `SET`), where PostgreSQL discards it, so after 50 ms
+//!    without an answer, and every 200 ms after that, another one is sent
+//!    (only ever while our statement is unanswered, each awaited to its end);
 //! 5. stops the after-func *and waits for it* ([`AfterFunc::stop_wait`]), and,
 //!    if it ran, awaits the cancel request to its end (the server closing the
 //!    cancel connection, see below), bounded by [`Canceller::timeout`];
@@ -71,6 +76,10 @@
 //!   returns (or, if the call's future is dropped, from its `Drop`), so it runs
 //!   before anything the next user sends. In a transaction that aborts, the
 //!   `ROLLBACK` undoes the `SET` anyway.
+//! - **A cancel request names a backend, not a caller.** A [`Client`] shared
+//!   by concurrent tasks pipelines their statements on one backend: a cancel
+//!   stops whichever of them the backend is running. Give each task its own
+//!   connection (a pool) when statements can be cancelled.
 //! - **A cancelled statement is not the only `57014`.** The server's own
 //!   `statement_timeout` uses the same code: it is the context's
 //!   `DeadlineExceeded` only once the context's deadline has passed; otherwise
@@ -129,6 +138,12 @@ const DEFAULT_DROP_GUARD: Duration = Duration::from_millis(100);
 /// statement timeout said it passed (clock skew between our timer and the
 /// server's is at most a millisecond or so).
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+/// Once the context is done, how long to wait for the server's answer before
+/// sending another cancel request (a cancel request takes a few milliseconds,
+/// the answer to a cancelled statement well under one)...
+const RECANCEL_FIRST: Duration = Duration::from_millis(50);
+/// ... and then between further ones.
+const RECANCEL_AFTER: Duration = Duration::from_millis(200);
 
 /// Where and how to send PostgreSQL cancel requests for connections made
 /// from one [`Config`]. Cheap to clone (one `Arc`). Build it once, next to the
@@ -728,11 +743,20 @@ where
                 Some(r) => Answer::Done(r),
                 None => {
                     // The context is done: the after-func is sending the
-                    // cancel. Await the server's answer, bounded.
+                    // cancel. Await the server's answer, bounded. If none
+                    // comes, the cancel may have hit our pipelined SET rather
+                    // than the statement: cancel again (only ever while our
+                    // statement is unanswered, each cancel awaited to its end).
                     let (bound, _h) = Context::background().with_timeout(self.answer_timeout);
-                    match first_of(query.as_mut(), bound.done()).await {
-                        Either::Left(r) => Answer::Done(r),
-                        Either::Right(_) => Answer::NoAnswer,
+                    let mut wait = RECANCEL_FIRST;
+                    loop {
+                        let (tick, _t) = bound.with_timeout(wait);
+                        wait = RECANCEL_AFTER;
+                        match first_of(query.as_mut(), tick.done()).await {
+                            Either::Left(r) => break Answer::Done(r),
+                            Either::Right(_) if bound.is_done() => break Answer::NoAnswer,
+                            Either::Right(_) => guard.recancel(),
+                        }
                     }
                 }
             }
@@ -795,6 +819,19 @@ struct InFlight<'a, C: ClientExt, T> {
 }
 
 impl<C: ClientExt, T> InFlight<'_, C, T> {
+    /// Sends another cancel request if the last one has finished (none if the
+    /// after-func has not started one yet).
+    fn recancel(&mut self) {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(Context::is_done) {
+            *slot = Some((self.spawn)(
+                self.rt.as_ref(),
+                self.canceller,
+                self.client.ctx_cancel_token(),
+            ));
+        }
+    }
+
     /// Stops the after-func (waiting if it is running) and awaits the cancel
     /// request it started, if any.
     async fn settle(&mut self) {

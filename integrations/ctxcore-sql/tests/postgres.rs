@@ -453,3 +453,52 @@ async fn thousand_queries_random_cancels_on_a_pool_of_4() {
     assert_eq!(n, 0, "every backend is idle");
     let _ = db.pg;
 }
+
+/// Cancels `handle` right after the inner future's first poll (which sends
+/// the prepare round trip's request), then polls it to its end.
+struct CancelAfterFirstPoll<F> {
+    inner: Pin<Box<F>>,
+    handle: Option<ctxcore::CancelHandle>,
+}
+
+impl<F: Future> Future for CancelAfterFirstPoll<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
+        let r = self.inner.as_mut().poll(cx);
+        if let Some(h) = self.handle.take() {
+            h.cancel_with("early");
+        }
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_landing_before_the_statement_runs_is_sent_again() {
+    let db = Db::new("early");
+    let client = db.connect().await;
+    let backend = pid(&client).await;
+    for round in 0..5 {
+        let (ctx, handle) = Context::background().with_cancel();
+        // A text statement: tokio-postgres prepares it first (a round trip),
+        // so the first cancel may reach an idle backend and be discarded.
+        let fut = client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]);
+        let t = Instant::now();
+        let err = bounded(CancelAfterFirstPoll {
+            inner: Box::pin(fut),
+            handle: Some(handle),
+        })
+        .await
+        .unwrap_err();
+        let took = t.elapsed();
+        eprintln!("round {round}: cancelled at the first poll, returned after {took:?}");
+        assert_eq!(
+            err.context_error().map(|e| e.cause().as_str()),
+            Some(Some("early")),
+            "{err:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        let (state, query) = db.activity(backend).await;
+        assert_eq!(state, "idle", "{query}");
+        bounded(client.execute("SELECT pg_sleep(0.1)", &[])).await.unwrap();
+    }
+}
