@@ -39,7 +39,10 @@ fn setup(rt: &tokio::runtime::Runtime) -> Conn {
 }
 
 fn client_side(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut conn = setup(&rt);
     let mut g = c.benchmark_group("sqlx_client_side");
     g.bench_function("bare_boxed_future", |b| {
@@ -56,13 +59,19 @@ fn client_side(c: &mut Criterion) {
     });
     let background = Context::background();
     g.bench_function("run_background", |b| {
-        b.iter(|| rt.block_on(conn.run(&background, |_| Box::pin(async { Ok(()) }))).unwrap())
+        b.iter(|| {
+            rt.block_on(conn.run(&background, |_| Box::pin(async { Ok(()) })))
+                .unwrap()
+        })
     });
     g.finish();
 }
 
 fn select1(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut conn = setup(&rt);
     let mut g = c.benchmark_group("sqlx_select1");
     g.measurement_time(Duration::from_secs(4));
@@ -80,7 +89,10 @@ fn select1(c: &mut Criterion) {
     });
     let background = Context::background();
     g.bench_function("background", |b| {
-        b.iter(|| rt.block_on(conn.fetch_one(&background, sqlx::query("SELECT 1"))).unwrap())
+        b.iter(|| {
+            rt.block_on(conn.fetch_one(&background, sqlx::query("SELECT 1")))
+                .unwrap()
+        })
     });
     let (timed, _h2) = Context::background().with_timeout(Duration::from_secs(3600));
     g.bench_function("with_deadline", |b| {

@@ -34,7 +34,10 @@ fn summary(name: &str, mut v: Vec<Duration>) {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = pg::PgCluster::start();
     let db = cluster.create_database("figures_sqlx");
-    let raw = PgPoolOptions::new().max_connections(2).connect(&cluster.url(&db)).await?;
+    let raw = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&cluster.url(&db))
+        .await?;
     let pool = Pool::new(raw);
     let bg = Context::background();
     let mut conn = pool.acquire(&bg).await?;
@@ -62,7 +65,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latencies.push(returned.saturating_duration_since(at));
     }
     summary("cancel-to-return (pg_sleep(30) cancelled 5 ms in)", latencies);
-    println!("  pg_cancel_backend statements sent: {} for 200 cancels", cancels_sent() - sent);
+    println!(
+        "  pg_cancel_backend statements sent: {} for 200 cancels",
+        cancels_sent() - sent
+    );
 
     // 2. Deadline overshoot: 20 ms deadlines (statement_timeout + cancel).
     let mut overshoot = Vec::with_capacity(50);

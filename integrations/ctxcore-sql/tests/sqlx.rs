@@ -79,7 +79,10 @@ async fn wait_for_state(observer: &PgPool, pid: i32, state: &str, needle: &str, 
                 return;
             }
         }
-        assert!(start.elapsed() < limit, "backend {pid} never reached {state} on {needle:?}: {row:?}");
+        assert!(
+            start.elapsed() < limit,
+            "backend {pid} never reached {state} on {needle:?}: {row:?}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -95,7 +98,10 @@ async fn warm(pool: &Pool) -> Conn {
 
 async fn statement_timeout(conn: &mut Conn) -> String {
     let bg = Context::background();
-    let row = conn.fetch_one(&bg, sqlx::query("SHOW statement_timeout")).await.unwrap();
+    let row = conn
+        .fetch_one(&bg, sqlx::query("SHOW statement_timeout"))
+        .await
+        .unwrap();
     row.get::<String, _>(0)
 }
 
@@ -122,13 +128,19 @@ async fn cancel_stops_pg_sleep_on_the_server() {
     let returned = Instant::now();
     let cancelled_at = canceller.await.unwrap();
     let latency = returned.saturating_duration_since(cancelled_at);
-    eprintln!("sqlx: pg_sleep(30) cancelled after {:?}: returned {latency:?} after the cancel", cancelled_at - started);
+    eprintln!(
+        "sqlx: pg_sleep(30) cancelled after {:?}: returned {latency:?} after the cancel",
+        cancelled_at - started
+    );
     let err = res.unwrap_err();
     let ce = err.context_error().expect("the context's error");
     assert!(ce.is_canceled());
     assert!(ce.cause().is::<ClientGone>(), "the cause travels: {ce:?}");
     assert_eq!(err.to_string(), "context canceled: client gone");
-    assert!(latency < Duration::from_millis(50), "returned {latency:?} after the cancel");
+    assert!(
+        latency < Duration::from_millis(50),
+        "returned {latency:?} after the cancel"
+    );
     // The server really stopped: the backend is idle, and the connection works.
     assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
     let bg = Context::background();
@@ -153,7 +165,10 @@ async fn deadline_is_deadline_exceeded_and_stopped_server_side() {
     let err = res.unwrap_err();
     let ce = err.context_error().expect("the context's error");
     assert!(ce.is_deadline_exceeded(), "{ce:?}");
-    assert!(took >= Duration::from_millis(195) && took < Duration::from_millis(1_000), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(195) && took < Duration::from_millis(1_000),
+        "{took:?}"
+    );
     assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
     // statement_timeout did not leak, to this Conn or to the next user.
     assert_eq!(statement_timeout(&mut conn).await, before);
@@ -185,7 +200,10 @@ async fn statement_timeout_reaches_the_server() {
     let db = db.as_database_error().expect("a database error");
     assert_eq!(db.code().as_deref(), Some("57014"));
     assert!(db.message().contains("statement timeout"), "{}", db.message());
-    assert!(took >= Duration::from_millis(295) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(295) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     assert!(!ctx.is_done());
     assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
     assert_eq!(statement_timeout(&mut conn).await, "0");
@@ -223,14 +241,20 @@ async fn done_before_the_call_never_reaches_the_server() {
         .await
         .unwrap_err();
     assert!(err.context_error().unwrap().is_deadline_exceeded());
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&observer).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&observer)
+        .await
+        .unwrap();
     assert_eq!(n, 0, "no INSERT landed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn driver_errors_stay_driver_errors() {
     let (pool, observer) = setup("sqlx_driver_errors", 2).await;
-    sqlx::query("CREATE TABLE u (x int PRIMARY KEY)").execute(&observer).await.unwrap();
+    sqlx::query("CREATE TABLE u (x int PRIMARY KEY)")
+        .execute(&observer)
+        .await
+        .unwrap();
     let mut conn = warm(&pool).await;
     let (ctx, h) = Context::background().with_timeout(Duration::from_secs(30));
 
@@ -238,12 +262,20 @@ async fn driver_errors_stay_driver_errors() {
     let db = err.driver_error().expect("a syntax error is the driver's");
     assert_eq!(db.as_database_error().unwrap().code().as_deref(), Some("42601"));
 
-    conn.execute(&ctx, sqlx::query("INSERT INTO u VALUES (1)")).await.unwrap();
-    let err = conn.execute(&ctx, sqlx::query("INSERT INTO u VALUES (1)")).await.unwrap_err();
+    conn.execute(&ctx, sqlx::query("INSERT INTO u VALUES (1)"))
+        .await
+        .unwrap();
+    let err = conn
+        .execute(&ctx, sqlx::query("INSERT INTO u VALUES (1)"))
+        .await
+        .unwrap_err();
     let db = err.driver_error().expect("a constraint violation is the driver's");
     assert_eq!(db.as_database_error().unwrap().code().as_deref(), Some("23505"));
 
-    let err = conn.fetch_one(&ctx, sqlx::query("SELECT 1 WHERE false")).await.unwrap_err();
+    let err = conn
+        .fetch_one(&ctx, sqlx::query("SELECT 1 WHERE false"))
+        .await
+        .unwrap_err();
     assert!(matches!(err.driver_error(), Some(sqlx::Error::RowNotFound)));
 
     // The context is done by the time the error is seen: still the driver's.
@@ -260,7 +292,12 @@ async fn driver_errors_stay_driver_errors() {
     assert!(ctx.is_done());
     assert!(!err.is_context(), "{err:?}");
     assert_eq!(
-        err.driver_error().unwrap().as_database_error().unwrap().code().as_deref(),
+        err.driver_error()
+            .unwrap()
+            .as_database_error()
+            .unwrap()
+            .code()
+            .as_deref(),
         Some("42601")
     );
     // And the connection is fine, with statement_timeout put back.
@@ -319,13 +356,22 @@ async fn dropped_after_n_polls_still_cancels_and_the_connection_is_reused() {
             let started = Instant::now();
             let row = tokio::time::timeout(LIMIT, conn.fetch_one(&bg, sqlx::query("SELECT 42")))
                 .await
-                .unwrap_or_else(|_| panic!("reuse after {polls} polls (deadline {deadline}, was active {abandoned}) hung"))
+                .unwrap_or_else(|_| {
+                    panic!("reuse after {polls} polls (deadline {deadline}, was active {abandoned}) hung")
+                })
                 .unwrap();
             let took = started.elapsed();
             assert_eq!(row.get::<i32, _>(0), 42);
-            assert!(took < Duration::from_secs(5), "the abandoned pg_sleep(30) was cancelled: {took:?}");
+            assert!(
+                took < Duration::from_secs(5),
+                "the abandoned pg_sleep(30) was cancelled: {took:?}"
+            );
             assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
-            assert_eq!(statement_timeout(&mut conn).await, "0", "after {polls} polls, deadline {deadline}");
+            assert_eq!(
+                statement_timeout(&mut conn).await,
+                "0",
+                "after {polls} polls, deadline {deadline}"
+            );
         }
     }
     eprintln!("sqlx: {abandoned_mid_query} of 12 drops happened while pg_sleep was running");

@@ -50,7 +50,9 @@ enum When {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_random_cancels_on_a_pool_of_four() {
     let pg = PgCluster::shared();
-    let db = tokio::task::spawn_blocking(move || pg.create_database("sqlx_pool")).await.unwrap();
+    let db = tokio::task::spawn_blocking(move || pg.create_database("sqlx_pool"))
+        .await
+        .unwrap();
     let raw = PgPoolOptions::new()
         .max_connections(POOL)
         .acquire_timeout(LIMIT)
@@ -183,7 +185,12 @@ async fn thousand_random_cancels_on_a_pool_of_four() {
     let raw = pool.get_ref().clone();
     let start = Instant::now();
     while raw.num_idle() < POOL as usize {
-        assert!(start.elapsed() < LIMIT, "pool: {} idle of {}", raw.num_idle(), raw.size());
+        assert!(
+            start.elapsed() < LIMIT,
+            "pool: {} idle of {}",
+            raw.num_idle(),
+            raw.size()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(raw.size(), POOL);
@@ -195,7 +202,10 @@ async fn thousand_random_cancels_on_a_pool_of_four() {
     let mut pids = Vec::new();
     for conn in &mut conns {
         let row = conn
-            .fetch_one(&bg, sqlx::query("SELECT pg_backend_pid(), current_setting('statement_timeout')"))
+            .fetch_one(
+                &bg,
+                sqlx::query("SELECT pg_backend_pid(), current_setting('statement_timeout')"),
+            )
             .await
             .unwrap();
         pids.push(row.get::<i32, _>(0));
