@@ -365,6 +365,29 @@ fn statement_dropped_after_n_rows_leaves_the_connection_usable() {
     assert_eq!(conn.with_context(&never, |c| count_to(c, 1000)).unwrap(), 1000);
 }
 
+/// Nothing of a call outlives it: the progress handler and the after-func
+/// (each holding the context) are gone when it returns, whatever it returned.
+#[test]
+fn a_call_keeps_no_reference_to_its_context() {
+    static MARK: ctxcore::Key<Arc<()>> = ctxcore::Key::new("mark");
+    let mut conn = Connection::open_in_memory().unwrap();
+    for outcome in ["ok", "driver error", "cancelled"] {
+        let mark = Arc::new(());
+        let (ctx, cancel) = Context::background().with_value(&MARK, mark.clone()).with_cancel();
+        let res = conn.with_context(&ctx, |c| match outcome {
+            "ok" => count_to(c, 10),
+            "driver error" => c.query_row("SELEKT", [], |r| r.get(0)),
+            _ => {
+                cancel.cancel();
+                c.query_row(RUNAWAY, [], |r| r.get(0))
+            }
+        });
+        assert_eq!(res.is_ok(), outcome == "ok", "{outcome}: {res:?}");
+        drop((ctx, cancel));
+        assert_eq!(Arc::strong_count(&mark), 1, "{outcome}: the context was kept alive");
+    }
+}
+
 /// xorshift64*: enough randomness for cancel moments, no dependency.
 struct Rng(u64);
 
