@@ -443,7 +443,25 @@ mod tests {
         assert_eq!((inner.code(), inner.message()), (Code::NotFound, "gone"));
         let io = Status::from(client::Error::Inner(std::io::Error::other("boom")));
         assert_eq!(io.code(), Code::Unknown);
-        let timeout = Status::from(client::Error::Inner(std::io::Error::other(TimeoutExpired(()))));
+        let timeout = Status::from(client::Error::Inner(TimeoutExpired(())));
         assert_eq!(timeout.code(), Code::DeadlineExceeded);
+        let wrapped = Status::from(client::Error::Inner(Wrapped(TimeoutExpired(()))));
+        assert_eq!(wrapped.code(), Code::DeadlineExceeded);
+    }
+
+    /// An error whose source is tonic's timeout (as `tonic::transport::Error`).
+    #[derive(Debug)]
+    struct Wrapped(TimeoutExpired);
+
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl StdError for Wrapped {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
     }
 }
