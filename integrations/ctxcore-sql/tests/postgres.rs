@@ -502,3 +502,79 @@ async fn cancel_landing_before_the_statement_runs_is_sent_again() {
         bounded(client.execute("SELECT pg_sleep(0.1)", &[])).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_while_the_statement_runs_on_the_server() {
+    let db = Db::new("dropmid");
+    let client = db.connect().await;
+    let backend = pid(&client).await;
+    for deadline in [false, true] {
+        let (ctx, _h) = if deadline {
+            Context::background().with_timeout(Duration::from_secs(60))
+        } else {
+            Context::background().with_cancel()
+        };
+        {
+            let fut = client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]);
+            tokio::pin!(fut);
+            let watch = async {
+                // Until the server really runs it (each check bounded).
+                let t = Instant::now();
+                loop {
+                    let (state, query) = db.activity(backend).await;
+                    if state == "active" && query.contains("pg_sleep(30)") {
+                        return;
+                    }
+                    assert!(t.elapsed() < Duration::from_secs(5), "never ran: {state} {query}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                r = &mut fut => panic!("pg_sleep(30) returned: {r:?}"),
+                () = watch => {}
+            }
+            // `fut` is dropped here, mid-statement.
+        }
+        let t = Instant::now();
+        let row = bounded(client.query_one("SELECT current_setting('statement_timeout')", &[]))
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        eprintln!("dropped mid-statement (deadline {deadline}): next statement answered after {took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(row.get::<_, &str>(0), "0");
+        assert_goes_idle(&db, backend).await;
+        bounded(client.execute("SELECT pg_sleep(0.15)", &[])).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_transaction_statement_timeout_does_not_outlive_it() {
+    let db = Db::new("tx");
+    let mut client = db.connect().await;
+    bounded(client.batch_execute("CREATE TABLE t (x int)")).await.unwrap();
+    // Committed: the RESET ran inside the transaction too.
+    let tx = bounded(client.transaction()).await.unwrap();
+    let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(30));
+    bounded(tx.with_ctx(&ctx, &db.cancel).execute("INSERT INTO t VALUES (1)", &[]))
+        .await
+        .unwrap();
+    bounded(tx.commit()).await.unwrap();
+    let row = bounded(client.query_one("SELECT current_setting('statement_timeout')", &[]))
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "0");
+    // Stopped by the deadline: the transaction is aborted, ROLLBACK undoes the SET.
+    let tx = bounded(client.transaction()).await.unwrap();
+    let (ctx, _h) = Context::background().with_timeout(Duration::from_millis(100));
+    let err = bounded(tx.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]))
+        .await
+        .unwrap_err();
+    assert!(err.context_error().is_some_and(|e| e.is_deadline_exceeded()), "{err:?}");
+    bounded(tx.rollback()).await.unwrap();
+    let row = bounded(client.query_one("SELECT current_setting('statement_timeout'), count(*) FROM t", &[]))
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "0");
+    assert_eq!(row.get::<_, i64>(1), 1);
+}
