@@ -115,9 +115,15 @@ fn codec(c: &mut Criterion) {
     g.bench_function("encode 3h (coarse unit)", |b| {
         b.iter(|| grpc_timeout::encode(black_box(Duration::from_secs(3 * 3600 + 7))))
     });
-    g.bench_function("parse 200000u", |b| b.iter(|| grpc_timeout::parse(black_box("200000u"))));
-    g.bench_function("parse 99999999H", |b| b.iter(|| grpc_timeout::parse(black_box("99999999H"))));
-    g.bench_function("parse invalid +5S", |b| b.iter(|| grpc_timeout::parse(black_box("+5S"))));
+    g.bench_function("parse 200000u", |b| {
+        b.iter(|| grpc_timeout::parse(black_box("200000u")))
+    });
+    g.bench_function("parse 99999999H", |b| {
+        b.iter(|| grpc_timeout::parse(black_box("99999999H")))
+    });
+    g.bench_function("parse invalid +5S", |b| {
+        b.iter(|| grpc_timeout::parse(black_box("+5S")))
+    });
     g.finish();
 }
 

@@ -144,9 +144,7 @@ impl MissingRequestContext {
     /// fn text(e: &MissingRequestContext) -> String { e.body_text() }
     /// ```
     pub fn body_text(&self) -> String {
-        String::from(
-            "Missing request context: the service is not behind ctxcore_http::server::SetRequestContextLayer",
-        )
+        String::from("Missing request context: the service is not behind ctxcore_http::server::SetRequestContextLayer")
     }
 }
 

@@ -90,7 +90,10 @@ pub fn into_response<B: Default>(err: &ErrorResponse) -> Response<B> {
     let mut resp = Response::new(B::default());
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from(u16::from(code_for(err.error().kind()))));
+    headers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(code_for(err.error().kind()))),
+    );
     // Only printable ASCII after encoding: always a valid header value.
     if let Ok(v) = HeaderValue::try_from(encode_message(&err.body_text())) {
         headers.insert("grpc-message", v);

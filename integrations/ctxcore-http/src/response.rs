@@ -227,8 +227,10 @@ impl ErrorResponse {
         tracing::debug!(error = %self.error, status = %self.status(), "request context error response");
         let mut resp = Response::new(B::from(self.body_text()));
         *resp.status_mut() = self.status();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     }
 }

@@ -70,10 +70,12 @@ where
     let addr = listener.local_addr().unwrap();
     let svc = ServiceBuilder::new()
         .layer(layer)
-        .service(tower::service_fn(move |req| handler(req)));
+        .service(tower::service_fn(handler));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let svc = TowerToHyperService::new(svc.clone());
             tokio::spawn(async move {
@@ -109,7 +111,9 @@ async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<
 
 async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -282,7 +286,10 @@ async fn time_left(addr: SocketAddr, headers: &[(&str, &str)]) -> Option<Duratio
     let resp = bounded("the response", client.send_request(get(addr, "/", headers)))
         .await
         .unwrap();
-    let body = bounded("the body", resp.into_body().collect()).await.unwrap().to_bytes();
+    let body = bounded("the body", resp.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     let body = std::str::from_utf8(&body).unwrap();
     (body != "none").then(|| Duration::from_micros(body.parse().unwrap()))
 }
@@ -303,17 +310,29 @@ async fn grpc_timeout_header_sets_the_deadline_clamped_to_max_timeout() {
     let ms = Duration::from_millis;
 
     assert_near(time_left(addr, &[("grpc-timeout", "200m")]).await, ms(200), "200m");
-    assert_near(time_left(addr, &[("grpc-timeout", "200000u")]).await, ms(200), "200000u");
+    assert_near(
+        time_left(addr, &[("grpc-timeout", "200000u")]).await,
+        ms(200),
+        "200000u",
+    );
     assert_near(time_left(addr, &[]).await, ms(1000), "no header: max_timeout");
     // Absurd: clamped to the server's own limit.
-    assert_near(time_left(addr, &[("grpc-timeout", "99999999H")]).await, ms(1000), "99999999H");
+    assert_near(
+        time_left(addr, &[("grpc-timeout", "99999999H")]).await,
+        ms(1000),
+        "99999999H",
+    );
     assert_near(time_left(addr, &[("grpc-timeout", "5S")]).await, ms(1000), "5S");
     // Malformed: ignored (the limit stays the server's).
     for bad in ["5x", "+5S", "", "123456789S", "-1m", "1.5S", "5"] {
         assert_near(time_left(addr, &[("grpc-timeout", bad)]).await, ms(1000), bad);
     }
     // The configured millisecond header, and the shorter of the two.
-    assert_near(time_left(addr, &[("connect-timeout-ms", "300")]).await, ms(300), "300 ms");
+    assert_near(
+        time_left(addr, &[("connect-timeout-ms", "300")]).await,
+        ms(300),
+        "300 ms",
+    );
     assert_near(
         time_left(addr, &[("connect-timeout-ms", "300"), ("grpc-timeout", "150m")]).await,
         ms(150),
@@ -335,7 +354,10 @@ async fn without_max_timeout_malformed_means_no_deadline() {
     // 99999999H (11,415 years) is past the end of ctxcore's clock (u64
     // nanoseconds, ~584 years): the deadline saturates to none at all.
     let far = time_left(server.addr, &[("grpc-timeout", "99999999H")]).await;
-    assert!(far.is_none_or(|far| far > Duration::from_secs(365 * 24 * 3600)), "{far:?}");
+    assert!(
+        far.is_none_or(|far| far > Duration::from_secs(365 * 24 * 3600)),
+        "{far:?}"
+    );
     // Ignoring grpc-timeout on purpose.
     let layer = SetRequestContextLayer::new(&Context::background()).read_grpc_timeout(false);
     let server = serve(layer, time_left_handler()).await;
@@ -349,7 +371,10 @@ impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|f| f.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -469,7 +494,10 @@ impl http_body::Body for UntilDone {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         match this.step {
             0 => {
@@ -556,7 +584,13 @@ async fn service_error_and_body_error_cancel_at_once() {
                 }
             }
         }));
-    let err = svc.ready().await.unwrap().call(Request::new("service")).await.unwrap_err();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new("service"))
+        .await
+        .unwrap_err();
     assert_eq!(err, "boom");
     let ctx = seen.lock().unwrap().pop().unwrap();
     assert!(ctx.cause().unwrap().is::<ServiceFailed>());

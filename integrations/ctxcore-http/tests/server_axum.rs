@@ -101,7 +101,9 @@ async fn serve(app: Router) -> Server {
 
 async fn call(addr: SocketAddr, path: &str) -> (StatusCode, HeaderMap, String) {
     let stream = bounded("connect", TcpStream::connect(addr)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = Request::get(format!("http://{addr}{path}"))
         .header("host", "test")
@@ -180,5 +182,8 @@ async fn error_mapping_shows_the_cause_when_the_layer_opts_in() {
 
     let (_, headers, _) = call(server.addr, "/grpc-deadline").await;
     assert_eq!(headers["grpc-status"], "4");
-    assert_eq!(headers["grpc-message"], "context deadline exceeded: db-7.internal: password expired");
+    assert_eq!(
+        headers["grpc-message"],
+        "context deadline exceeded: db-7.internal: password expired"
+    );
 }
