@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(ops time ops_threads)
+    TARGETS=(ops time ops_threads grpc_timeout)
 fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then
