@@ -602,7 +602,7 @@ where
     where
         S: ?Sized + ToStatement + Sync + Send,
     {
-        self.run(|| self.client.query(statement, params)).await
+        self.run(|c| c.query(statement, params)).await
     }
 
     /// Like [`Client::query_one`], under the context.
@@ -618,7 +618,7 @@ where
     where
         S: ?Sized + ToStatement + Sync + Send,
     {
-        self.run(|| self.client.query_one(statement, params)).await
+        self.run(|c| c.query_one(statement, params)).await
     }
 
     /// Like [`Client::query_opt`], under the context.
@@ -634,7 +634,7 @@ where
     where
         S: ?Sized + ToStatement + Sync + Send,
     {
-        self.run(|| self.client.query_opt(statement, params)).await
+        self.run(|c| c.query_opt(statement, params)).await
     }
 
     /// Like [`Client::execute`], under the context.
@@ -649,7 +649,7 @@ where
     where
         S: ?Sized + ToStatement + Sync + Send,
     {
-        self.run(|| self.client.execute(statement, params)).await
+        self.run(|c| c.execute(statement, params)).await
     }
 
     /// Like [`Client::batch_execute`] (simple query protocol, several
@@ -662,12 +662,31 @@ where
     /// # }
     /// ```
     pub async fn batch_execute(self, statements: &str) -> Result<(), Error> {
-        self.run(|| self.client.batch_execute(statements)).await
+        self.run(|c| c.batch_execute(statements)).await
     }
 
-    async fn run<R, F, Fut>(self, op: F) -> Result<R, Error>
+    /// Runs any tokio-postgres operation on this client under the context,
+    /// with everything the other methods do (they are this with one call):
+    /// `op` is given the client and must send its requests on it (the cancel
+    /// request names this client's backend). The pipelined
+    /// `SET statement_timeout` precedes `op`'s first request; an `op` of
+    /// several statements is stopped as a whole, and counts as one statement
+    /// for the timeout.
+    ///
+    /// ```no_run
+    /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
+    /// # async fn demo(client: &tokio_postgres::Client, cancel: &Canceller, ctx: &ctxcore::Context) {
+    /// use tokio_postgres::types::Type;
+    /// let rows = client
+    ///     .with_ctx(ctx, cancel)
+    ///     .run(|c| c.query_typed("SELECT $1", &[(&7i32, Type::INT4)]))
+    ///     .await
+    ///     .unwrap();
+    /// # let _ = rows; }
+    /// ```
+    pub async fn run<R, F, Fut>(self, op: F) -> Result<R, Error>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&'a C) -> Fut,
         Fut: Future<Output = Result<R, tokio_postgres::Error>>,
     {
         let ctx = self.ctx;
@@ -725,7 +744,7 @@ where
             }
             None => None,
         };
-        let mut query = pin!(op());
+        let mut query = pin!(op(self.client));
         // The SET (if any) is polled first, so its request is queued before
         // the statement's.
         let answer = {
