@@ -621,3 +621,28 @@ async fn empty_body_dropped_unpolled_is_complete() {
     let ctx = seen.lock().unwrap().take().unwrap();
     assert!(ctx.cause().unwrap().is::<ResponseComplete>());
 }
+
+#[tokio::test]
+async fn cancelling_the_root_reaches_every_request_with_its_cause() {
+    let (root, shutdown) = Context::background().with_cancel();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Context>::new()));
+    let s = seen.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(SetRequestContextLayer::new(&root).max_timeout(Duration::from_secs(30)))
+        .service(tower::service_fn(move |req: Request<()>| {
+            s.lock().unwrap().push(request_context(&req));
+            async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) }
+        }));
+    let mut responses = Vec::new();
+    for _ in 0..3 {
+        responses.push(svc.ready().await.unwrap().call(Request::new(())).await.unwrap());
+    }
+    let contexts = seen.lock().unwrap().clone();
+    assert!(contexts.iter().all(|c| !c.is_done()));
+    shutdown.cancel_with("SIGTERM");
+    for c in &contexts {
+        assert_eq!(c.cause().unwrap().as_str(), Some("SIGTERM"));
+    }
+    drop(responses); // later causes change nothing: the first cancellation won
+    assert_eq!(contexts[0].cause().unwrap().as_str(), Some("SIGTERM"));
+}

@@ -129,7 +129,9 @@ impl SetRequestContextLayer {
     /// The server's own limit: no request context lives longer than
     /// `timeout`, whatever its headers say (a header can only shorten it; an
     /// absurd `99999999H` is clamped to it). Without it, requests without a
-    /// timeout header get no deadline.
+    /// timeout header get no deadline, and a header past the end of
+    /// ctxcore's clock (about 584 years; `99999999H` is 11,415) saturates to
+    /// no deadline either.
     ///
     /// ```
     /// use ctxcore::Context;
