@@ -68,9 +68,7 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(tower::service_fn(handler));
+    let svc = ServiceBuilder::new().layer(layer).service(tower::service_fn(handler));
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
