@@ -31,6 +31,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Conn {
             .await
             .unwrap();
         let pool = Pool::new(raw);
+        pool.warm_up().await.unwrap();
         let bg = Context::background();
         let mut conn = pool.acquire(&bg).await.unwrap();
         conn.execute(&bg, sqlx::query("SELECT 1")).await.unwrap();

@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect(&cluster.url(&db))
         .await?;
     let pool = Pool::new(raw);
+    pool.warm_up().await?;
     let bg = Context::background();
     let mut conn = pool.acquire(&bg).await?;
     conn.execute(&bg, sqlx::query("SELECT 1")).await?;

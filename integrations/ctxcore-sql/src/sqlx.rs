@@ -5,7 +5,8 @@
 //! sqlx has no cancel API of its own (the backend's process id and cancel key
 //! it receives at start-up are private), so this module does it the way the
 //! server allows from SQL: it reads the backend's pid once per [`Conn`]
-//! (`SELECT pg_backend_pid()`, on the first query) and, when the context is
+//! (`SELECT pg_backend_pid()`, on the first query, together with the
+//! connection's `statement_timeout`) and, when the context is
 //! done while a query is in flight, runs `SELECT pg_cancel_backend(pid)` over a
 //! small pool of its own (the *cancel pool*, at most two connections, opened
 //! lazily with the same options): never over the pool the query came from,
@@ -239,7 +240,9 @@ pub struct Pool {
 
 impl Pool {
     /// Wraps `pool`; the cancel pool (at most two connections, opened on the
-    /// first cancel, never reaped) uses the same connect options. Needs no
+    /// first cancel or by [`warm_up`](Self::warm_up), never reaped) uses the
+    /// same connect options, hence the same role: `pg_cancel_backend` needs
+    /// the role of the backend it cancels (or `pg_signal_backend`). Needs no
     /// runtime.
     ///
     /// ```no_run
@@ -279,6 +282,22 @@ impl Pool {
     /// ```
     pub fn with_cancel_pool(pool: PgPool, cancel: PgPool) -> Self {
         Pool { pool, cancel }
+    }
+
+    /// Opens a connection of the cancel pool now, so that the first cancel
+    /// does not pay for connecting (a few milliseconds, more under load).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: ctxcore_sql::sqlx::Pool) -> Result<(), sqlx::Error> {
+    /// pool.warm_up().await?;
+    /// assert!(pool.cancel_pool().size() >= 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn warm_up(&self) -> Result<(), sqlx::Error> {
+        let conn = self.cancel.acquire().await?;
+        drop(conn);
+        Ok(())
     }
 
     /// The query pool.
@@ -635,7 +654,7 @@ impl State {
                     sqlx::query_as("SELECT pg_backend_pid(), current_setting('statement_timeout')")
                         .fetch_one(&mut *conn)
                         .await
-                        .map_err(Error::Driver)?;
+                        .map_err(|e| self.answered(e))?;
                 self.pid = Some(pid);
                 self.baseline = Some(baseline.clone());
                 (pid, baseline)
@@ -663,7 +682,7 @@ impl State {
             .bind(format!("{ms}ms"))
             .fetch_one(&mut *conn)
             .await
-            .map_err(Error::Driver)?;
+            .map_err(|e| self.answered(e))?;
             if fresh {
                 self.restore = Some(old);
             }
@@ -683,6 +702,12 @@ impl State {
             after: Some(after),
             slot,
         })
+    }
+
+    /// A set-up statement failed with an answer: nothing is left to drain.
+    fn answered(&mut self, e: sqlx::Error) -> Error<sqlx::Error> {
+        self.abandoned = false;
+        Error::Driver(e)
     }
 
     /// Makes the connection ready for a new statement after an abandoned

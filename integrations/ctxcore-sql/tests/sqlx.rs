@@ -51,7 +51,9 @@ async fn setup(name: &str, size: u32) -> (Pool, PgPool) {
         .connect(&url)
         .await
         .unwrap();
-    (Pool::new(pool), observer)
+    let pool = Pool::new(pool);
+    pool.warm_up().await.unwrap();
+    (pool, observer)
 }
 
 async fn backend_state(observer: &PgPool, pid: i32) -> Option<String> {
@@ -61,6 +63,24 @@ async fn backend_state(observer: &PgPool, pid: i32) -> Option<String> {
         .await
         .unwrap()
         .flatten()
+}
+
+/// Waits (at most 2 s) until the backend `pid` is idle: the statement really
+/// stopped on the server. (sqlx returns on the ErrorResponse; the backend
+/// reports itself idle just before its ReadyForQuery, a moment later.)
+async fn wait_idle(observer: &PgPool, pid: i32) {
+    let start = Instant::now();
+    loop {
+        let state = backend_state(observer, pid).await;
+        if state.as_deref() == Some("idle") {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "backend {pid} still {state:?}: the statement did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Waits (at most `limit`) until the backend `pid` is in `state` running a
@@ -142,7 +162,7 @@ async fn cancel_stops_pg_sleep_on_the_server() {
         "returned {latency:?} after the cancel"
     );
     // The server really stopped: the backend is idle, and the connection works.
-    assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
+    wait_idle(&observer, pid).await;
     let bg = Context::background();
     let row = conn.fetch_one(&bg, sqlx::query("SELECT 7")).await.unwrap();
     assert_eq!(row.get::<i32, _>(0), 7);
@@ -169,7 +189,7 @@ async fn deadline_is_deadline_exceeded_and_stopped_server_side() {
         took >= Duration::from_millis(195) && took < Duration::from_millis(1_000),
         "{took:?}"
     );
-    assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
+    wait_idle(&observer, pid).await;
     // statement_timeout did not leak, to this Conn or to the next user.
     assert_eq!(statement_timeout(&mut conn).await, before);
     drop(conn);
@@ -205,7 +225,7 @@ async fn statement_timeout_reaches_the_server() {
         "{took:?}"
     );
     assert!(!ctx.is_done());
-    assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
+    wait_idle(&observer, pid).await;
     assert_eq!(statement_timeout(&mut conn).await, "0");
 }
 
@@ -366,7 +386,7 @@ async fn dropped_after_n_polls_still_cancels_and_the_connection_is_reused() {
                 took < Duration::from_secs(5),
                 "the abandoned pg_sleep(30) was cancelled: {took:?}"
             );
-            assert_eq!(backend_state(&observer, pid).await.as_deref(), Some("idle"));
+            wait_idle(&observer, pid).await;
             assert_eq!(
                 statement_timeout(&mut conn).await,
                 "0",
