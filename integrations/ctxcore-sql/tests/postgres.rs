@@ -578,3 +578,43 @@ async fn in_a_transaction_statement_timeout_does_not_outlive_it() {
     assert_eq!(row.get::<_, &str>(0), "0");
     assert_eq!(row.get::<_, i64>(1), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_unix_socket_the_cancel_goes_there_too() {
+    let db = Db::new("unix");
+    let config: Config = format!(
+        "host={} port={} user=postgres dbname={}",
+        db.pg.dir().display(),
+        db.pg.port(),
+        db.name
+    )
+    .parse()
+    .unwrap();
+    let cancel = Canceller::new(&config);
+    let (client, conn) = bounded(config.connect(NoTls)).await.unwrap();
+    tokio::spawn(conn);
+    let backend = pid(&client).await;
+    let (ctx, handle) = Context::background().with_cancel();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handle.cancel_with("unix");
+    });
+    let t = Instant::now();
+    let err = bounded(
+        client
+            .with_ctx(&ctx, &cancel)
+            .statement_timeout(false)
+            .query("SELECT pg_sleep(30)", &[]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.context_error().map(|e| e.cause().as_str()),
+        Some(Some("unix")),
+        "{err:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    canceller.await.unwrap();
+    let (state, query) = db.activity(backend).await;
+    assert_eq!(state, "idle", "{query}");
+}
