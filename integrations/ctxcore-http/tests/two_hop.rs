@@ -325,3 +325,49 @@ async fn a_client_going_away_cancels_b() {
         assert!(a_to_b <= Duration::from_millis(10), "B cancelled {a_to_b:?} after A");
     }
 }
+
+/// The cancel's way from A to B, repeated: p50 / p99 / max of the time from
+/// A's context being cancelled (its client reset the stream) to B's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_to_b_cancel_latency() {
+    const RUNS: usize = 30;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let b = service_b(tx.clone()).await;
+    let a = service_a(b, Some(Duration::from_secs(30)), tx).await;
+    let client = hyper_client(Proto::Http2);
+    let mut a_to_b = Vec::with_capacity(RUNS);
+    let mut drop_to_a = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let c = client.clone();
+        let call = tokio::spawn(async move {
+            c.request(Request::get(format!("http://{a}/")).body(Empty::new()).unwrap())
+                .await
+        });
+        let mut seen = Seen::default();
+        while seen.b_deadline.is_none() {
+            seen.record(next(&mut events).await);
+        }
+        let dropped_at = Instant::now();
+        call.abort();
+        while !seen.complete() {
+            seen.record(next(&mut events).await);
+        }
+        let (a_at, _, a_cause) = seen.a_done.unwrap();
+        let (b_at, _, b_cause) = seen.b_done.unwrap();
+        assert!(a_cause.is::<ClientDisconnected>() && b_cause.is::<ClientDisconnected>());
+        drop_to_a.push(a_at.saturating_duration_since(dropped_at));
+        a_to_b.push(b_at.saturating_duration_since(a_at));
+    }
+    let pct = |v: &mut Vec<Duration>, p: usize| {
+        v.sort();
+        v[(v.len() * p / 100).min(v.len() - 1)]
+    };
+    let (p50, p99, max) = (pct(&mut a_to_b, 50), pct(&mut a_to_b, 99), *a_to_b.last().unwrap());
+    eprintln!(
+        "two hops, {RUNS} cancels (HTTP/2 both ways): A cancelled -> B cancelled p50 {p50:?} p99 {p99:?} max {max:?}; \
+         client drop -> A cancelled p50 {:?} max {:?}",
+        pct(&mut drop_to_a, 50),
+        drop_to_a.last().unwrap()
+    );
+    assert!(max <= Duration::from_millis(10), "B cancelled {max:?} after A");
+}
