@@ -21,6 +21,10 @@ use tokio_postgres::{Client, Config, NoTls};
 /// Every wait in these tests is bounded by this.
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// Tests that time things, and the heavy ones, take turns (the others run
+/// alongside).
+static QUIET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Db {
     pg: &'static PgCluster,
     name: String,
@@ -95,44 +99,59 @@ async fn assert_goes_idle(db: &Db, pid: i32) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_sleep_cancelled_100ms_in_stops_on_the_server() {
+    let _quiet = QUIET.lock().await;
     let db = Db::new("cancel");
     let client = db.connect().await;
     let backend = pid(&client).await;
-    let (ctx, handle) = Context::background().with_cancel();
-    let cancelled_at = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        handle.cancel_with("client went away");
-        Instant::now()
-    });
-    let t = Instant::now();
-    let err = bounded(client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]))
-        .await
-        .unwrap_err();
-    let returned = Instant::now();
-    let cancelled_at = cancelled_at.await.unwrap();
-    let latency = returned - cancelled_at;
-    eprintln!(
-        "pg_sleep(30) cancelled after {:?}: returned {latency:?} after the cancel",
-        t.elapsed()
-    );
-    let ce = err.context_error().expect("the context's error");
-    assert_eq!(ce.kind(), Kind::Canceled);
-    assert_eq!(ce.cause().as_str(), Some("client went away"));
+    // Three samples: the bound is on the median (a 2-core machine shared
+    // with builds can stall any single one), every one is printed.
+    let mut latencies = Vec::new();
+    for _ in 0..3 {
+        let (ctx, handle) = Context::background().with_cancel();
+        let cancelled_at = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            handle.cancel_with("client went away");
+            Instant::now()
+        });
+        let t = Instant::now();
+        let err = bounded(client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]))
+            .await
+            .unwrap_err();
+        let returned = Instant::now();
+        let cancelled_at = cancelled_at.await.unwrap();
+        let latency = returned - cancelled_at;
+        eprintln!(
+            "pg_sleep(30) cancelled after {:?}: returned {latency:?} after the cancel",
+            t.elapsed()
+        );
+        let ce = err.context_error().expect("the context's error");
+        assert_eq!(ce.kind(), Kind::Canceled);
+        assert_eq!(ce.cause().as_str(), Some("client went away"));
+        assert!(
+            latency < Duration::from_millis(500),
+            "returned {latency:?} after the cancel"
+        );
+        latencies.push(latency);
+        // The server stopped it (our call returns at the server's error
+        // message; the backend reports idle a moment later, before its
+        // ReadyForQuery).
+        assert_goes_idle(&db, backend).await;
+        // The connection is in sync and nothing late hits the next statements.
+        let row = bounded(client.query_one("SELECT 41 + 1", &[])).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        bounded(client.execute("SELECT pg_sleep(0.2)", &[])).await.unwrap();
+    }
+    latencies.sort();
     assert!(
-        latency < Duration::from_millis(50),
-        "returned {latency:?} after the cancel"
+        latencies[1] < Duration::from_millis(50),
+        "median {:?} of {latencies:?}",
+        latencies[1]
     );
-    // Idle at once: we returned only after the server answered.
-    let (state, query) = db.activity(backend).await;
-    assert_eq!(state, "idle", "{query}");
-    // The connection is in sync and nothing late hits the next statements.
-    let row = bounded(client.query_one("SELECT 41 + 1", &[])).await.unwrap();
-    assert_eq!(row.get::<_, i32>(0), 42);
-    bounded(client.execute("SELECT pg_sleep(0.3)", &[])).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_200ms_is_deadline_exceeded_and_stops_on_the_server() {
+    let _quiet = QUIET.lock().await;
     let db = Db::new("deadline");
     let client = db.connect().await;
     let backend = pid(&client).await;
@@ -158,8 +177,7 @@ async fn deadline_200ms_is_deadline_exceeded_and_stops_on_the_server() {
             took >= Duration::from_millis(195) && took < Duration::from_millis(250 + 50),
             "{took:?}"
         );
-        let (state, query) = db.activity(backend).await;
-        assert_eq!(state, "idle", "{query}");
+        assert_goes_idle(&db, backend).await;
         // statement_timeout did not leak to the connection's next user.
         let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
         assert_eq!(row.get::<_, &str>(0), "0");
@@ -291,6 +309,7 @@ impl<F: Future> Future for Cancellable<F> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_after_n_polls_stops_the_server_and_the_connection_is_reusable() {
+    let _quiet = QUIET.lock().await;
     let db = Db::new("drop");
     let client = db.connect().await;
     let backend = pid(&client).await;
@@ -346,6 +365,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_queries_random_cancels_on_a_pool_of_4() {
+    let _quiet = QUIET.lock().await;
     let db = Db::new("pool");
     let mgr = deadpool_postgres::Manager::new(db.config.clone(), NoTls);
     let pool = deadpool_postgres::Pool::builder(mgr).max_size(4).build().unwrap();
@@ -443,14 +463,23 @@ async fn thousand_queries_random_cancels_on_a_pool_of_4() {
         assert_eq!(row.get::<_, &str>(1), "0", "statement_timeout leaked into the pool");
         held.push(obj);
     }
-    let n: i64 = bounded(held[0].query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state <> 'idle' AND pid <> pg_backend_pid()",
-        &[&db.name],
-    ))
-    .await
-    .unwrap()
-    .get(0);
-    assert_eq!(n, 0, "every backend is idle");
+    // Every backend of this database goes idle (bounded: one may still be
+    // between its error message and its ReadyForQuery).
+    let t = Instant::now();
+    loop {
+        let n: i64 = bounded(held[0].query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state <> 'idle' AND pid <> pg_backend_pid()",
+            &[&db.name],
+        ))
+        .await
+        .unwrap()
+        .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "{n} backends still busy");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let _ = db.pg;
 }
 
@@ -474,6 +503,7 @@ impl<F: Future> Future for CancelAfterFirstPoll<F> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_landing_before_the_statement_runs_is_sent_again() {
+    let _quiet = QUIET.lock().await;
     let db = Db::new("early");
     let client = db.connect().await;
     let backend = pid(&client).await;
@@ -497,8 +527,7 @@ async fn cancel_landing_before_the_statement_runs_is_sent_again() {
             "{err:?}"
         );
         assert!(took < Duration::from_millis(1500), "{took:?}");
-        let (state, query) = db.activity(backend).await;
-        assert_eq!(state, "idle", "{query}");
+        assert_goes_idle(&db, backend).await;
         bounded(client.execute("SELECT pg_sleep(0.1)", &[])).await.unwrap();
     }
 }
@@ -615,6 +644,5 @@ async fn over_a_unix_socket_the_cancel_goes_there_too() {
     );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     canceller.await.unwrap();
-    let (state, query) = db.activity(backend).await;
-    assert_eq!(state, "idle", "{query}");
+    assert_goes_idle(&db, backend).await;
 }
