@@ -1,8 +1,10 @@
 //! The client layer: propagate the request's [`Context`] to the next service.
 //!
 //! [`PropagateDeadlineLayer`] wraps any tower service of `http::Request`s
-//! (hyper-util's legacy `Client`, tonic's `Channel`, reqwest through its
-//! tower support) in [`PropagateDeadline`]. For each request it:
+//! (hyper-util's legacy `Client`, tonic's `Channel` — see
+//! [`crate::tonic`]) in [`PropagateDeadline`]; reqwest, which is not such a
+//! service, has `reqwest::RequestBuilderExt` (feature `reqwest`) with the same
+//! behaviour and error. For each request it:
 //!
 //! 1. reads the caller's [`Context`] from the request extensions
 //!    (`req.extensions_mut().insert(ctx.clone())`). A request **without a
