@@ -45,15 +45,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The connection went back to the pool clean: no statement_timeout left
     // on it, no late cancel waiting for its next user.
     let conn = pool.get().await?;
-    let (fresh, _h) = Context::background().with_timeout(Duration::from_secs(5));
-    let row = conn
-        .with_ctx(&fresh, &cancel)
-        .query_one("SELECT current_setting('statement_timeout')", &[])
-        .await?;
+    let row = conn.query_one("SHOW statement_timeout", &[]).await?;
     println!(
         "statement_timeout on the pooled connection afterwards: {:?}",
         row.get::<_, &str>(0)
     );
+    assert_eq!(row.get::<_, &str>(0), "0");
+    // A fresh request's context on it works as before.
+    let (fresh, _h) = Context::background().with_timeout(Duration::from_secs(5));
+    let row = conn
+        .with_ctx(&fresh, &cancel)
+        .query_one("SELECT 'still fine'", &[])
+        .await?;
+    println!("{}", row.get::<_, &str>(0));
     println!("pool: {:?}", pool.status());
     drop(conn);
     drop(pool);

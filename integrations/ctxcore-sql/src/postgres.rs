@@ -30,12 +30,15 @@
 //! 1. returns [`Error::Context`] at once, sending nothing, if the context is
 //!    already done;
 //! 2. if the context has a deadline (and [`WithContext::statement_timeout`]
-//!    is on, the default), pipelines `SET statement_timeout = <time left,
-//!    rounded up to a millisecond>` in front of the statement, so the server
-//!    enforces the deadline by itself with no extra round trip and no cancel
-//!    connection (a cancel request costs a new connection and a forked server
-//!    process, the pipelined `SET` and `RESET` some 20 µs of server time per
-//!    call: off with `statement_timeout(false)`); afterwards `RESET
+//!    is on, the default), pipelines `SET statement_timeout = <time left in
+//!    whole milliseconds, less one>` in front of the statement, so the server
+//!    stops it by itself just before the deadline, with no extra round trip,
+//!    and our after-func is stopped before it opens a cancel connection (a
+//!    cancel request costs a new connection and a forked server process, the
+//!    pipelined `SET` and `RESET` some 20 µs of server time per call: off with
+//!    `statement_timeout(false)`); the server's `57014` then waits (at most
+//!    a few milliseconds) for the context's own deadline, and the call returns
+//!    `DeadlineExceeded` with the context's cause; afterwards `RESET
 //!    statement_timeout` is queued on the same connection, ahead of anything
 //!    its next user sends;
 //! 3. registers an after-func on the context that sends the server a cancel
@@ -151,6 +154,10 @@ const DEFAULT_DROP_GUARD: Duration = Duration::from_millis(100);
 /// statement timeout said it passed (clock skew between our timer and the
 /// server's is at most a millisecond or so).
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+/// How much earlier than the context's deadline the server's statement
+/// timeout may fire (it is set a millisecond short, rounded down, when the
+/// statement is sent) and still count as the context's deadline.
+const STATEMENT_TIMEOUT_EARLY: Duration = Duration::from_millis(3);
 /// Once the context is done, how long to wait for the server's answer before
 /// sending another cancel request (a cancel request takes a few milliseconds,
 /// the answer to a cancelled statement well under one)...
@@ -733,10 +740,12 @@ where
         }
 
         let timeout_ms = match (self.statement_timeout, ctx.deadline()) {
-            (true, Some(_)) => ctx.time_left().map(|d| {
-                let ms = d.as_nanos().div_ceil(1_000_000);
-                ms.clamp(1, i32::MAX as u128) as u64
-            }),
+            // A millisecond short (rounded down): the server's timeout then
+            // fires just before our timer, and we stop the after-func before
+            // it can open a cancel connection.
+            (true, Some(_)) => ctx
+                .time_left()
+                .map(|d| d.as_millis().saturating_sub(1).clamp(1, i32::MAX as u128) as u64),
             _ => None,
         };
         let set_sql;
@@ -808,10 +817,10 @@ where
             Answer::Done(Err(e)) if e.code() == Some(&SqlState::QUERY_CANCELED) => match ctx.error() {
                 Some(ce) => Err(crate::Error::Context(ce)),
                 None => match ctx.deadline() {
-                    // (A little tolerance: the server's clock is not ours.)
-                    Some(_) if ctx.time_left().is_some_and(|l| l <= Duration::from_millis(2)) => {
-                        // The server's statement timeout fired with the
-                        // deadline: let the context's own timer catch up.
+                    // The server's statement timeout fired at most
+                    // STATEMENT_TIMEOUT_EARLY before the deadline: let the
+                    // context's own timer catch up, then report its error.
+                    Some(_) if ctx.time_left().is_some_and(|l| l <= STATEMENT_TIMEOUT_EARLY) => {
                         let (grace, _h) = Context::background().with_timeout(DEADLINE_GRACE);
                         let _ = first_of(pin!(ctx.done()), grace.done()).await;
                         Err(crate::Error::Context(

@@ -178,6 +178,21 @@ async fn deadline_200ms_is_deadline_exceeded_and_stops_on_the_server() {
             "{took:?}"
         );
         assert_goes_idle(&db, backend).await;
+        // Who stopped it: with statement_timeout the server itself, just
+        // before our deadline (so no cancel connection was needed); without,
+        // our cancel request.
+        let expect = if statement_timeout {
+            "due to statement timeout"
+        } else {
+            "due to user request"
+        };
+        let log = db.pg.log();
+        let last = log
+            .lines()
+            .filter(|l| l.contains(&format!("[{backend}] ERROR:  canceling statement")))
+            .last()
+            .unwrap_or_else(|| panic!("no cancel of backend {backend} in the server log"));
+        assert!(last.contains(expect), "{last}");
         // statement_timeout did not leak to the connection's next user.
         let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
         assert_eq!(row.get::<_, &str>(0), "0");
