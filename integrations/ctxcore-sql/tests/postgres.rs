@@ -189,8 +189,8 @@ async fn deadline_200ms_is_deadline_exceeded_and_stops_on_the_server() {
         let log = db.pg.log();
         let last = log
             .lines()
-            .filter(|l| l.contains(&format!("[{backend}] ERROR:  canceling statement")))
-            .last()
+            .rev()
+            .find(|l| l.contains(&format!("[{backend}] ERROR:  canceling statement")))
             .unwrap_or_else(|| panic!("no cancel of backend {backend} in the server log"));
         assert!(last.contains(expect), "{last}");
         // statement_timeout did not leak to the connection's next user.
