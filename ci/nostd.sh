@@ -8,6 +8,12 @@
 #                         `critical-section`: a final binary does, so this
 #                         script plays that binary with the single-core cfg.
 #   thumbv7em-none-eabihf Cortex-M4F/M7: native atomics (no 64-bit ones).
+#   riscv32imc-unknown-none-elf
+#                         RV32IMC: no atomic extension (load/store only, no
+#                         CAS): `portable-atomic` and the single-core cfg, as
+#                         on the M0 (ci/qemu.sh runs the firmwares on it).
+#   riscv32imac-unknown-none-elf
+#                         RV32IMAC: native 32-bit atomics, no feature needed.
 #
 # Each target: no features, `alloc`, `critical-section`, both, and both with
 # the `embassy-time` backend (the firmware set).
@@ -19,7 +25,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/nostd"
 
-rustup target add thumbv6m-none-eabi thumbv7em-none-eabihf >/dev/null
+rustup target add thumbv6m-none-eabi thumbv7em-none-eabihf \
+  riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf >/dev/null
 
 fail=0
 build() { # target, features, extra RUSTFLAGS
@@ -41,6 +48,13 @@ for features in "" "alloc" "critical-section" "alloc,critical-section" "alloc,cr
 done
 # The M4F with portable-atomic too (it must not need the M0's cfg).
 build thumbv7em-none-eabihf "portable-atomic,alloc"
+# RISC-V: the bare core and the firmware set, without and with the A extension.
+for extra in "" ",alloc,critical-section,embassy-time"; do
+  build riscv32imc-unknown-none-elf "portable-atomic$extra" "$m0_cfg"
+done
+for features in "" "alloc,critical-section,embassy-time"; do
+  build riscv32imac-unknown-none-elf "$features"
+done
 
 echo "--- host: cargo hack check --feature-powerset --no-dev-deps"
 if ! command -v cargo-hack >/dev/null; then

@@ -1,6 +1,8 @@
 //! ctxcore's test firmware: runs on QEMU's lm3s6965evb (Cortex-M3, and
-//! Cortex-M0 through portable-atomic), prints each check through semihosting
-//! and exits with the verdict. Any failed check, panic or hang (caught by the
+//! Cortex-M0 through portable-atomic) and on QEMU's RISC-V `virt` machine
+//! (RV32IMAC, and RV32IMC through portable-atomic; the tick is the machine
+//! timer there, see board.rs), prints each check through semihosting and
+//! exits with the verdict. Any failed check, panic or hang (caught by the
 //! runner's timeout) fails the run.
 //!
 //! It uses ctxcore's `alloc` API on a 24 KiB heap (embedded-alloc), deadlines
@@ -18,10 +20,10 @@ mod board;
 #[path = "heap.rs"]
 mod heap;
 
+use board::hprintln;
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use core::time::Duration;
-use cortex_m_semihosting::hprintln;
 use critical_section::Mutex;
 use ctxcore::{CancelHandle, Clock, Context, EmbassyTimer, Error, Key, ManualClock, StaticContext};
 use embassy_executor::{Executor, Spawner};
@@ -91,10 +93,11 @@ async fn tests(spawner: Spawner) {
 }
 
 fn core_name() -> &'static str {
-    if cfg!(target_has_atomic = "ptr") {
-        "Cortex-M3 (thumbv7m, native atomics)"
-    } else {
-        "Cortex-M0 (thumbv6m, portable-atomic, single-core cfg)"
+    match board::CPU {
+        "Cortex-M3" => "Cortex-M3 (thumbv7m, native atomics)",
+        "Cortex-M0" => "Cortex-M0 (thumbv6m, portable-atomic, single-core cfg)",
+        "RV32IMAC" => "RV32IMAC (riscv32imac, native atomics)",
+        _ => "RV32IMC (riscv32imc, no atomic extension: portable-atomic, single-core cfg)",
     }
 }
 
@@ -359,7 +362,12 @@ static ISR_CANCELS: AtomicU32 = AtomicU32::new(0);
 /// Ticks of interrupt-side cancels before the handler stops the whole tree.
 const ISR_ROUNDS: u32 = 250;
 
-#[cortex_m_rt::exception]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::exception)]
+#[cfg_attr(
+    target_arch = "riscv32",
+    riscv_rt::core_interrupt(riscv::interrupt::Interrupt::MachineTimer),
+    allow(non_snake_case)
+)]
 fn SysTick() {
     board::on_systick();
     if !ISR_ARMED.load(Ordering::Acquire) {
@@ -428,7 +436,8 @@ async fn cancel_from_interrupt() {
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
-#[cortex_m_rt::entry]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::entry)]
+#[cfg_attr(target_arch = "riscv32", riscv_rt::entry)]
 fn main() -> ! {
     heap::init();
     board::init();

@@ -24,12 +24,12 @@ mod board;
 #[path = "../tick_timer.rs"]
 mod tick_timer;
 
+use board::hprintln;
 use core::future::Future;
 use core::pin::{pin, Pin};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use core::task::{Context as TaskContext, Waker};
 use core::time::Duration;
-use cortex_m_semihosting::hprintln;
 use ctxcore::{Clock, ContextRef, Done, Error, Instant, ScopedContext, StaticContext};
 use embassy_executor::{Executor, Spawner};
 use static_cell::StaticCell;
@@ -87,11 +87,7 @@ static ISR_TICKS: AtomicU32 = AtomicU32::new(0);
 /// Ticks during which the handler takes the node's lock before cancelling.
 const ISR_ROUNDS: u32 = 250;
 
-const CPU: &str = if cfg!(target_has_atomic = "ptr") {
-    "Cortex-M3"
-} else {
-    "Cortex-M0"
-};
+use board::CPU;
 
 /// Polls `f` once with a waker that does nothing: registers a waiter (one
 /// section of the node's lock) without blocking.
@@ -103,7 +99,12 @@ fn cause_str(ctx: ContextRef<'_>) -> Option<&'static str> {
     ctx.cause().and_then(|c| c.as_str())
 }
 
-#[cortex_m_rt::exception]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::exception)]
+#[cfg_attr(
+    target_arch = "riscv32",
+    riscv_rt::core_interrupt(riscv::interrupt::Interrupt::MachineTimer),
+    allow(non_snake_case)
+)]
 fn SysTick() {
     board::on_systick();
     TICKS.fire_due();
@@ -488,7 +489,8 @@ async fn tests(spawner: Spawner) {
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
-#[cortex_m_rt::entry]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::entry)]
+#[cfg_attr(target_arch = "riscv32", riscv_rt::entry)]
 fn main() -> ! {
     board::init();
     EXECUTOR

@@ -24,11 +24,11 @@ mod board;
 #[path = "../tick_timer.rs"]
 mod tick_timer;
 
+use board::hprintln;
 use core::pin::pin;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use core::time::Duration;
 use cortex_m::interrupt::InterruptNumber;
-use cortex_m_semihosting::hprintln;
 use ctxcore::{Error, ScopedContext, StaticContext};
 use embassy_executor::{Executor, InterruptExecutor, Spawner};
 use static_cell::StaticCell;
@@ -69,7 +69,12 @@ unsafe fn DefaultHandler(irqn: i16) {
     }
 }
 
-#[cortex_m_rt::exception]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::exception)]
+#[cfg_attr(
+    target_arch = "riscv32",
+    riscv_rt::core_interrupt(riscv::interrupt::Interrupt::MachineTimer),
+    allow(non_snake_case)
+)]
 fn SysTick() {
     board::on_systick();
     let n = TICKS_SEEN.load(Ordering::Relaxed) + 1;
@@ -124,7 +129,8 @@ async fn main_task(spawner: Spawner) {
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
-#[cortex_m_rt::entry]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::entry)]
+#[cfg_attr(target_arch = "riscv32", riscv_rt::entry)]
 fn main() -> ! {
     board::init();
     // SAFETY: `board::init` took the peripherals; this only sets IRQ 0's

@@ -12,8 +12,8 @@ mod board;
 #[path = "../heap.rs"]
 mod heap;
 
+use board::hprintln;
 use core::hint::black_box;
-use cortex_m_semihosting::hprintln;
 use ctxcore::{Error, StaticContext};
 use embassy_executor::Executor;
 use static_cell::StaticCell;
@@ -34,14 +34,20 @@ async fn app() {
     board::exit(ok && ROOT.done().await == Error::Canceled);
 }
 
-#[cortex_m_rt::exception]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::exception)]
+#[cfg_attr(
+    target_arch = "riscv32",
+    riscv_rt::core_interrupt(riscv::interrupt::Interrupt::MachineTimer),
+    allow(non_snake_case)
+)]
 fn SysTick() {
     board::on_systick();
 }
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
-#[cortex_m_rt::entry]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::entry)]
+#[cfg_attr(target_arch = "riscv32", riscv_rt::entry)]
 fn main() -> ! {
     heap::init();
     board::init();

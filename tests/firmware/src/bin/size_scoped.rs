@@ -11,10 +11,10 @@ mod board;
 #[path = "../tick_timer.rs"]
 mod tick_timer;
 
+use board::hprintln;
 use core::hint::black_box;
 use core::pin::pin;
 use core::time::Duration;
-use cortex_m_semihosting::hprintln;
 use ctxcore::{Clock, Error, ScopedContext, StaticContext};
 use embassy_executor::Executor;
 use static_cell::StaticCell;
@@ -45,7 +45,12 @@ async fn app() {
     board::exit(ok);
 }
 
-#[cortex_m_rt::exception]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::exception)]
+#[cfg_attr(
+    target_arch = "riscv32",
+    riscv_rt::core_interrupt(riscv::interrupt::Interrupt::MachineTimer),
+    allow(non_snake_case)
+)]
 fn SysTick() {
     board::on_systick();
     TICKS.fire_due();
@@ -53,7 +58,8 @@ fn SysTick() {
 
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
-#[cortex_m_rt::entry]
+#[cfg_attr(target_arch = "arm", cortex_m_rt::entry)]
+#[cfg_attr(target_arch = "riscv32", riscv_rt::entry)]
 fn main() -> ! {
     board::init();
     EXECUTOR
