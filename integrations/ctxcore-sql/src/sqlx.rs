@@ -97,8 +97,9 @@
 //!   client, just ignore the cancel request") and `PostgresMain` step (5)
 //!   ("Query cancel is supposed to be a no-op when there is no query in
 //!   progress, so if a query cancel arrived while we were idle, just reset
-//!   QueryCancelPending"). The 1,000-query test (`tests/sqlx.rs`) checks it on
-//!   a pool of four connections.
+//!   QueryCancelPending"). The 1,000-query test (`tests/sqlx_pool.rs`) checks
+//!   it on a pool of four connections; with the await of the cancel statement
+//!   removed, it fails every time (other requests' queries get `57014`).
 //! - **The mirror image: a cancel too early is lost.** For the same reason a
 //!   cancel that reaches the backend between the messages of an
 //!   extended-protocol query (`Parse`, `Bind`, `Execute`, all read "idle")
@@ -124,7 +125,9 @@
 //! state), and the [`Conn`] remembers it. Its next call (or [`Conn::settle`])
 //! first waits for that cancel to be answered, then drains the abandoned
 //! statement's answer (its `57014` is discarded) and puts `statement_timeout`
-//! back; a [`Conn`] dropped in that state does the same in a task of its own
+//! back. A statement dropped before sqlx even flushed it is still in sqlx's
+//! write buffer, and the drain is what sends it: the drain therefore runs
+//! under a cancel of its own, answered before anything else is sent; a [`Conn`] dropped in that state does the same in a task of its own
 //! before its connection goes back to the pool (or closes it if that fails).
 //!
 //! # statement_timeout
@@ -377,7 +380,8 @@ impl fmt::Debug for Pool {
 /// A pooled connection that runs queries under a context, with its backend's
 /// pid (read on the first query) and the cancel pool.
 ///
-/// Dropping it returns the connection to the pool; if a query of it was
+/// Dropping it (anywhere, even off the runtime) returns the connection to
+/// the pool; if a query of it was
 /// abandoned (its future dropped mid-query) or `statement_timeout` is still
 /// changed, a task first waits for the cancel, drains the connection and
 /// restores the setting (closing the connection if that fails). See the
@@ -607,6 +611,11 @@ impl fmt::Debug for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        // sqlx's PoolConnection spawns its return to the pool on the current
+        // runtime (and panics without one): give it the Conn's runtime, so a
+        // Conn may be dropped anywhere.
+        let rt = self.state.rt.clone();
+        let _entered = rt.enter();
         let Some(mut conn) = self.conn.take() else { return };
         let state = &mut self.state;
         if state.pending.is_none() && !state.abandoned && state.restore.is_none() {
@@ -621,7 +630,6 @@ impl Drop for Conn {
             restore: state.restore.take(),
             baseline: state.baseline.take(),
         };
-        let rt = state.rt.clone();
         // The connection goes back to the pool only once nothing of the old
         // query can reach it; closed instead if that cannot be made sure.
         rt.spawn(async move {

@@ -438,3 +438,27 @@ where
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// A Conn dropped outside the runtime (where sqlx's own PoolConnection
+/// would panic) goes back to its pool.
+#[test]
+fn conn_dropped_off_the_runtime_goes_back_to_the_pool() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pool, _observer) = rt.block_on(setup("sqlx_drop_off_rt", 1));
+    let conn = rt.block_on(warm(&pool));
+    let pid = conn.pid();
+    drop(conn); // not inside block_on
+    rt.block_on(async {
+        let bg = Context::background();
+        let mut again = tokio::time::timeout(LIMIT, pool.acquire(&bg))
+            .await
+            .expect("the only connection came back")
+            .unwrap();
+        again.execute(&bg, sqlx::query("SELECT 1")).await.unwrap();
+        assert_eq!(again.pid(), pid, "the same connection");
+    });
+}
