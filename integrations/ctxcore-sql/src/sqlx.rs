@@ -144,7 +144,11 @@
 //! One `pg_backend_pid()` round trip per [`Conn`] (keep a [`Conn`] for the
 //! length of a request rather than acquiring one per query); per query without
 //! a deadline, one after-func registration and its stop, plus two small
-//! allocations (`benches/sqlx.rs` measures it against the bare sqlx call).
+//! allocations: measured here (`benches/sqlx.rs`, 2 shared cores) at about
+//! 0.5–1 µs of client-side work per call, lost in the noise of a loopback
+//! `SELECT 1` (30–70 µs). A deadline adds the two `statement_timeout` round
+//! trips. A cancel returns in about 0.3 ms at the median
+//! (`examples/figures_sqlx.rs`).
 
 use std::fmt;
 use std::future::Future;
