@@ -86,7 +86,12 @@ pub fn encode_message(msg: &str) -> String {
 /// assert_eq!(resp.headers()["grpc-message"], "context canceled");
 /// ```
 pub fn into_response<B: Default>(err: &ErrorResponse) -> Response<B> {
-    tracing::debug!(error = %err.error(), "request context error as a gRPC status");
+    // The kind only (see `ErrorResponse::into_response`).
+    tracing::debug!(
+        error = %err.error().kind(),
+        cause_exposed = err.cause_is_exposed(),
+        "request context error as a gRPC status"
+    );
     let mut resp = Response::new(B::default());
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

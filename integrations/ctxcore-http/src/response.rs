@@ -8,8 +8,9 @@
 //! the client only when the server opts in, per layer with
 //! [`SetRequestContextLayer::expose_cause`] (read by
 //! [`ErrorResponse::from_context`]) or per response with
-//! [`ErrorResponse::expose_cause`]. The server still reads and logs the full
-//! error through [`ErrorResponse::error`].
+//! [`ErrorResponse::expose_cause`]. The crate's own `tracing` events carry
+//! only the error's kind, never the cause; the server reads the full error
+//! (for its own logs) through [`ErrorResponse::error`].
 //!
 //! For gRPC clients, use the `grpc` module's trailers-only mapping (feature
 //! `grpc`). With feature `axum`, [`ErrorResponse`] implements
@@ -224,7 +225,15 @@ impl ErrorResponse {
     /// assert_eq!(http.headers()["content-type"], "text/plain; charset=utf-8");
     /// ```
     pub fn into_response<B: From<String>>(self) -> Response<B> {
-        tracing::debug!(error = %self.error, status = %self.status(), "request context error response");
+        // The kind only: the cause may hold internal details, and the layer
+        // formats it only where it is exposed (`body_text`). The caller still
+        // has `error()` for its own logs.
+        tracing::debug!(
+            error = %self.error.kind(),
+            status = %self.status(),
+            cause_exposed = self.expose_cause,
+            "request context error response"
+        );
         let mut resp = Response::new(B::from(self.body_text()));
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(

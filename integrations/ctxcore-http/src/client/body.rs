@@ -18,7 +18,10 @@ pin_project! {
     /// Each poll checks the context first: once it is done, the inner body
     /// is dropped (hyper closes an HTTP/1 connection or resets an HTTP/2
     /// stream), the frame is [`Error::Canceled`] or
-    /// [`Error::DeadlineExceeded`] with the cause, and the body then ends.
+    /// [`Error::DeadlineExceeded`] with the cause, and the body then ends:
+    /// every later poll gives `None`, `is_end_stream()` is true and
+    /// [`get_ref`](Self::get_ref) is `None` (the rest of the data is not
+    /// read).
     /// An error of the inner body is [`Error::Inner`]. `is_end_stream` and
     /// `size_hint` are forwarded. A request without a context gives a body
     /// that only forwards. See the [module docs](super).

@@ -22,6 +22,14 @@ pin_project! {
     /// The response body is wrapped in [`ResponseBody`], raced the same way.
     /// See the [module docs](super).
     ///
+    /// # Panics
+    ///
+    /// When polled again after it resolved, like an `async fn`'s future and
+    /// tower's own futures: that is a bug of the caller (the `Future`
+    /// contract), not something a request or a peer can cause, and a silent
+    /// `Pending` would hang the caller forever. Use `FutureExt::fuse` from
+    /// `futures` to poll it past its end.
+    ///
     /// ```
     /// use ctxcore::Context;
     /// use ctxcore_http::client::{Error, PropagateDeadline};
@@ -105,8 +113,11 @@ where
             return Poll::Ready(Err(err.into()));
         }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            // Polled after completion: nothing is left to report.
-            return Poll::Pending;
+            // Polled after completion: a caller's bug (the `Future`
+            // contract), never something a peer can cause. Returning
+            // `Pending` would hang the caller without a waker; there is no
+            // result left to give again.
+            panic!("ctxcore_http::client::ResponseFuture polled after completion");
         };
         // The context first (one atomic load, and a clock read with a
         // deadline), then the call.

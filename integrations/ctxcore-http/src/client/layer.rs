@@ -99,7 +99,8 @@ impl PropagateDeadlineLayer {
 
     /// Also send the time left, in whole milliseconds (truncated, never
     /// rounded up), in the header `name` (for example `x-timeout-ms`),
-    /// keeping a smaller value already there.
+    /// keeping a smaller value already there. Less than a millisecond left
+    /// is sent as `1`, never `0`, which many peers read as "no timeout".
     ///
     /// ```
     /// use http::HeaderName;

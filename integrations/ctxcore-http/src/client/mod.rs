@@ -19,7 +19,8 @@
 //!    request's way to the peer (default [`DEFAULT_MARGIN`], 2 ms), encoded
 //!    in the most precise unit and truncated, so that the next hop's
 //!    deadline is not later than ours; a shorter value already in the
-//!    request is kept; optionally also a millisecond header
+//!    request is kept (of several values, the shortest valid one, and only
+//!    it is sent on); optionally also a millisecond header
 //!    ([`timeout_ms_header`](PropagateDeadlineLayer::timeout_ms_header));
 //! 4. races the call against the context: every poll of the
 //!    [`ResponseFuture`] checks the context before polling the inner future.
@@ -232,9 +233,14 @@ mod codec {
         crate::grpc_timeout::parse_millis(value).ok()
     }
 
-    /// Whole milliseconds, truncated, saturating at what `parse_ms` reads.
+    /// Whole milliseconds, truncated, at least 1 (many peers read `0` as
+    /// "no timeout"; less than a millisecond left is sent as `1`, the
+    /// smallest positive value, like `grpc_timeout::encode`'s `1n`), and
+    /// saturating at what `parse_ms` reads.
     pub(super) fn encode_ms(timeout: Duration) -> HeaderValue {
-        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).min(MAX_MILLIS);
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_MILLIS);
         HeaderValue::from(ms)
     }
 }

@@ -96,7 +96,8 @@ impl<S> PropagateDeadline<S> {
 }
 
 /// Keeps the smaller of `timeout` and what `name` already says (read with
-/// `parse`); a missing or unreadable value is replaced.
+/// `parse`; of several values, the shortest valid one), leaving a single
+/// value; a missing or unreadable value is replaced.
 fn set_shorter(
     headers: &mut HeaderMap,
     name: &HeaderName,
@@ -104,13 +105,28 @@ fn set_shorter(
     parse: fn(&[u8]) -> Option<Duration>,
     encode: fn(Duration) -> HeaderValue,
 ) {
-    let mut existing = headers.get_all(name).iter();
-    if let (Some(value), None) = (existing.next(), existing.next()) {
-        if parse(value.as_bytes()).is_some_and(|there| there <= timeout) {
-            return;
+    // Several values: the shortest valid one is what a strict peer reads.
+    let mut count = 0;
+    let mut shortest: Option<(Duration, &HeaderValue)> = None;
+    for value in headers.get_all(name) {
+        count += 1;
+        if let Some(there) = parse(value.as_bytes()) {
+            if shortest.is_none_or(|(s, _)| there < s) {
+                shortest = Some((there, value));
+            }
         }
     }
-    headers.insert(name.clone(), encode(timeout));
+    let keep = match shortest {
+        Some((there, value)) if there <= timeout => {
+            if count == 1 {
+                return;
+            }
+            value.clone()
+        }
+        _ => encode(timeout),
+    };
+    // One value left, so that every peer reads the same timeout.
+    headers.insert(name.clone(), keep);
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PropagateDeadline<S>
@@ -199,6 +215,27 @@ mod tests {
             codec::encode,
         );
         assert_eq!(h.get_all(&GRPC_TIMEOUT).iter().count(), 1);
+        // Repeated: the shortest valid value is kept, alone.
+        h.append(GRPC_TIMEOUT, HeaderValue::from_static("3m"));
+        h.append(GRPC_TIMEOUT, HeaderValue::from_static("junk"));
+        set_shorter(
+            &mut h,
+            &GRPC_TIMEOUT,
+            Duration::from_secs(2),
+            codec::parse,
+            codec::encode,
+        );
+        assert_eq!(h.get_all(&GRPC_TIMEOUT).iter().collect::<Vec<_>>(), ["1m"]);
+        // Repeated, all longer than ours: ours, alone.
+        h.append(GRPC_TIMEOUT, HeaderValue::from_static("9S"));
+        set_shorter(
+            &mut h,
+            &GRPC_TIMEOUT,
+            Duration::from_micros(5),
+            codec::parse,
+            codec::encode,
+        );
+        assert_eq!(h.get_all(&GRPC_TIMEOUT).iter().collect::<Vec<_>>(), ["5000n"]);
     }
 
     #[test]
@@ -218,5 +255,10 @@ mod tests {
         assert_eq!(codec::parse_ms(b"+5"), None);
         assert_eq!(codec::parse_ms(b""), None);
         assert_eq!(codec::encode_ms(Duration::MAX), "9999999999");
+        // Never "0", which many peers read as "no timeout".
+        assert_eq!(codec::encode_ms(Duration::from_micros(999)), "1");
+        assert_eq!(codec::encode_ms(Duration::ZERO), "1");
+        assert_eq!(codec::encode_ms(Duration::from_millis(1)), "1");
+        assert_eq!(codec::encode_ms(Duration::from_micros(2_500)), "2");
     }
 }

@@ -1,4 +1,5 @@
 use super::layer::Guard;
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
@@ -16,11 +17,19 @@ pin_project! {
     ///   [`ResponseComplete`](super::ResponseComplete).
     /// - A frame `Err` cancels it at once with
     ///   [`ResponseBodyFailed`](super::ResponseBodyFailed) (the error goes on).
+    /// - With a `Content-Length`, the frame that brings the data yielded to
+    ///   that length is the last (HTTP/1.1 servers stop polling there).
     /// - Dropped before its end, it cancels with
     ///   [`ClientDisconnected`](super::ClientDisconnected) in its
-    ///   `PinnedDrop`, before the inner body is dropped; a body already at its
-    ///   end when dropped (an empty body nobody polled) ends with
-    ///   `ResponseComplete`.
+    ///   `PinnedDrop`, before the inner body is dropped. Dropped at its end
+    ///   without the last poll (an empty body nobody polled, the whole
+    ///   `Content-Length` yielded) or when the response has no body on the
+    ///   wire (after a HEAD request, status 1xx, 204 or 304: the server drops
+    ///   it unpolled), it ends with `ResponseComplete`. Dropped while its
+    ///   poll unwinds (it panicked), with
+    ///   [`HandlerPanicked`](super::HandlerPanicked).
+    /// - A tracker's in-flight mark is held until the body is dropped, after
+    ///   the inner body's destructor, even when the context ended earlier.
     ///
     /// `is_end_stream` and `size_hint` are the inner body's.
     ///
@@ -52,10 +61,20 @@ pin_project! {
     /// # }
     /// ```
     pub struct ResponseBody<B> {
-        // Declared before `guard`: see `ResponseFuture`.
+        // Declared before `guard`: the inner body is dropped before the guard
+        // (and with it the tracker's in-flight mark), so a drain waits for
+        // the body's destructor. The cancel does not rely on this order: it
+        // happens in `PinnedDrop` (or at the last frame).
         #[pin]
         inner: B,
+        // Kept until the body is dropped, even once the context has ended.
         guard: Option<Guard>,
+        end: End,
+        // Data bytes yielded so far (compared with a `Content-Length`).
+        sent: u64,
+        // Set around each poll of `inner`: still set when the body is
+        // dropped, the poll unwound (the body panicked).
+        polling: bool,
         // `<B as Body>::is_end_stream`, recorded by `new` (the drop cannot
         // require `B: Body`).
         at_end: fn(&B) -> bool,
@@ -64,22 +83,53 @@ pin_project! {
     impl<B> PinnedDrop for ResponseBody<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(guard) = this.guard.as_ref() {
-                if (this.at_end)(&this.inner) {
-                    guard.complete();
-                } else {
-                    guard.disconnected();
-                }
+            let Some(guard) = this.guard.as_mut() else { return };
+            if guard.ended() {
+                return;
+            }
+            if *this.polling {
+                guard.panicked();
+            } else if this.end.reached(*this.sent) || (this.at_end)(&this.inner) {
+                guard.complete();
+            } else {
+                guard.disconnected();
             }
         }
     }
 }
 
+/// Where a response body ends, besides `poll_frame` giving `None` or
+/// `is_end_stream()`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum End {
+    /// Nothing is sent (HEAD, 1xx, 204, 304): the server drops the body
+    /// unpolled, and that drop is the end.
+    Bodyless,
+    /// A `Content-Length`: once that many data bytes have been yielded the
+    /// response is complete (hyper's length encoder stops polling there).
+    Length(u64),
+    /// Only the stream's own end.
+    Stream,
+}
+
+impl End {
+    fn reached(self, sent: u64) -> bool {
+        match self {
+            End::Bodyless => true,
+            End::Length(n) => sent >= n,
+            End::Stream => false,
+        }
+    }
+}
+
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<Guard>) -> Self {
+    pub(crate) fn new(inner: B, guard: Option<Guard>, end: End) -> Self {
         ResponseBody {
             inner,
             guard,
+            end,
+            sent: 0,
+            polling: false,
             at_end: <B as Body>::is_end_stream,
         }
     }
@@ -133,28 +183,25 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        if this.guard.is_none() {
+        let Some(guard) = this.guard.as_mut().filter(|g| !g.ended()) else {
             return this.inner.poll_frame(cx);
-        }
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        };
+        *this.polling = true;
+        let frame = this.inner.as_mut().poll_frame(cx);
+        *this.polling = false;
+        let frame = ready!(frame);
         match &frame {
-            None => {
-                if let Some(guard) = this.guard.take() {
+            None => guard.complete(),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = u64::try_from(data.remaining()).unwrap_or(u64::MAX);
+                    *this.sent = this.sent.saturating_add(n);
+                }
+                if this.end.reached(*this.sent) || this.inner.is_end_stream() {
                     guard.complete();
                 }
             }
-            Some(Ok(_)) => {
-                if this.inner.is_end_stream() {
-                    if let Some(guard) = this.guard.take() {
-                        guard.complete();
-                    }
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(guard) = this.guard.take() {
-                    guard.body_failed();
-                }
-            }
+            Some(Err(_)) => guard.body_failed(),
         }
         Poll::Ready(frame)
     }
@@ -171,7 +218,7 @@ impl<B: Body> Body for ResponseBody<B> {
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("streaming", &self.guard.is_some())
+            .field("streaming", &self.guard.as_ref().is_some_and(|g| !g.ended()))
             .finish_non_exhaustive()
     }
 }

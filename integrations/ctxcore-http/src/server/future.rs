@@ -1,5 +1,5 @@
-use super::{layer::Guard, ResponseBody};
-use http::Response;
+use super::{body::End, layer::Guard, ResponseBody};
+use http::{header, HeaderMap, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use std::{
@@ -17,7 +17,12 @@ pin_project! {
     /// [`ClientDisconnected`](super::ClientDisconnected) in its `PinnedDrop`,
     /// before the inner future (the handler) is dropped. Resolving to `Err`,
     /// it cancels with [`ServiceFailed`](super::ServiceFailed); resolving to a
-    /// response, it hands the context over to the [`ResponseBody`]. See the
+    /// response, it hands the context over to the [`ResponseBody`] (telling
+    /// it whether the response has a body on the wire at all — not after a
+    /// HEAD request, nor with status 1xx, 204 or 304 — and its
+    /// `Content-Length`). A panic of the handler while it is being polled
+    /// cancels with [`HandlerPanicked`](super::HandlerPanicked) instead of
+    /// `ClientDisconnected` when the server drops the future. See the
     /// [module docs](super).
     ///
     /// ```
@@ -48,23 +53,57 @@ pin_project! {
         #[pin]
         inner: F,
         guard: Option<Guard>,
+        // The request was a HEAD: its response has no body to send.
+        head: bool,
+        // Set around each poll of `inner`: still set when the future is
+        // dropped, the poll unwound (the handler panicked).
+        polling: bool,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(guard) = this.project().guard.as_ref() {
-                guard.disconnected();
+            let this = this.project();
+            if let Some(guard) = this.guard.as_mut() {
+                if *this.polling {
+                    guard.panicked();
+                } else {
+                    guard.disconnected();
+                }
             }
         }
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, guard: Guard) -> Self {
+    pub(crate) fn new(inner: F, guard: Guard, head: bool) -> Self {
         ResponseFuture {
             inner,
             guard: Some(guard),
+            head,
+            polling: false,
         }
+    }
+}
+
+/// Whether a response to a request (`head`: a HEAD request) with `status`
+/// has no body on the wire (RFC 9110 §6.4.1): whatever body the handler
+/// left in it, the server drops it unsent.
+fn bodyless(head: bool, status: StatusCode) -> bool {
+    head || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
+/// The response's `Content-Length`, when there is exactly one valid value.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => {
+            let v = v.as_bytes();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(v).ok()?.parse().ok()
+        }
+        _ => None,
     }
 }
 
@@ -77,12 +116,22 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        *this.polling = true;
+        let result = this.inner.poll(cx);
+        *this.polling = false;
+        let result = ready!(result);
         let guard = this.guard.take();
         Poll::Ready(match result {
-            Ok(response) => Ok(response.map(|body| ResponseBody::new(body, guard))),
+            Ok(response) => {
+                let end = if bodyless(*this.head, response.status()) {
+                    End::Bodyless
+                } else {
+                    content_length(response.headers()).map_or(End::Stream, End::Length)
+                };
+                Ok(response.map(|body| ResponseBody::new(body, guard, end)))
+            }
             Err(e) => {
-                if let Some(guard) = guard {
+                if let Some(mut guard) = guard {
                     guard.service_failed();
                 }
                 Err(e)

@@ -1,4 +1,7 @@
-use super::{ClientDisconnected, ResponseBodyFailed, ResponseComplete, ServiceFailed, SetRequestContext, ShuttingDown};
+use super::{
+    ClientDisconnected, HandlerPanicked, ResponseBodyFailed, ResponseComplete, ServiceFailed, SetRequestContext,
+    ShuttingDown, TrackerSaturated,
+};
 use crate::grpc_timeout;
 use ctxcore::{CancelHandle, Cause, Context, InFlight, Tracker};
 use http::{HeaderMap, HeaderName};
@@ -42,6 +45,8 @@ pub(crate) struct Config {
     service_failed: Cause,
     body_failed: Cause,
     shutting_down: Cause,
+    panicked: Cause,
+    saturated: Cause,
 }
 
 impl SetRequestContextLayer {
@@ -63,7 +68,9 @@ impl SetRequestContextLayer {
     /// tracked (`Tracker::track`) until their response body has been sent or
     /// dropped: `tracker.drain(..)` cancels them and waits for them, bodies
     /// included. A request arriving once the tracker is closed gets a context
-    /// already cancelled with [`ShuttingDown`].
+    /// already cancelled with [`ShuttingDown`] (with a saturated count, not
+    /// closed, with [`TrackerSaturated`]). A leaked response body holds the
+    /// drain until its timeout (see the [module docs](super)).
     ///
     /// ```
     /// use ctxcore::{Context, Tracker};
@@ -110,6 +117,8 @@ impl SetRequestContextLayer {
                 service_failed: Cause::from(ServiceFailed),
                 body_failed: Cause::from(ResponseBodyFailed),
                 shutting_down: Cause::from(ShuttingDown),
+                panicked: Cause::from(HandlerPanicked),
+                saturated: Cause::from(TrackerSaturated),
             }),
         }
     }
@@ -244,15 +253,19 @@ impl Config {
             service_failed: self.service_failed.clone(),
             body_failed: self.body_failed.clone(),
             shutting_down: self.shutting_down.clone(),
+            panicked: self.panicked.clone(),
+            saturated: self.saturated.clone(),
         }
     }
 
-    /// The shortest valid timeout header, if any.
+    /// The shortest valid timeout header, if any. A repeated header counts
+    /// with every value (the shortest valid one wins: the stricter reading);
+    /// a malformed value is traced and ignored.
     fn header_timeout(&self, headers: &HeaderMap) -> Option<Duration> {
         let mut shortest: Option<Duration> = None;
         let mut keep = |d: Duration| shortest = Some(shortest.map_or(d, |s| s.min(d)));
         if self.read_grpc_timeout {
-            if let Some(v) = headers.get(grpc_timeout::GRPC_TIMEOUT) {
+            for v in headers.get_all(grpc_timeout::GRPC_TIMEOUT) {
                 match grpc_timeout::parse_bytes(v.as_bytes()) {
                     Ok(d) => keep(d),
                     Err(error) => tracing::debug!(%error, "ignoring a malformed grpc-timeout header"),
@@ -260,7 +273,7 @@ impl Config {
             }
         }
         for name in &self.millis_headers {
-            if let Some(v) = headers.get(name) {
+            for v in headers.get_all(name) {
                 match grpc_timeout::parse_millis(v.as_bytes()) {
                     Ok(d) => keep(d),
                     Err(error) => {
@@ -288,11 +301,22 @@ impl Config {
             }
             (h, max) => h.or(max),
         };
-        let mut refused = false;
+        // `None` from `track()`: closed (draining), or a saturated count.
+        let mut refused = None;
         let in_flight = match &self.tracker {
             Some(t) => {
                 let g = t.track();
-                refused = g.is_none();
+                if g.is_none() {
+                    refused = Some(if t.is_closed() {
+                        tracing::debug!("request arrived while the tracker is closed: its context is cancelled");
+                        &self.shutting_down
+                    } else {
+                        tracing::warn!(
+                            "the tracker's in-flight count is saturated: the request's context is cancelled"
+                        );
+                        &self.saturated
+                    });
+                }
                 g
             }
             None => None,
@@ -301,9 +325,8 @@ impl Config {
             Some(d) => self.root.with_timeout(d),
             None => self.root.with_cancel(),
         };
-        if refused {
-            tracing::debug!("request arrived while the tracker is closed: its context is cancelled");
-            handle.cancel_with(self.shutting_down.clone());
+        if let Some(cause) = refused {
+            handle.cancel_with(cause.clone());
         }
         let ctx = if self.expose_cause {
             ctx.with_value(&EXPOSE_CAUSE, ExposeCause)
@@ -313,6 +336,7 @@ impl Config {
         let guard = Guard {
             handle,
             config: Arc::clone(self),
+            ended: false,
             _in_flight: in_flight,
         };
         (ctx, guard)
@@ -322,29 +346,60 @@ impl Config {
 /// Owns a request context's cancel handle (and its tracker guard) until the
 /// exchange ends.
 ///
-/// `_in_flight` is dropped with the guard: the owner (future or body) drops
-/// its guard field after the inner future or body (declared before it), so a
-/// drain also waits for the handler's destructors.
+/// The owner (future, then body) ends the context through one of the methods
+/// below, which marks the guard `ended`; the guard itself stays with its
+/// owner until the owner is dropped. `_in_flight` is dropped with the guard,
+/// and the owner declares its guard field after the inner future or body, so
+/// a drain also waits for the handler's and the body's destructors.
+///
+/// Dropped without having ended (only when something unwound: the inner
+/// `call` panicked, or a panic in between), the guard cancels with
+/// [`HandlerPanicked`].
 pub(crate) struct Guard {
     handle: CancelHandle,
     config: Arc<Config>,
+    ended: bool,
     _in_flight: Option<InFlight>,
 }
 
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.handle.cancel_with(self.config.panicked.clone());
+        }
+    }
+}
+
 impl Guard {
-    pub(crate) fn disconnected(&self) {
-        self.handle.cancel_with(self.config.disconnected.clone());
+    /// Whether the context has been ended through the guard.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
     }
 
-    pub(crate) fn complete(&self) {
-        self.handle.cancel_with(self.config.complete.clone());
+    fn end(&mut self, cause: fn(&Config) -> &Cause) {
+        if !self.ended {
+            self.ended = true;
+            self.handle.cancel_with(cause(&self.config).clone());
+        }
     }
 
-    pub(crate) fn service_failed(&self) {
-        self.handle.cancel_with(self.config.service_failed.clone());
+    pub(crate) fn disconnected(&mut self) {
+        self.end(|c| &c.disconnected);
     }
 
-    pub(crate) fn body_failed(&self) {
-        self.handle.cancel_with(self.config.body_failed.clone());
+    pub(crate) fn complete(&mut self) {
+        self.end(|c| &c.complete);
+    }
+
+    pub(crate) fn service_failed(&mut self) {
+        self.end(|c| &c.service_failed);
+    }
+
+    pub(crate) fn body_failed(&mut self) {
+        self.end(|c| &c.body_failed);
+    }
+
+    pub(crate) fn panicked(&mut self) {
+        self.end(|c| &c.panicked);
     }
 }

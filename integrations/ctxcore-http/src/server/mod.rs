@@ -19,10 +19,12 @@
 //! | when | cause (`ctx.cause()`) | `ctx.err()` |
 //! |---|---|---|
 //! | the response future or the response body is dropped before the end (the client went away) | [`ClientDisconnected`] | `Canceled` |
-//! | the body's last frame was sent (`poll_frame` → `None`, or `is_end_stream()` after a frame) | [`ResponseComplete`] | `Canceled` |
+//! | the body's last frame was sent (`poll_frame` → `None`, `is_end_stream()` after a frame, or the whole `Content-Length` yielded), or a response with no body on the wire (HEAD request, status 1xx, 204, 304) was dropped | [`ResponseComplete`] | `Canceled` |
 //! | the inner service returned `Err` | [`ServiceFailed`] | `Canceled` |
 //! | the response body yielded `Err` | [`ResponseBodyFailed`] | `Canceled` |
-//! | a [`Tracker`](ctxcore::Tracker) refused the request (draining) | [`ShuttingDown`] | `Canceled` |
+//! | the inner service's `call`, the response future's or the body's poll panicked (the server dropped it while unwinding or after catching the panic) | [`HandlerPanicked`] | `Canceled` |
+//! | a [`Tracker`](ctxcore::Tracker) refused the request because it is closed (draining) | [`ShuttingDown`] | `Canceled` |
+//! | a tracker refused the request because its in-flight count is saturated (sticky; reachable only by leaking marks) | [`TrackerSaturated`] | `Canceled` |
 //! | the deadline passed | the deadline | `DeadlineExceeded` |
 //! | the root was cancelled | the root's cause | `Canceled` |
 //!
@@ -31,7 +33,15 @@
 //! `PinnedDrop`, **before any of their fields drop**, so the handler's own
 //! destructors (dropped with the future) already see `ClientDisconnected`.
 //! A body that is already at its end when it is dropped (an empty body hyper
-//! never polls) ends with `ResponseComplete`.
+//! never polls, a body whose whole `Content-Length` was yielded, a response
+//! that has no body on the wire) ends with `ResponseComplete`. Such a drop
+//! cannot tell whether the head reached the client: for a bodyless response
+//! the end is when the server lets go of it.
+//!
+//! A handler that panics under hyper/tokio unwinds out of the future's poll;
+//! the server then drops the future (tokio catches the panic of the
+//! connection's task) and its context ends with [`HandlerPanicked`], not
+//! `ClientDisconnected`. The layer never catches a panic itself.
 //!
 //! The layer **enforces nothing**: the error stays `S::Error`, it builds no
 //! response and never times a request out itself. Handlers race their work
@@ -42,9 +52,18 @@
 //!
 //! Built with [`with_tracker`](SetRequestContextLayer::with_tracker), each
 //! request is `track()`ed until its response body has been sent or dropped, so
-//! `Tracker::drain` waits for in-flight requests, bodies included. A request
-//! that arrives while the tracker is closed gets a context that is already
-//! cancelled with [`ShuttingDown`].
+//! `Tracker::drain` waits for in-flight requests, bodies included (the mark
+//! is released only once the body and its destructor are gone, even when
+//! the context ended at the last frame). A request that arrives while the
+//! tracker is closed gets a context that is already cancelled with
+//! [`ShuttingDown`].
+//!
+//! A response future or body that is **leaked** (`mem::forget`, a reference
+//! cycle) never runs its drop: its request context stays live until the root
+//! is cancelled or its deadline passes, and with a tracker it stays in
+//! flight, so `drain` cancels its context but reports it in flight until the
+//! drain's timeout. Set a [`max_timeout`](SetRequestContextLayer::max_timeout)
+//! so that no request context outlives the server's own limit.
 //!
 //! # What hyper can notice (its limits)
 //!
@@ -179,6 +198,33 @@ cause_type!(
     /// ```
     ShuttingDown,
     "server shutting down"
+);
+
+cause_type!(
+    /// The cause of a request context whose handler panicked: the inner
+    /// service's `call`, or a poll of its response future or response body,
+    /// unwound, and the server dropped what was left.
+    ///
+    /// ```
+    /// use ctxcore_http::server::HandlerPanicked;
+    /// assert_eq!(HandlerPanicked.to_string(), "the handler panicked");
+    /// ```
+    HandlerPanicked,
+    "the handler panicked"
+);
+
+cause_type!(
+    /// The cause of a request context born cancelled because the layer's
+    /// [`Tracker`](ctxcore::Tracker) could not count one more request: its
+    /// in-flight count is saturated (sticky, reachable only by leaking
+    /// in-flight marks), though the tracker is not closed.
+    ///
+    /// ```
+    /// use ctxcore_http::server::TrackerSaturated;
+    /// assert_eq!(TrackerSaturated.to_string(), "request tracker saturated");
+    /// ```
+    TrackerSaturated,
+    "request tracker saturated"
 );
 
 /// Whether `ctx` carries the marker of a layer with `expose_cause(true)`.

@@ -1,6 +1,6 @@
 use super::{ResponseBody, ResponseFuture, SetRequestContextLayer};
 use ctxcore::Context;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::Body;
 use std::{
     fmt,
@@ -15,7 +15,7 @@ use tower_service::Service;
 /// ```
 /// use ctxcore::Context;
 /// use ctxcore_http::server::SetRequestContext;
-/// use http::{Request, Response};
+/// use http::{Method, Request, Response};
 /// use std::convert::Infallible;
 /// use tower::{service_fn, Service, ServiceExt};
 ///
@@ -117,7 +117,10 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let (ctx, guard) = self.layer.config.start(req.headers());
         req.extensions_mut().insert(ctx);
-        ResponseFuture::new(self.inner.call(req), guard)
+        let head = req.method() == Method::HEAD;
+        // A panic in `call` drops `guard` un-ended: `HandlerPanicked`.
+        let inner = self.inner.call(req);
+        ResponseFuture::new(inner, guard, head)
     }
 }
 
