@@ -327,6 +327,88 @@ impl Context {
         Context { node, values }
     }
 
+    /// A context that is done only once every one of `parents` is: a job
+    /// shared by several requests, which must go on while any of them still
+    /// wants it. The dual of [`Context::any`]. No task is spawned and
+    /// nothing is allocated per wait: the node is linked into each parent's
+    /// waiter list like an `any` node, and counts its parents down.
+    ///
+    /// - **Error and cause:** the last parent's, the one whose done made every
+    ///   parent done. (A read that itself finds the last parents' deadlines
+    ///   passed before their timers fired reports the one with the latest
+    ///   deadline among them.)
+    /// - **Deadline:** the latest of the parents', if every parent has one;
+    ///   otherwise none. Reads are exact (as for any deadline): once every
+    ///   parent is cancelled or past its deadline, [`is_done`](Self::is_done)
+    ///   and [`err`](Self::err) say so, even before a timer fires. A parent
+    ///   that is itself an `all` context counts as done once it is flagged
+    ///   done or its own deadline has passed (its parents are not read through
+    ///   it), and a child of an `all` context without a deadline follows it
+    ///   when its cancellation arrives.
+    /// - **A parent that can never be done** ([`Context::background`],
+    ///   [`without_cancel`](Self::without_cancel), a
+    ///   [`with_timer`](Self::with_timer) root) makes the result never done,
+    ///   with no deadline; it then links to no parent at all.
+    /// - **No parents:** every parent is done, vacuously: the result is done at
+    ///   once with [`Error::Canceled`](crate::Error::Canceled) and no cause
+    ///   (the dual of `Context::any([])`, which is never done).
+    /// - **Duplicates** of a parent (the same node, even through different
+    ///   values) count once; a parent already done counts as done.
+    /// - **Values:** the first parent's (as for `any`).
+    ///
+    /// It holds its parents until it is dropped (they do not hold it), so
+    /// dropping it releases them.
+    ///
+    /// ```
+    /// use ctxcore::{Context, Error};
+    ///
+    /// let (first, stop_first) = Context::background().with_cancel();
+    /// let (second, stop_second) = Context::background().with_cancel();
+    /// let shared = Context::all([&first, &second]);
+    /// stop_first.cancel_with("first client left");
+    /// assert!(!shared.is_done());
+    /// stop_second.cancel_with("second client left");
+    /// assert_eq!(shared.err(), Some(Error::Canceled));
+    /// assert_eq!(shared.cause().unwrap().to_string(), "second client left");
+    ///
+    /// assert!(Context::all([]).is_done());
+    /// assert!(!Context::all([&first, &Context::background()]).is_done());
+    /// ```
+    pub fn all<'a, I>(parents: I) -> Context
+    where
+        I: IntoIterator<Item = &'a Context>,
+    {
+        let mut values = None;
+        let mut first: Option<&Context> = None;
+        let mut never = false;
+        let mut nodes: Vec<&NodeRef> = Vec::new();
+        for p in parents {
+            if first.is_none() {
+                values = p.values.clone();
+                first = Some(p);
+            }
+            match &p.node {
+                Some(n) if !n.node().never_done() => {
+                    if !nodes.iter().any(|m| m.ptr_eq(n)) {
+                        nodes.push(n);
+                    }
+                }
+                _ => never = true,
+            }
+        }
+        let node = match first {
+            // Never done: like `without_cancel` of the first parent, a node
+            // only to carry a timer other than the default one.
+            Some(f) if never => match (f.timer(), default_timer()) {
+                (Some(t), Some(d)) if core::ptr::addr_eq(t as *const dyn Timer, d as *const dyn Timer) => None,
+                (None, _) => None,
+                (Some(t), _) => Some(NodeRef::new_root(Some(t))),
+            },
+            _ => Some(NodeRef::new_all(&nodes)),
+        };
+        Context { node, values }
+    }
+
     /// Runs `f` once this context is done: at once (on this thread) if it
     /// already is, otherwise on the thread that cancels it. Returns a handle
     /// whose [`AfterFunc::stop`] can prevent the call. Like Go, `f` keeps the

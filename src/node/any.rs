@@ -40,6 +40,8 @@ impl NodeRef {
             deadline_parent: dl_parent.ptr.as_ptr(),
             links,
             next_pending: ptr::null_mut(),
+            remaining: AtomicU32::new(0),
+            last: AtomicU32::new(0),
         })));
         // SAFETY: the node is not shared yet; we are its only owner, so this
         // write of an immutable-after-construction field races with nothing.
@@ -78,6 +80,15 @@ pub(super) struct AnyLinks {
     /// The parent with the earliest deadline (retained through `links`).
     pub(super) deadline_parent: *const Node,
     pub(super) links: Vec<AnyLink>,
+    /// An `all` node (flag `ALL`): how many of `links`' parents are not done
+    /// yet. Whoever takes it to zero (a parent's canceller, under that
+    /// parent's lock, or the constructor) and only it cancels the node
+    /// (invariant 19). Unused by an `any` node.
+    pub(super) remaining: AtomicU32,
+    /// An `all` node: the index in `links` of the parent whose done took
+    /// `remaining` to zero, written by that one taker before it cancels the
+    /// node and read only by it (invariant 19).
+    pub(super) last: AtomicU32,
     /// Once the node is freed: the next dying node's links in `release`'s
     /// stack.
     pub(super) next_pending: *mut AnyLinks,

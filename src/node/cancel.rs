@@ -282,13 +282,17 @@ impl Node {
     }
 
     /// The done node this one inherits its error and cause from: its tree
-    /// parent, or an `any` node's first done parent.
+    /// parent, an `any` node's first done parent, or an `all` node's last.
     pub(super) fn inherit_source(&self) -> Option<&Node> {
         #[cfg(feature = "alloc")]
         if let Some(any) = self.any() {
             // SAFETY: immutable after construction; parents retained
             // (invariant 4).
             let links = unsafe { any.as_ref() };
+            if self.state.load(Ordering::Relaxed) & ALL != 0 {
+                // The parent that took the count to zero (invariant 19).
+                return links.last_parent();
+            }
             return links.links.iter().map(|l| l.parent.node()).find(|p| p.is_done_flag());
         }
         // SAFETY: invariant 4.

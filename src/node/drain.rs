@@ -193,6 +193,16 @@ impl Node {
                 // SAFETY: the target is valid while its link is reachable under
                 // our lock (invariant 5).
                 let t = unsafe { &*target };
+                if t.state.load(Ordering::Relaxed) & ALL != 0 {
+                    // SAFETY: an `all` node's links live as long as the node
+                    // (valid as above) and are immutable (invariant 19).
+                    let links = unsafe { &*(t.up as *const AnyLinks) };
+                    // This parent is counted down here, once (invariant 19);
+                    // only the last one goes on to cancel the node.
+                    if !links.count_down(links.index_of(l)) {
+                        return;
+                    }
+                }
                 // Win `QUEUED` first, then retain: a loser takes no reference
                 // (so none has to be given back under this lock), and a target
                 // whose count is already zero is being freed and needs nothing.

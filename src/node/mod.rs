@@ -226,6 +226,23 @@
 //!     (only leaked futures can be), and only then waits for references:
 //!     each is held for a bounded stretch with no user code. Lock order:
 //!     a node's lock, then the list's; never the reverse.
+//! 19. **All-of countdown.** An `all` node (flags `ANY | ALL`, links as
+//!     an `any` node's) counts in its links' `remaining` the parents not yet
+//!     seen done, and each parent is counted down exactly once: by the
+//!     constructor, if it finds the parent done under that parent's lock
+//!     before linking to it (it then pushes no link), else by the canceller
+//!     that pops the parent's link under the parent's lock in `take_entry`
+//!     (a link is pushed once and popped at most once: invariant 8). So the
+//!     count cannot reach zero before the constructor has visited every
+//!     parent. Whoever takes it to zero records that parent's index in
+//!     `last` and alone starts the node's cancellation through its links —
+//!     the constructor by cancelling it, a canceller through `QUEUED`
+//!     (invariant 6) — whose phase 1 reads `last` back on the same thread
+//!     (`inherit_source`) and inherits that done parent's error and cause.
+//!     A read never cancels an `all` node itself: its deadline is its
+//!     latest parent's (`deadline_parent`), so a reader's walk to the
+//!     deadline's owner always moves past it, and its parents' deadlines
+//!     are fired on their own owners (`all_observed`).
 //!
 //! # Lock order
 //!
@@ -336,6 +353,14 @@ pub(crate) const CAUSE_UP: u32 = 1 << 12;
 /// A done scoped node whose wakers a canceller left in the pending list;
 /// written under the node's lock (invariant 17).
 pub(crate) const PENDING: u32 = 1 << 13;
+
+/// Immutable: with `ANY`, the node is an `all` node, done when every parent
+/// is (its links count down, invariant 19).
+pub(crate) const ALL: u32 = 1 << 14;
+
+/// Immutable: an `all` node with a parent that has a deadline: a read of it
+/// while live checks its parents (property 5), deadline of its own or not.
+pub(crate) const POLLS: u32 = 1 << 15;
 
 /// One context node.
 #[repr(C)]
@@ -540,7 +565,7 @@ impl Node {
         if s & DONE != 0 {
             return true;
         }
-        s & HAS_DEADLINE != 0 && self.check_deadline()
+        s & (HAS_DEADLINE | POLLS) != 0 && self.check_deadline()
     }
 
     /// Whether nothing can ever cancel this node (so an after-func on it can
@@ -590,7 +615,14 @@ impl Node {
         if s & DONE != 0 {
             return Some(self);
         }
-        if s & HAS_DEADLINE == 0 || !self.check_deadline() {
+        if s & (HAS_DEADLINE | POLLS) == 0 {
+            return None;
+        }
+        #[cfg(feature = "alloc")]
+        if s & ALL != 0 {
+            return self.all_observed();
+        }
+        if !self.check_deadline() {
             return None;
         }
         // The deadline owner is done now; its cancellation may still be on
@@ -623,6 +655,21 @@ impl Node {
     /// (so the whole subtree follows) and returns true.
     #[cold]
     fn check_deadline(&self) -> bool {
+        #[cfg(feature = "alloc")]
+        if self.state.load(Ordering::Relaxed) & ALL != 0 {
+            return self.all_observed().is_some();
+        }
+        self.check_deadline_tree(true)
+    }
+
+    /// [`check_deadline`](Self::check_deadline) by the deadline alone: if
+    /// the clock has passed it, cancels the node that owns it. With
+    /// `poll_all`, an `all` node met on the way up (whose deadline, the
+    /// latest of its parents', has passed too) has its parents checked by
+    /// `all_observed` instead, which calls this without: at most two
+    /// levels, no recursion.
+    fn check_deadline_tree(&self, poll_all: bool) -> bool {
+        let _ = poll_all;
         let Some(timer) = self.timer else { return false };
         if timer.now() < self.deadline {
             return false;
@@ -631,6 +678,13 @@ impl Node {
         while let Some(p) = owner.deadline_parent() {
             if p.deadline > owner.deadline {
                 break;
+            }
+            #[cfg(feature = "alloc")]
+            if poll_all && p.state.load(Ordering::Relaxed) & ALL != 0 {
+                // Every parent of `p` has a deadline no later than ours:
+                // fire them all, so that `p` is done at once.
+                p.all_observed();
+                return true;
             }
             owner = p;
         }
@@ -660,6 +714,7 @@ impl core::fmt::Debug for Node {
 }
 
 mod after;
+mod all;
 mod any;
 mod cancel;
 mod drain;
@@ -675,7 +730,8 @@ mod work;
 
 #[allow(unused_imports)]
 use self::{
-    after::*, any::*, cancel::*, drain::*, heap::*, pending::*, refs::*, scoped::*, timer::*, waiter::*, work::*,
+    after::*, all::*, any::*, cancel::*, drain::*, heap::*, pending::*, refs::*, scoped::*, timer::*, waiter::*,
+    work::*,
 };
 
 #[cfg(feature = "alloc")]

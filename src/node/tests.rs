@@ -196,6 +196,10 @@ pub(super) fn state_bits_are_distinct() {
         HEAP,
         KID,
         HAD_KIDS,
+        CAUSE_UP,
+        PENDING,
+        ALL,
+        POLLS,
     ];
     let mut acc = 0;
     for b in all {
