@@ -168,7 +168,7 @@ if [ -n "$llvm_bin" ]; then
   : >"$sizes"
   for target in thumbv7m-none-eabi thumbv6m-none-eabi riscv32imc-unknown-none-elf; do
     for group in "alloc:size_base size_cancel size_full ctxcore-firmware" \
-                 "noalloc:size_bare size_signal size_static size_child size_scoped noalloc"; do
+                 "noalloc:size_bare size_signal size_waitcell size_static size_child size_scoped noalloc"; do
       if [ "${group%%:*}" = alloc ]; then features=("${alloc_features[@]}"); else features=("${noalloc_features[@]}"); fi
       base=""
       for bin in ${group#*:}; do
