@@ -165,6 +165,7 @@ echo "=== code size (release), bytes; guard: .text + .rodata within 5% of tests/
 if [ -n "$llvm_bin" ]; then
   size="$llvm_bin/llvm-size"
   sizes="$CARGO_TARGET_DIR/sizes.txt"
+  mkdir -p "$CARGO_TARGET_DIR"
   : >"$sizes"
   for target in thumbv7m-none-eabi thumbv6m-none-eabi riscv32imc-unknown-none-elf; do
     for group in "alloc:size_base size_cancel size_full ctxcore-firmware" \
