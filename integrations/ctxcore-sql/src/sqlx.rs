@@ -57,7 +57,8 @@
 //!    sent to the server.
 //! 2. With a deadline, `statement_timeout` is set to the time left (rounded up
 //!    to the millisecond) with `set_config(.., false)`, and the previous value
-//!    is put back after the statement (see *statement_timeout* below).
+//!    is put back after the statement (see *statement_timeout* below; in a
+//!    failed transaction, see *A failed transaction*).
 //! 3. An after-func registered on the context starts the cancel (a task on
 //!    the tokio runtime the [`Conn`] was acquired on) while the query is in
 //!    flight.
@@ -109,14 +110,27 @@
 //! - **Cancelling over the query's own pool can deadlock**: with every
 //!   connection busy with a statement to cancel, the cancel waits for a
 //!   connection forever. Hence the separate cancel pool.
+//! - **Waiting for a cancel connection must not hold the call.** With no
+//!   cancel connection free (all busy, or the server refusing new ones), the
+//!   acquire would only give up after the cancel pool's `acquire_timeout`
+//!   (5 s for the built-in one, 30 s by sqlx's default). The cancel task
+//!   therefore acquires its connection first, holding nothing; once the query
+//!   has answered (at the latest when `statement_timeout` stops it at the
+//!   deadline) a task still acquiring, or waiting to resend, is aborted, as it
+//!   has sent nothing; only a `pg_cancel_backend` actually being sent is
+//!   awaited. Without a deadline and with no cancel connection, the statement
+//!   runs on until one is free.
 //! - **`SET statement_timeout` leaks** to the next user of a pooled connection
 //!   unless it is put back; and a cancel landing on the statement that puts it
 //!   back would leave it set. The old value is restored only after every
 //!   cancel has been answered; if that fails, the next call on the [`Conn`]
 //!   tries again, and a [`Conn`] dropped with the setting still changed
 //!   restores it (or closes the connection) before the pool gets it back. Inside
-//!   a failed transaction the restore fails with `25P02`; the transaction's
-//!   rollback then undoes the setting.
+//!   a failed transaction the restore fails with `25P02`; it is kept and done
+//!   after the statement that ends the transaction, since the rollback goes
+//!   back to the value at `BEGIN`, which is a deadline's own when the `BEGIN`
+//!   ran under one (a [`Conn`] dropped still in the failed transaction closes
+//!   its connection). See also *A failed transaction* below.
 //!
 //! # A dropped future
 //!
@@ -129,6 +143,32 @@
 //! write buffer, and the drain is what sends it: the drain therefore runs
 //! under a cancel of its own, answered before anything else is sent; a [`Conn`] dropped in that state does the same in a task of its own
 //! before its connection goes back to the pool (or closes it if that fails).
+//!
+//! A future that is *leaked* (`mem::forget`, or kept in a task that never
+//! polls it again) never settles: its after-func stays registered on its
+//! context. Its cancel must not hit whatever the connection runs next, so
+//! every [`Conn`] keeps a generation number shared with its cancels: it is
+//! bumped before each call sets anything up (and by [`Conn::settle`] and the
+//! drop of the [`Conn`]), and a cancel sends `pg_cancel_backend` only while
+//! the generation is still the one of its own query, under a lock that the
+//! bump takes too. A bump thus waits for a cancel statement in flight to be
+//! answered (after which the backend ignores it, as above), and no cancel of
+//! an older query is sent after it.
+//!
+//! # A failed transaction
+//!
+//! In a failed transaction (`25P02`) the server refuses every statement but
+//! `ROLLBACK` and `COMMIT` (and `ROLLBACK TO SAVEPOINT`), the module's own
+//! included. When the `statement_timeout` set-up or the `pg_backend_pid()`
+//! read fails with `25P02`, the call still runs the user's statement, without
+//! `statement_timeout` (those statements are instant), so that a `ROLLBACK`
+//! under a deadline gets the connection out of the transaction; any other
+//! statement gets the server's `25P02` as [`Error::Driver`]. If the pid was
+//! never read (a connection [attached](Pool::attach), or acquired, already in
+//! a failed transaction), that statement **cannot be cancelled**: nothing
+//! stops it but its own end, so do no more than end the transaction in such a
+//! call (a `run` closure that rolls back to a savepoint and then runs a long
+//! query would run it unguarded). The pid is read on the next call.
 //!
 //! # statement_timeout
 //!
@@ -153,7 +193,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -162,7 +202,6 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgQueryResult, PgRow, Postgres};
 use sqlx::{Connection as _, Execute, Executor as _};
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::Error;
@@ -423,14 +462,39 @@ struct State {
     restore: Option<String>,
     /// The `statement_timeout` the connection had on the first call.
     baseline: Option<String>,
+    /// The generation of this connection's cancels, shared with every
+    /// [`Slot`] of it.
+    gen: Arc<Generation>,
+}
+
+/// Which query of a [`Conn`] a cancel may still hit. Bumped (under `send`)
+/// before the connection is set up for a new statement and before it goes
+/// back to the pool; a [`Slot`] sends `pg_cancel_backend` only under `send`
+/// and while the generation is the one it was made in. So a cancel whose call
+/// was leaked (`mem::forget`, never settled) stops at the next call, and a
+/// bump waits for a cancel statement in flight to be answered.
+struct Generation {
+    current: AtomicU64,
+    send: tokio::sync::Mutex<()>,
+}
+
+impl Generation {
+    /// Waits for a cancel statement in flight, then retires every slot made
+    /// so far.
+    async fn bump(&self) {
+        let _sending = self.send.lock().await;
+        self.current.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A cancel that must be settled before the connection runs anything else.
 struct Pending {
     /// The after-func that starts the cancel when the context is done (none
-    /// for the cancel of a drain).
+    /// for the cancel of a drain, or without a pid).
     after: Option<AfterFunc>,
-    slot: Arc<Slot>,
+    /// None when the pid could not be read (a failed transaction on the
+    /// connection's first call): nothing can cancel that statement.
+    slot: Option<Arc<Slot>>,
 }
 
 /// How many `pg_cancel_backend` statements were sent, by every [`Conn`] of
@@ -459,6 +523,10 @@ impl Conn {
                 abandoned: false,
                 restore: None,
                 baseline: None,
+                gen: Arc::new(Generation {
+                    current: AtomicU64::new(0),
+                    send: tokio::sync::Mutex::new(()),
+                }),
             },
         }
     }
@@ -547,6 +615,13 @@ impl Conn {
     /// future sends is covered by the cancel. A transaction may be begun
     /// inside (it is rolled back when the future ends without a commit).
     ///
+    /// Under a context with a deadline, the `statement_timeout` in force
+    /// before the call is put back after it: a `SET statement_timeout` that
+    /// `f` runs holds for the statements after it in `f` (in place of the
+    /// deadline's) but does not outlive the call. To change it for good, run
+    /// it under a context without a deadline (nothing is set or put back
+    /// then), or on [`get_mut`](Self::get_mut) after [`settle`](Self::settle).
+    ///
     /// ```no_run
     /// # async fn demo(mut conn: ctxcore_sql::sqlx::Conn, ctx: ctxcore::Context) -> Result<(), ctxcore_sql::Error<sqlx::Error>> {
     /// let n: i64 = conn
@@ -623,7 +698,25 @@ impl Drop for Conn {
         let Some(mut conn) = self.conn.take() else { return };
         let state = &mut self.state;
         if state.pending.is_none() && !state.abandoned && state.restore.is_none() {
-            return; // back to the pool as it is
+            // Back to the pool as it is, once no cancel of a leaked call can
+            // reach it any more.
+            let gen = state.gen.clone();
+            let bumped = match gen.send.try_lock() {
+                Ok(_sending) => {
+                    gen.current.fetch_add(1, Ordering::AcqRel);
+                    true
+                }
+                Err(_) => false,
+            };
+            if !bumped {
+                // A cancel statement is in flight: the connection waits for
+                // its answer.
+                rt.spawn(async move {
+                    gen.bump().await;
+                    drop(conn);
+                });
+            }
+            return;
         }
         let mut state = State {
             pid: state.pid,
@@ -633,6 +726,7 @@ impl Drop for Conn {
             abandoned: state.abandoned,
             restore: state.restore.take(),
             baseline: state.baseline.take(),
+            gen: state.gen.clone(),
         };
         // The connection goes back to the pool only once nothing of the old
         // query can reach it; closed instead if that cannot be made sure.
@@ -659,21 +753,29 @@ impl State {
         self.settle(conn).await.map_err(Error::Driver)?;
         // A statement dropped before its answer leaves one to drain.
         self.abandoned = true;
-        let (pid, baseline) = match (self.pid, &self.baseline) {
-            (Some(pid), Some(baseline)) => (pid, baseline.clone()),
+        // In a failed transaction (25P02) every statement but ROLLBACK and
+        // COMMIT fails: neither the pid nor statement_timeout can be had, and
+        // the user's statement runs without them (see the module docs).
+        let known = match (self.pid, &self.baseline) {
+            (Some(pid), Some(baseline)) => Some((pid, baseline.clone())),
             _ => {
-                let (pid, baseline): (i32, String) =
+                let r: Result<(i32, String), sqlx::Error> =
                     sqlx::query_as("SELECT pg_backend_pid(), current_setting('statement_timeout')")
                         .fetch_one(&mut *conn)
-                        .await
-                        .map_err(|e| self.answered(e))?;
-                self.pid = Some(pid);
-                self.baseline = Some(baseline.clone());
-                (pid, baseline)
+                        .await;
+                match r {
+                    Ok((pid, baseline)) => {
+                        self.pid = Some(pid);
+                        self.baseline = Some(baseline.clone());
+                        Some((pid, baseline))
+                    }
+                    Err(e) if has_sqlstate(&e, IN_FAILED_TRANSACTION) => None,
+                    Err(e) => return Err(self.answered(e)),
+                }
             }
         };
         // 2. The deadline reaches the server as statement_timeout.
-        if let Some(left) = ctx.time_left() {
+        if let (Some(left), Some((_, baseline))) = (ctx.time_left(), &known) {
             if let Some(e) = ctx.error() {
                 self.abandoned = false;
                 return Err(Error::Context(e));
@@ -683,20 +785,30 @@ impl State {
             // one this connection had on its first call.
             let fresh = self.restore.is_none();
             if fresh {
-                self.restore = Some(baseline);
+                self.restore = Some(baseline.clone());
             }
             // The old value is read in a fenced subquery (OFFSET 0), before
             // the outer target list changes it.
-            let (old, _new): (String, String) = sqlx::query_as(
+            let r: Result<(String, String), sqlx::Error> = sqlx::query_as(
                 "SELECT o.old, set_config('statement_timeout', $1, false) \
                  FROM (SELECT current_setting('statement_timeout') AS old OFFSET 0) AS o",
             )
             .bind(format!("{ms}ms"))
             .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.answered(e))?;
-            if fresh {
-                self.restore = Some(old);
+            .await;
+            match r {
+                Ok((old, _new)) => {
+                    if fresh {
+                        self.restore = Some(old);
+                    }
+                }
+                // Nothing was changed: nothing to put back.
+                Err(e) if has_sqlstate(&e, IN_FAILED_TRANSACTION) => {
+                    if fresh {
+                        self.restore = None;
+                    }
+                }
+                Err(e) => return Err(self.answered(e)),
             }
         }
         self.abandoned = false;
@@ -705,15 +817,12 @@ impl State {
             return Err(Error::Context(e));
         }
         // 3. The cancel, armed for the time the query is in flight.
-        let slot = Slot::new(pid, &self.cancel, &self.rt);
-        let after = ctx.after_func({
+        let slot = known.map(|(pid, _)| Slot::new(pid, &self.cancel, &self.rt, &self.gen));
+        let after = slot.as_ref().map(|slot| {
             let slot = slot.clone();
-            move || slot.fire()
+            ctx.after_func(move || slot.fire())
         });
-        Ok(Pending {
-            after: Some(after),
-            slot,
-        })
+        Ok(Pending { after, slot })
     }
 
     /// A set-up statement failed with an answer: nothing is left to drain.
@@ -725,6 +834,9 @@ impl State {
     /// Makes the connection ready for a new statement after an abandoned
     /// call: every cancel answered, the abandoned answer drained.
     async fn settle(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        // No cancel made before this point sends any more (a leaked call's
+        // included), and none is in flight.
+        self.gen.bump().await;
         if let Some(p) = &self.pending {
             p.settle().await;
             self.pending = None;
@@ -733,9 +845,12 @@ impl State {
             // The abandoned statement may still be in sqlx's write buffer, to
             // be flushed by the drain: keep cancelling until it has answered.
             if let Some(pid) = self.pid {
-                let slot = Slot::new(pid, &self.cancel, &self.rt);
+                let slot = Slot::new(pid, &self.cancel, &self.rt, &self.gen);
                 slot.fire();
-                self.pending = Some(Pending { after: None, slot });
+                self.pending = Some(Pending {
+                    after: None,
+                    slot: Some(slot),
+                });
             }
             drain(conn).await?;
             self.abandoned = false;
@@ -750,8 +865,10 @@ impl State {
         Ok(())
     }
 
-    /// Puts `statement_timeout` back; keeps it to retry if that failed (except
-    /// in a failed transaction, whose rollback undoes the change).
+    /// Puts `statement_timeout` back; keeps it to retry if that failed. In a
+    /// failed transaction (25P02) it is kept too: the rollback goes back to
+    /// the value at `BEGIN`, which may be a deadline's (a `BEGIN` run under
+    /// one), so it is put back after the statement that ends the transaction.
     async fn restore_timeout(&mut self, conn: &mut PgConnection) {
         let Some(old) = self.restore.clone() else { return };
         // Kept until the answer: a call dropped here restores it next time.
@@ -759,10 +876,8 @@ impl State {
             .bind(old)
             .execute(&mut *conn)
             .await;
-        match r {
-            Ok(_) => self.restore = None,
-            Err(e) if has_sqlstate(&e, IN_FAILED_TRANSACTION) => self.restore = None,
-            Err(_) => {}
+        if r.is_ok() {
+            self.restore = None;
         }
     }
 }
@@ -792,7 +907,9 @@ impl Drop for InFlight<'_> {
         let Some(p) = self.pending.take() else { return };
         if !self.answered {
             // Abandoned mid-query: the server must still stop it.
-            p.slot.fire();
+            if let Some(slot) = &p.slot {
+                slot.fire();
+            }
             self.state.abandoned = true;
         }
         self.state.pending = Some(p);
@@ -806,13 +923,17 @@ impl Pending {
         if let Some(after) = &self.after {
             after.stop_wait().await;
         }
-        self.slot.finish().await;
+        if let Some(slot) = &self.slot {
+            slot.finish().await;
+        }
     }
 }
 
 impl fmt::Debug for Pending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pending").field("pid", &self.slot.pid).finish()
+        f.debug_struct("Pending")
+            .field("pid", &self.slot.as_ref().map(|s| s.pid))
+            .finish()
     }
 }
 
@@ -821,37 +942,51 @@ struct Slot {
     pid: i32,
     pool: PgPool,
     rt: Handle,
+    gen: Arc<Generation>,
+    /// The generation this slot was made in: it sends only while it lasts.
+    born: u64,
     inner: Mutex<SlotInner>,
-    /// Set once the query has answered: stop resending.
-    stop: AtomicBool,
-    wake: Notify,
 }
 
 struct SlotInner {
     /// The query has answered: a cancel must no longer start.
     finished: bool,
+    /// A `pg_cancel_backend` is being sent: `finish` awaits it rather than
+    /// aborting the task.
+    sending: bool,
     task: Option<JoinHandle<()>>,
 }
 
 impl Slot {
-    fn new(pid: i32, pool: &PgPool, rt: &Handle) -> Arc<Self> {
+    fn new(pid: i32, pool: &PgPool, rt: &Handle, gen: &Arc<Generation>) -> Arc<Self> {
         Arc::new(Slot {
             pid,
             pool: pool.clone(),
             rt: rt.clone(),
+            gen: gen.clone(),
+            born: gen.current.load(Ordering::Acquire),
             inner: Mutex::new(SlotInner {
                 finished: false,
+                sending: false,
                 task: None,
             }),
-            stop: AtomicBool::new(false),
-            wake: Notify::new(),
         })
     }
 
-    /// Starts the cancel (once), unless the query has already answered.
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the connection has moved on from this slot's query.
+    fn retired(&self) -> bool {
+        self.gen.current.load(Ordering::Acquire) != self.born
+    }
+
+    /// Starts the cancel (once), unless the query has already answered or
+    /// the connection has moved on.
     fn fire(self: &Arc<Self>) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.finished || inner.task.is_some() {
+        let mut inner = self.lock();
+        if inner.finished || inner.task.is_some() || self.retired() {
             return;
         }
         let me = self.clone();
@@ -859,37 +994,61 @@ impl Slot {
     }
 
     /// Sends `pg_cancel_backend` until the query has answered (resending, as
-    /// a cancel that arrives between protocol messages is ignored).
+    /// a cancel that arrives between protocol messages is ignored). The cancel
+    /// connection is acquired first, with nothing held, so that `finish` may
+    /// abort the task while it waits for one (nothing was sent); the send
+    /// itself runs under the generation's lock, and only while the generation
+    /// is this slot's.
     async fn cancel_loop(&self) {
         let mut wait = FIRST_RESEND;
         for _ in 0..MAX_CANCELS {
-            CANCELS_SENT.fetch_add(1, Ordering::Relaxed);
-            let _ = sqlx::query("SELECT pg_cancel_backend($1)")
-                .bind(self.pid)
-                .execute(&self.pool)
-                .await;
-            if self.stop.load(Ordering::Acquire) {
-                return;
+            if let Ok(mut cancel) = self.pool.acquire().await {
+                {
+                    let mut inner = self.lock();
+                    if inner.finished {
+                        return;
+                    }
+                    inner.sending = true;
+                }
+                let sent = {
+                    let _sending = self.gen.send.lock().await;
+                    if self.retired() {
+                        false
+                    } else {
+                        CANCELS_SENT.fetch_add(1, Ordering::Relaxed);
+                        let _ = sqlx::query("SELECT pg_cancel_backend($1)")
+                            .bind(self.pid)
+                            .execute(&mut *cancel)
+                            .await;
+                        true
+                    }
+                };
+                drop(cancel);
+                let mut inner = self.lock();
+                inner.sending = false;
+                if inner.finished || !sent {
+                    return;
+                }
             }
-            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
-            if self.stop.load(Ordering::Acquire) {
-                return;
-            }
+            // Between two sends (or after a failed acquire) `finish` aborts.
+            tokio::time::sleep(wait).await;
             wait = (wait * 2).min(MAX_RESEND);
         }
     }
 
-    /// The query has answered: no cancel starts any more, and the one under
-    /// way (if any) is awaited to its last statement's answer.
+    /// The query has answered: no cancel starts any more; a task still
+    /// acquiring a cancel connection or waiting to resend is aborted, and a
+    /// cancel statement being sent is awaited to its answer.
     async fn finish(&self) {
-        let task = {
-            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (task, sending) = {
+            let mut inner = self.lock();
             inner.finished = true;
-            inner.task.take()
+            (inner.task.take(), inner.sending)
         };
         if let Some(task) = task {
-            self.stop.store(true, Ordering::Release);
-            self.wake.notify_one();
+            if !sending {
+                task.abort();
+            }
             let _ = task.await;
         }
     }
