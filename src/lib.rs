@@ -36,6 +36,9 @@
 //!   (follows `tokio::time::pause`).
 //! - `embassy-time` (with `alloc`): `EmbassyTimer`, deadlines on
 //!   `embassy_time`, driven by a task you spawn.
+//! - `tokio-util` (with `std`): a bridge to tokio-util's
+//!   `CancellationToken`, both ways (`Context::cancellation_token`,
+//!   `Context::with_cancellation_token`).
 //!
 //! A tree's timer is chosen at its root: [`Context::background`] uses the
 //! `std` timer thread; [`Context::with_timer`] takes any [`Timer`]
@@ -62,6 +65,7 @@ mod node;
 #[cfg(not(loom))]
 mod root;
 mod scoped;
+mod stream;
 mod sync;
 pub mod time;
 mod value;
@@ -77,6 +81,8 @@ mod done;
 mod group;
 #[cfg(all(doctest, feature = "std"))]
 mod guides;
+#[cfg(feature = "tokio-util")]
+mod tokio_util;
 #[cfg(feature = "alloc")]
 mod tracker;
 
@@ -85,6 +91,7 @@ pub use error::{ContextError, Error};
 #[cfg(not(loom))]
 pub use root::StaticContext;
 pub use scoped::{ContextRef, ScopedContext};
+pub use stream::{RunStream, RunStreamWithCause};
 pub use time::{Clock, Instant, Timer};
 pub use value::Key;
 
@@ -107,6 +114,8 @@ pub use time::ManualClock;
 pub use time::StdTimer;
 #[cfg(feature = "tokio")]
 pub use time::TokioTimer;
+#[cfg(feature = "tokio-util")]
+pub use tokio_util::{ContextToken, TokenCancelled};
 #[cfg(feature = "alloc")]
 pub use tracker::{DrainTimeout, InFlight, Tracker};
 

@@ -38,6 +38,11 @@ impl<'a> ContextRef<'a> {
         ContextRef { node }
     }
 
+    /// The node viewed (`None`: never done), for the adapters (`stream`).
+    pub(crate) fn node(&self) -> Option<&'a Node> {
+        self.node
+    }
+
     /// A view of [`Context::background`](crate::Context::background): never
     /// done.
     pub const fn background() -> ContextRef<'static> {
