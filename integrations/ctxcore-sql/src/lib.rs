@@ -18,7 +18,11 @@
 //! - A statement that the context stopped returns [`Error::Context`] with the
 //!   context's [`ContextError`](ctxcore::ContextError) (kind *and* cause); a
 //!   server-side timeout set from the deadline counts as the context's
-//!   `DeadlineExceeded` once that deadline has passed.
+//!   `DeadlineExceeded` once that deadline has passed. The converse does not
+//!   hold: when the context is done and the server does not answer within the
+//!   driver's bound (tokio-postgres: `WithContext::answer_timeout`), the
+//!   call also returns [`Error::Context`], and the statement may still
+//!   complete (and commit) on the server.
 //! - Any other failure (a syntax error, a constraint violation, a broken
 //!   connection) is [`Error::Driver`], even if the context is done by then.
 //! - The cancel is armed with an after-func that is stopped **and waited

@@ -30,23 +30,27 @@
 //! 1. returns [`Error::Context`] at once, sending nothing, if the context is
 //!    already done;
 //! 2. if the context has a deadline (and [`WithContext::statement_timeout`]
-//!    is on, the default), pipelines `SET statement_timeout = <time left in
-//!    whole milliseconds, less one>` in front of the statement, so the server
-//!    stops it by itself just before the deadline, with no extra round trip,
+//!    is on, the default), pipelines a statement in front of its own that
+//!    saves the connection's `statement_timeout` on the server and sets it to
+//!    the time left in whole milliseconds, less one, so the server stops the
+//!    statement by itself just before the deadline, with no extra round trip,
 //!    and our after-func is stopped before it opens a cancel connection (a
 //!    cancel request costs a new connection and a forked server process, the
-//!    pipelined `SET` and `RESET` some 20 µs of server time per call: off with
-//!    `statement_timeout(false)`); the server's `57014` then waits (at most
-//!    a few milliseconds) for the context's own deadline, and the call returns
-//!    `DeadlineExceeded` with the context's cause; afterwards `RESET
-//!    statement_timeout` is queued on the same connection, ahead of anything
-//!    its next user sends;
+//!    pipelined save and restore some 20–40 µs of server time per call: off
+//!    with `statement_timeout(false)`); the server's `57014` then waits (at
+//!    most a few milliseconds) for the context's own deadline, and the call
+//!    returns `DeadlineExceeded` with the context's cause; afterwards a
+//!    statement restoring the saved value is queued on the same connection,
+//!    ahead of anything its next user sends (see "`statement_timeout` is
+//!    saved and restored" below);
 //! 3. registers an after-func on the context that sends the server a cancel
 //!    request through the [`Canceller`] (a new connection, spawned on the tokio
 //!    runtime) when the context is done;
 //! 4. awaits the statement's answer: once the context is done it waits at most
 //!    [`WithContext::answer_timeout`] for it (normally the server's `57014
-//!    query_canceled`); a cancel request can land in a gap where our backend
+//!    query_canceled`; past that bound the call returns `Error::Context`
+//!    although the statement may still complete, and commit, on the server:
+//!    see [`WithContext::answer_timeout`]); a cancel request can land in a gap where our backend
 //!    is idle (between tokio-postgres' prepare round trip and the execute, or
 //!    on the pipelined `SET`), where PostgreSQL discards it, so after 50 ms
 //!    without an answer, and every 200 ms after that, another one is sent
@@ -84,25 +88,68 @@
 //!   randomly cancelled queries on a pool of 4; with the wait for the server's
 //!   close removed, some of the queries that were never cancelled fail with
 //!   `57014` on every run.
-//! - **`statement_timeout` leaks.** A `SET` left on a pooled connection limits
-//!   every later user. The `RESET` is queued on the connection before this call
-//!   returns (or, if the call's future is dropped, from its `Drop`), so it runs
-//!   before anything the next user sends. In a transaction that aborts, the
-//!   `ROLLBACK` undoes the `SET` anyway.
+//! - **`statement_timeout` leaks, or `RESET` wipes the user's own.** A `SET`
+//!   left on a pooled connection limits every later user; a `RESET` after the
+//!   call sets the role's or database's default back, losing a
+//!   `statement_timeout` the user had set on the session (or with `SET LOCAL`
+//!   in the transaction). See the next section.
+//! - **A leaked call stays armed.** A call future that is leaked
+//!   (`mem::forget`, or a reference cycle) runs neither to its end nor its
+//!   `Drop`: its cancel stays registered on the context until the context is
+//!   done or dropped, and cancelling that context later sends a cancel request
+//!   for the connection's backend, which stops whatever statement it runs then
+//!   (a pooled connection's next user, or another task's statement on a shared
+//!   [`Client`]); no statement is cancelled if the backend is idle. There is no
+//!   per-connection state to disarm it from; do not leak call futures (or
+//!   leak their context with them). `tests/postgres.rs`
+//!   (`known_limitation_a_forgotten_call_stays_armed`) shows it.
 //! - **A cancel request names a backend, not a caller.** A [`Client`] shared
 //!   by concurrent tasks pipelines their statements on one backend: a cancel
-//!   stops whichever of them the backend is running. Give each task its own
-//!   connection (a pool) when statements can be cancelled.
+//!   stops whichever of them the backend is running. Likewise one call's
+//!   pipelined `statement_timeout` also applies to the statements other tasks
+//!   pipeline on that client between its save and its restore (with several
+//!   calls overlapping, the latest call's setting stays in force until the
+//!   last of them is restored; then the user's own value comes back). Give
+//!   each task its own connection (a pool) when statements can be cancelled
+//!   or have deadlines.
 //! - **A cancelled statement is not the only `57014`.** The server's own
 //!   `statement_timeout` uses the same code: it is the context's
 //!   `DeadlineExceeded` only once the context's deadline has passed; otherwise
 //!   (a timeout the user set) it stays the driver's error.
 //!
+//! # `statement_timeout` is saved and restored
+//!
+//! The statement pipelined before the call's own saves the current
+//! `statement_timeout` in a custom setting of the session
+//! (`ctxcore_sql.saved_statement_timeout`, unless another call of ours on the
+//! connection is still unrestored: then the user's value is already saved),
+//! adds the call's id to `ctxcore_sql.calls`, and sets the timeout; the one
+//! queued after it (before the call returns, or from the future's `Drop`)
+//! removes the id and, once no call of ours is left, sets the saved value
+//! back. Both are `set_config` calls, so the save is only read on the server
+//! (no extra round trip, and a dropped future can restore without having
+//! seen any answer); the restore is a no-op if its save never ran (cancelled)
+//! or it already ran. How far the settings reach:
+//!
+//! - on a [`Client`] (autocommit), `set_config(.., is_local => false)`, as
+//!   `SET`: the user's session value, whatever it was, is back afterwards;
+//! - on a [`Transaction`], `set_config(.., is_local => true)`, as `SET LOCAL`:
+//!   inside the transaction the value in force before the call (the user's
+//!   `SET LOCAL` or `SET`, or the session's) is back afterwards, and at its
+//!   end PostgreSQL's own rules apply unchanged (a `SET LOCAL` ends with the
+//!   transaction, a `SET` survives a commit); a rollback, or an aborted
+//!   transaction (where the restore fails), undoes ours anyway;
+//! - a transaction the user opened with a plain `BEGIN` on a [`Client`] is
+//!   not seen as one: the session-level restore makes the value in force
+//!   before the call (a `SET LOCAL` of that transaction included) the
+//!   session's value after a commit. Use `client.transaction()` (a
+//!   [`Transaction`]) for statements under a context in a transaction.
+//!
 //! # If the caller drops the future mid-statement
 //!
 //! The [`Drop`] of the call's future sends a cancel request (spawned on the
-//! runtime) and queues, on the same connection, `RESET statement_timeout` (if
-//! it was set) and a guard statement `SELECT pg_sleep(<drop_guard>)` (100 ms by
+//! runtime) and queues, on the same connection, the `statement_timeout`
+//! restore (if it was saved) and a guard statement `SELECT pg_sleep(<drop_guard>)` (100 ms by
 //! default, [`WithContext::drop_guard`]). The guard keeps the backend busy
 //! while the cancel request travels, so a cancel that arrives after the
 //! statement finished (or the second SIGINT of the same request, see above)
@@ -126,6 +173,7 @@ use core::pin::{pin, Pin};
 use core::task::{Context as TaskCx, Poll, Waker};
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -185,8 +233,8 @@ pub struct Canceller<T = NoTls> {
 }
 
 struct CancellerInner<T> {
-    target: Option<Target>,
-    hostname: String,
+    /// Every host of the config, with the name its TLS connection verifies.
+    targets: Vec<(Target, String)>,
     tls: T,
     timeout: Duration,
 }
@@ -209,15 +257,16 @@ impl<T> Clone for Canceller<T> {
 impl<T> fmt::Debug for Canceller<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Canceller")
-            .field("target", &self.inner.target)
+            .field("targets", &self.inner.targets)
             .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl Canceller<NoTls> {
-    /// Cancel requests without TLS to the server of `config` (its first host,
-    /// or first `hostaddr`, and first port; 5432 if none).
+    /// Cancel requests without TLS to the server of `config`: to each of its
+    /// hosts (or `hostaddr`s) with its port (5432 if none), see
+    /// [`with_tls`](Self::with_tls).
     ///
     /// ```
     /// let config: tokio_postgres::Config = "host=/var/run/postgresql user=postgres".parse().unwrap();
@@ -237,8 +286,15 @@ where
     <T::TlsConnect as tokio_postgres::tls::TlsConnect<CancelStream>>::Future: Send,
 {
     /// Cancel requests through `tls` (the same connector the connections
-    /// use) to the server of `config`. For a config with several hosts, the
-    /// first is used.
+    /// use) to the server of `config`.
+    ///
+    /// A config with several hosts (failover, `target_session_attrs`): the
+    /// connection may be to any of them, and tokio-postgres does not say
+    /// which, so each cancel request goes to **every** host, concurrently, and
+    /// is finished when all have closed (or failed, or timed out). A cancel
+    /// key that reaches a server other than the connection's matches no
+    /// backend there and is ignored. An unreachable host (one that never
+    /// refuses) delays each cancel up to [`timeout`](Self::timeout).
     ///
     /// ```
     /// use ctxcore_sql::postgres::Canceller;
@@ -248,26 +304,36 @@ where
     /// # let _ = cancel;
     /// ```
     pub fn with_tls(config: &Config, tls: T) -> Self {
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let (target, hostname) = match (config.get_hostaddrs().first(), config.get_hosts().first()) {
-            (Some(ip), host) => (
-                Some(Target::Ip(*ip, port)),
-                match host {
-                    Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-                    _ => String::new(),
-                },
-            ),
-            (None, Some(tokio_postgres::config::Host::Tcp(h))) => (Some(Target::Tcp(h.clone(), port)), h.clone()),
-            #[cfg(unix)]
-            (None, Some(tokio_postgres::config::Host::Unix(dir))) => {
-                (Some(Target::Unix(dir.join(format!(".s.PGSQL.{port}")))), String::new())
-            }
-            _ => (None, String::new()),
-        };
+        // As tokio-postgres connects: host i (or hostaddr i) with port i, or
+        // the one port for all, or 5432.
+        let (hosts, addrs, ports) = (config.get_hosts(), config.get_hostaddrs(), config.get_ports());
+        let mut targets = Vec::new();
+        for i in 0..hosts.len().max(addrs.len()) {
+            let port = match ports.len() {
+                0 => 5432,
+                1 => ports[0],
+                _ => ports.get(i).copied().unwrap_or(5432),
+            };
+            let target = match (addrs.get(i), hosts.get(i)) {
+                (Some(ip), host) => Some((
+                    Target::Ip(*ip, port),
+                    match host {
+                        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                        _ => String::new(),
+                    },
+                )),
+                (None, Some(tokio_postgres::config::Host::Tcp(h))) => Some((Target::Tcp(h.clone(), port), h.clone())),
+                #[cfg(unix)]
+                (None, Some(tokio_postgres::config::Host::Unix(dir))) => {
+                    Some((Target::Unix(dir.join(format!(".s.PGSQL.{port}"))), String::new()))
+                }
+                _ => None,
+            };
+            targets.extend(target);
+        }
         Canceller {
             inner: Arc::new(CancellerInner {
-                target,
-                hostname,
+                targets,
                 tls,
                 timeout: DEFAULT_CANCEL_TIMEOUT,
             }),
@@ -289,8 +355,7 @@ where
                 inner
             }
             Err(shared) => CancellerInner {
-                target: shared.target.clone(),
-                hostname: shared.hostname.clone(),
+                targets: shared.targets.clone(),
                 tls: shared.tls.clone(),
                 timeout,
             },
@@ -301,7 +366,8 @@ where
     /// Sends a cancel request for the statement running on `token`'s
     /// connection, and returns once the server has acted on it (closed the
     /// cancel connection), or after the timeout. `Ok(())` means the request was
-    /// delivered, not that a statement was cancelled.
+    /// delivered (to at least one host of a multi-host config, after every
+    /// host has been tried to its end), not that a statement was cancelled.
     ///
     /// ```no_run
     /// # async fn demo(client: &tokio_postgres::Client, config: &tokio_postgres::Config) {
@@ -319,21 +385,60 @@ where
     }
 
     async fn send(&self, token: CancelToken) -> io::Result<()> {
-        let stream = match &self.inner.target {
-            Some(Target::Tcp(host, port)) => {
-                CancelStream::tcp(tokio::net::TcpStream::connect((host.as_str(), *port)).await?)
+        let mut sends: Vec<_> = self
+            .inner
+            .targets
+            .iter()
+            .map(|(target, hostname)| Some(Box::pin(self.send_to(target, hostname, token.clone()))))
+            .collect();
+        if sends.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the config names no host"));
+        }
+        // All of them to their end: any may be the connection's server.
+        let mut delivered = false;
+        let mut first_err = None;
+        poll_fn(|cx| {
+            let mut pending = false;
+            for slot in sends.iter_mut() {
+                if let Some(f) = slot {
+                    match f.as_mut().poll(cx) {
+                        Poll::Ready(r) => {
+                            *slot = None;
+                            match r {
+                                Ok(()) => delivered = true,
+                                Err(e) => {
+                                    first_err.get_or_insert(e);
+                                }
+                            }
+                        }
+                        Poll::Pending => pending = true,
+                    }
+                }
             }
-            Some(Target::Ip(ip, port)) => CancelStream::tcp(tokio::net::TcpStream::connect((*ip, *port)).await?),
+            if pending {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        match (delivered, first_err) {
+            (true, _) | (false, None) => Ok(()),
+            (false, Some(e)) => Err(e),
+        }
+    }
+
+    async fn send_to(&self, target: &Target, hostname: &str, token: CancelToken) -> io::Result<()> {
+        let stream = match target {
+            Target::Tcp(host, port) => CancelStream::tcp(tokio::net::TcpStream::connect((host.as_str(), *port)).await?),
+            Target::Ip(ip, port) => CancelStream::tcp(tokio::net::TcpStream::connect((*ip, *port)).await?),
             #[cfg(unix)]
-            Some(Target::Unix(path)) => CancelStream::unix(tokio::net::UnixStream::connect(path).await?),
+            Target::Unix(path) => CancelStream::unix(tokio::net::UnixStream::connect(path).await?),
             #[cfg(not(unix))]
-            Some(Target::Unix(_)) => return Err(io::Error::new(io::ErrorKind::Unsupported, "no Unix sockets here")),
-            None => return Err(io::Error::new(io::ErrorKind::InvalidInput, "the config names no host")),
+            Target::Unix(_) => return Err(io::Error::new(io::ErrorKind::Unsupported, "no Unix sockets here")),
         };
         let mut tls = self.inner.tls.clone();
-        let connect = tls
-            .make_tls_connect(&self.inner.hostname)
-            .map_err(|e| io::Error::other(e.into()))?;
+        let connect = tls.make_tls_connect(hostname).map_err(|e| io::Error::other(e.into()))?;
         token.cancel_query_raw(stream, connect).await.map_err(io::Error::other)
     }
 }
@@ -468,6 +573,12 @@ pub trait ClientExt: GenericClient + Sync + sealed::Sealed + Sized {
     #[doc(hidden)]
     fn ctx_cancel_token(&self) -> CancelToken;
 
+    /// Whether statements run inside a transaction block (a
+    /// [`Transaction`]): the `statement_timeout` is then set with `SET LOCAL`
+    /// semantics.
+    #[doc(hidden)]
+    fn ctx_in_transaction(&self) -> bool;
+
     /// Statements run under `ctx`, cancelled through `canceller`. See the
     /// [module docs](self).
     ///
@@ -493,11 +604,19 @@ impl ClientExt for Client {
     fn ctx_cancel_token(&self) -> CancelToken {
         self.cancel_token()
     }
+
+    fn ctx_in_transaction(&self) -> bool {
+        false
+    }
 }
 
 impl ClientExt for Transaction<'_> {
     fn ctx_cancel_token(&self) -> CancelToken {
         self.cancel_token()
+    }
+
+    fn ctx_in_transaction(&self) -> bool {
+        true
     }
 }
 
@@ -571,8 +690,12 @@ where
 
     /// How long to wait for the server's answer once the context is done and
     /// the cancel request sent (default 5 s). Past it the call returns the
-    /// context's error while the statement may still be running: the
-    /// connection stays usable, its next statement queues behind.
+    /// context's error ([`Error::Context`](crate::Error::Context)) while the
+    /// statement may still be running: it is *not* known to be stopped, and it
+    /// may still complete, and commit (a cancel that never reached its server,
+    /// or a statement that does not check for interrupts). The connection stays
+    /// usable; its next statement queues behind. Only an answer within the
+    /// bound tells a stopped statement (the `57014`) from a finished one.
     ///
     /// ```no_run
     /// # use ctxcore_sql::postgres::{Canceller, ClientExt};
@@ -723,6 +846,8 @@ where
             slot,
             after,
             drop_guard: self.drop_guard,
+            call: NEXT_CALL.fetch_add(1, Ordering::Relaxed),
+            local: self.client.ctx_in_transaction(),
             sent: false,
             answered: false,
             timeout_set: false,
@@ -751,7 +876,7 @@ where
         let set_sql;
         let mut set = match timeout_ms {
             Some(ms) => {
-                set_sql = format!("SET statement_timeout = {ms}");
+                set_sql = save_timeout_sql(guard.call, ms, guard.local);
                 Some(self.client.batch_execute(&set_sql))
             }
             None => None,
@@ -809,7 +934,7 @@ where
         drop(set.take());
         guard.settle().await;
         if guard.timeout_set {
-            send_only(self.client.batch_execute("RESET statement_timeout"));
+            send_only(self.client.batch_execute(&restore_timeout_sql(guard.call, guard.local)));
         }
         guard.finished = true;
         match answer {
@@ -849,6 +974,11 @@ struct InFlight<'a, C: ClientExt, T> {
     slot: Arc<Mutex<Option<Context>>>,
     after: AfterFunc,
     drop_guard: Duration,
+    /// This call's id in the server-side list of calls that changed
+    /// `statement_timeout` (see [`save_timeout_sql`]).
+    call: u64,
+    /// Inside a transaction block: `set_config(.., is_local => true)`.
+    local: bool,
     /// The statement's request may have been queued on the connection.
     sent: bool,
     /// The server answered the statement.
@@ -906,14 +1036,17 @@ impl<C: ClientExt, T> Drop for InFlight<'_, C, T> {
             let _ = (self.spawn)(self.rt.as_ref(), self.canceller, self.client.ctx_cancel_token());
             cancelling = true;
         }
+        let restore = restore_timeout_sql(self.call, self.local);
         if self.timeout_set {
-            send_only(self.client.batch_execute("RESET statement_timeout"));
+            send_only(self.client.batch_execute(&restore));
         }
         if cancelling {
             let guard = format!("SELECT pg_sleep({})", self.drop_guard.as_secs_f64());
             send_only(self.client.batch_execute(&guard));
             if self.timeout_set {
-                send_only(self.client.batch_execute("RESET statement_timeout"));
+                // Again, in case the cancel landed on the first restore
+                // (a restore is a no-op once it has run).
+                send_only(self.client.batch_execute(&restore));
             }
         }
     }
@@ -925,6 +1058,42 @@ impl<C: ClientExt, T> fmt::Debug for InFlight<'_, C, T> {
             .field("sent", &self.sent)
             .finish_non_exhaustive()
     }
+}
+
+/// Ids of calls, for the server-side list of calls that changed
+/// `statement_timeout` on a connection.
+static NEXT_CALL: AtomicU64 = AtomicU64::new(1);
+
+/// The statement pipelined before call `call`'s own: it saves the session's
+/// `statement_timeout` (unless an earlier call of ours on this connection,
+/// still unrestored, already saved the user's value), adds `[call]` to the
+/// list of our calls in progress, and sets `statement_timeout` to `ms`. All
+/// three through `set_config(.., local)`: session-level on a [`Client`],
+/// transaction-level (`SET LOCAL`) in a [`Transaction`] (see the module docs).
+/// The `OFFSET 0` subqueries fix the order of evaluation. A statement that
+/// fails (cancelled, or in an aborted transaction) changes nothing.
+fn save_timeout_sql(call: u64, ms: u64, local: bool) -> String {
+    format!(
+        "SELECT set_config('statement_timeout', '{ms}', {local}) FROM (\
+         SELECT set_config('ctxcore_sql.saved_statement_timeout', CASE WHEN s.calls = '' \
+         THEN current_setting('statement_timeout') ELSE current_setting('ctxcore_sql.saved_statement_timeout') END, {local}), \
+         set_config('ctxcore_sql.calls', s.calls || '[{call}]', {local}) \
+         FROM (SELECT coalesce(current_setting('ctxcore_sql.calls', true), '') AS calls OFFSET 0) s OFFSET 0) t"
+    )
+}
+
+/// The statement queued after call `call`: if `[call]` is in the list (its
+/// save ran and it is not restored yet), it is removed, and if no other call
+/// of ours is left in progress, the saved `statement_timeout` is set back.
+/// Idempotent: once it has run (or if the save never ran), a no-op.
+fn restore_timeout_sql(call: u64, local: bool) -> String {
+    format!(
+        "SELECT set_config('ctxcore_sql.calls', r.rest, {local}), CASE WHEN r.rest = '' THEN \
+         set_config('statement_timeout', current_setting('ctxcore_sql.saved_statement_timeout'), {local}) END \
+         FROM (SELECT replace(s.calls, '[{call}]', '') AS rest, strpos(s.calls, '[{call}]') > 0 AS mine \
+         FROM (SELECT coalesce(current_setting('ctxcore_sql.calls', true), '') AS calls OFFSET 0) s OFFSET 0) r \
+         WHERE r.mine"
+    )
 }
 
 type SpawnCancel<T> = fn(Option<&Handle>, &Canceller<T>, CancelToken) -> Context;

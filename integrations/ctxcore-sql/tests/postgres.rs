@@ -661,3 +661,193 @@ async fn over_a_unix_socket_the_cancel_goes_there_too() {
     canceller.await.unwrap();
     assert_goes_idle(&db, backend).await;
 }
+
+// From the adversarial review: the call used to end with `RESET
+// statement_timeout`, which wiped the user's own setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_own_statement_timeout_survives_a_call() {
+    let db = Db::new("own_timeout");
+    let client = db.connect().await;
+    bounded(client.batch_execute("SET statement_timeout = '1234ms'"))
+        .await
+        .unwrap();
+    let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(10));
+    bounded(client.with_ctx(&ctx, &db.cancel).query("SELECT 1", &[]))
+        .await
+        .unwrap();
+    let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
+    assert_eq!(
+        row.get::<_, &str>(0),
+        "1234ms",
+        "the user's own statement_timeout was lost"
+    );
+    // Also after a statement the deadline stopped (the server's own timeout).
+    let (ctx, _h) = Context::background().with_timeout(Duration::from_millis(100));
+    let err = bounded(client.with_ctx(&ctx, &db.cancel).query("SELECT pg_sleep(30)", &[]))
+        .await
+        .unwrap_err();
+    assert!(err.context_error().is_some_and(|e| e.is_deadline_exceeded()), "{err:?}");
+    let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
+    assert_eq!(row.get::<_, &str>(0), "1234ms");
+    // Two calls interleaved on one shared Client (restores out of order):
+    // the user's value comes back once both are done.
+    let (long, _h1) = Context::background().with_timeout(Duration::from_secs(10));
+    let (short, _h2) = Context::background().with_timeout(Duration::from_secs(5));
+    let a = client.with_ctx(&long, &db.cancel).query("SELECT pg_sleep(0.2)", &[]);
+    let b = client.with_ctx(&short, &db.cancel).query("SELECT 1", &[]);
+    let (a, b) = bounded(async { tokio::join!(a, b) }).await;
+    a.unwrap();
+    b.unwrap();
+    let row = bounded(client.query_one("SHOW statement_timeout", &[])).await.unwrap();
+    assert_eq!(row.get::<_, &str>(0), "1234ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_own_statement_timeout_survives_a_call_in_a_transaction() {
+    let db = Db::new("own_timeout_tx");
+    let mut client = db.connect().await;
+    bounded(client.batch_execute("SET statement_timeout = '1234ms'"))
+        .await
+        .unwrap();
+    let show = "SELECT current_setting('statement_timeout')";
+    for commit in [true, false] {
+        // SET LOCAL: kept for the rest of the transaction, gone after it.
+        let tx = bounded(client.transaction()).await.unwrap();
+        bounded(tx.batch_execute("SET LOCAL statement_timeout = '4321ms'"))
+            .await
+            .unwrap();
+        let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(10));
+        bounded(tx.with_ctx(&ctx, &db.cancel).query("SELECT 1", &[]))
+            .await
+            .unwrap();
+        let row = bounded(tx.query_one(show, &[])).await.unwrap();
+        assert_eq!(row.get::<_, &str>(0), "4321ms", "SET LOCAL lost in the transaction");
+        if commit {
+            bounded(tx.commit()).await.unwrap();
+        } else {
+            bounded(tx.rollback()).await.unwrap();
+        }
+        let row = bounded(client.query_one(show, &[])).await.unwrap();
+        assert_eq!(
+            row.get::<_, &str>(0),
+            "1234ms",
+            "the SET LOCAL outlived its transaction"
+        );
+        // A session-level SET inside the transaction survives its commit.
+        let tx = bounded(client.transaction()).await.unwrap();
+        bounded(tx.batch_execute("SET statement_timeout = '2222ms'"))
+            .await
+            .unwrap();
+        bounded(tx.with_ctx(&ctx, &db.cancel).query("SELECT 1", &[]))
+            .await
+            .unwrap();
+        let row = bounded(tx.query_one(show, &[])).await.unwrap();
+        assert_eq!(row.get::<_, &str>(0), "2222ms");
+        bounded(tx.commit()).await.unwrap();
+        let row = bounded(client.query_one(show, &[])).await.unwrap();
+        assert_eq!(row.get::<_, &str>(0), "2222ms");
+        bounded(client.batch_execute("SET statement_timeout = '1234ms'"))
+            .await
+            .unwrap();
+    }
+}
+
+// From the adversarial review: with failover, the cancel went to the first
+// host only (here a refusing port) while the client was connected to the
+// second: the statement kept running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_host_config_cancel_reaches_the_connected_server() {
+    let db = Db::new("multihost");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config: Config = format!(
+        "host=127.0.0.1,127.0.0.1 port={closed},{} user=postgres dbname={} connect_timeout=10",
+        db.pg.port(),
+        db.name
+    )
+    .parse()
+    .unwrap();
+    let (client, conn) = bounded(config.connect(NoTls)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let backend = pid(&client).await;
+    let cancel = Canceller::new(&config);
+    let (ctx, h) = Context::background().with_cancel();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.cancel_with("failover");
+    });
+    let t = Instant::now();
+    let err = bounded(
+        client
+            .with_ctx(&ctx, &cancel)
+            .answer_timeout(Duration::from_millis(500))
+            .query("SELECT pg_sleep(3)", &[]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.context_error().map(|e| e.cause().as_str()),
+        Some(Some("failover")),
+        "{err:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "answer_timeout expired: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    bounded(client.query_one("SELECT 1", &[])).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "the cancelled statement kept running on the server: next statement waited {:?}",
+        t.elapsed()
+    );
+    assert_goes_idle(&db, backend).await;
+}
+
+/// Polls `f` once.
+async fn poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut f).poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+// From the adversarial review; a known limitation (module docs, "A leaked
+// call"): a call future that is leaked (`mem::forget`) never disarms its
+// cancel, so cancelling its context later cancels whatever the backend runs
+// then. This asserts the documented behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_limitation_a_forgotten_call_stays_armed() {
+    let db = Db::new("forget");
+    let client = Arc::new(db.connect().await);
+    let (ctx, h) = Context::background().with_cancel();
+    {
+        let mut fut = Box::pin(client.with_ctx(&ctx, &db.cancel).query("SELECT 1", &[]));
+        // Polled once: the statement is sent, the cancel armed.
+        let _ = poll_once(fut.as_mut()).await;
+        std::mem::forget(fut);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another statement on the same connection, with no context at all.
+    let other = tokio::spawn({
+        let client = Arc::clone(&client);
+        async move { client.query("SELECT pg_sleep(2)", &[]).await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.cancel_with("long-finished request");
+    let r = bounded(other).await.unwrap();
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.code()),
+        Some(&SqlState::QUERY_CANCELED),
+        "the documented limitation: the leaked call's cancel hits the next statement: {r:?}"
+    );
+}
