@@ -597,7 +597,7 @@ async fn in_a_transaction_statement_timeout_does_not_outlive_it() {
     let db = Db::new("tx");
     let mut client = db.connect().await;
     bounded(client.batch_execute("CREATE TABLE t (x int)")).await.unwrap();
-    // Committed: the RESET ran inside the transaction too.
+    // Committed: the restore ran inside the transaction too.
     let tx = bounded(client.transaction()).await.unwrap();
     let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(30));
     bounded(tx.with_ctx(&ctx, &db.cancel).execute("INSERT INTO t VALUES (1)", &[]))
