@@ -285,8 +285,16 @@ impl Context {
     /// link drops the future and with it its clone of the token, so neither
     /// side leaks: dropping the handle (or an ancestor's cancel) frees the
     /// bridge; a token dropped by everyone else stays alive only until the
-    /// child is done. Measured in `benches/bridge.rs`
-    /// (`docs/benchmarks.md`).
+    /// child is done. A [`detach`](CancelHandle::detach)ed handle keeps the
+    /// bridge (and the child) alive until the token or an ancestor cancels
+    /// it, as a detached `with_cancel` child lives until an ancestor does.
+    /// Measured in `benches/bridge.rs` (`docs/benchmarks.md`).
+    ///
+    /// A panic in the child's callbacks (after-funcs, wakers) during a
+    /// cancel that the token drives is caught once the cancellation is
+    /// complete (the panic hook has reported it) rather than unwinding into
+    /// `token.cancel()`, where it would keep the token's other waiters from
+    /// being woken.
     ///
     /// ```
     /// use ctxcore::{Context, TokenCancelled};
