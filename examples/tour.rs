@@ -79,6 +79,8 @@ fn main() {
             );
             let err = db_query.wait_blocking();
             println!("{}  db worker stops: {err} ({})", t(), db_query.cause().unwrap());
+            // Where it came from: a deadline reports its with_timeout call.
+            println!("{}  db worker: cancelled at {}", t(), db_query.cancelled_at().unwrap());
         })
     };
     worker.join().unwrap();
@@ -104,6 +106,14 @@ fn main() {
         "{}  cache_call cause downcasts to ClientGone: {}",
         t(),
         cause.downcast_ref::<ClientGone>().is_some()
+    );
+    // Go cannot say where a cancellation came from (golang/go#26356): here
+    // every context under the request reports the cancel_with call above.
+    println!(
+        "{}  cache_call cancelled at {} (Debug: {:?})",
+        t(),
+        cache_call.cancelled_at().unwrap(),
+        cache_call
     );
     println!(
         "{}  audit_log: err={:?}; metrics (without_cancel): err={:?}, user={:?}",
@@ -152,5 +162,10 @@ fn main() {
         t(),
         step_ctx.err().unwrap(),
         step_ctx.cause().unwrap()
+    );
+    println!(
+        "{}  heap-free: step cancelled at {}",
+        t(),
+        step_ctx.cancelled_at().unwrap()
     );
 }

@@ -201,10 +201,9 @@ impl<F> Drop for CancelOnDrop<F> {
         // Runs before any field is dropped: the context is done, with the
         // cause, before the handles inside `fut` get to cancel plainly.
         if let Some(handle) = self.handle.take() {
-            match self.cause.take() {
-                Some(cause) => handle.cancel_with(cause),
-                None => handle.cancel(),
-            }
+            // Reported where the handle's context was made, as a plain
+            // handle drop is (`Context::cancelled_at`).
+            handle.cancel_as_made(self.cause.take());
         }
     }
 }

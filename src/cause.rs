@@ -182,3 +182,157 @@ where
         Cause(Repr::Shared(Arc::from(boxed)))
     }
 }
+
+/// A node's cause slot: an optional [`Cause`] and an optional
+/// `&'static Location` (where the winning cancellation was requested, or,
+/// while the node is live, where it was made) in the 24 bytes (12 on 32-bit
+/// targets) that `Option<Cause>` alone takes: the kind of cause lives in the
+/// two low bits of the location pointer (a `Location` is at least 4-aligned,
+/// checked below), so the node does not grow (issue 14).
+///
+/// Every operation is safe; the unsafe reads of the union are justified by
+/// the one invariant of this type: `payload` holds the variant that the tag
+/// names (`EMPTY`: nothing, `ERROR`: `error`, `STATIC`: `stat`, `SHARED`: an
+/// owned `Arc` in `shared`), kept by every writer below.
+pub(crate) struct CauseSlot {
+    payload: Payload,
+    /// The location pointer (null if none) with the kind of cause in its two
+    /// low bits; built with `map_addr`, so it keeps the location's
+    /// provenance.
+    tagged: *const Location<'static>,
+}
+
+union Payload {
+    empty: (),
+    error: Error,
+    stat: &'static str,
+    #[cfg(feature = "alloc")]
+    shared: core::mem::ManuallyDrop<Arc<dyn core::error::Error + Send + Sync + 'static>>,
+}
+
+use core::panic::Location;
+
+const EMPTY: usize = 0;
+const ERROR: usize = 1;
+const STATIC: usize = 2;
+#[cfg(feature = "alloc")]
+const SHARED: usize = 3;
+const TAG: usize = 3;
+
+// The tag needs the two low bits of every `Location` pointer.
+const _: () = assert!(core::mem::align_of::<Location<'static>>() > TAG);
+// The location costs the node nothing (issue 14): the slot is the size of
+// the `Option<Cause>` it replaced, on every target this builds for.
+const _: () = assert!(core::mem::size_of::<CauseSlot>() == core::mem::size_of::<Option<Cause>>());
+
+impl CauseSlot {
+    /// An empty slot: no cause, no location.
+    pub(crate) const EMPTY: CauseSlot = CauseSlot {
+        payload: Payload { empty: () },
+        tagged: core::ptr::null(),
+    };
+
+    /// A slot holding `cause` and `site`.
+    #[inline]
+    pub(crate) fn new(cause: Option<Cause>, site: Option<&'static Location<'static>>) -> Self {
+        let mut slot = CauseSlot::EMPTY;
+        slot.put(cause);
+        slot.set_location(site);
+        slot
+    }
+
+    #[inline]
+    fn tag(&self) -> usize {
+        self.tagged.addr() & TAG
+    }
+
+    /// Whether a cause is held.
+    #[inline]
+    pub(crate) fn has_cause(&self) -> bool {
+        self.tag() != EMPTY
+    }
+
+    /// The location, if any.
+    #[inline]
+    pub(crate) fn location(&self) -> Option<&'static Location<'static>> {
+        let p = self.tagged.map_addr(|a| a & !TAG);
+        // SAFETY: a non-null untagged pointer is the `&'static Location`
+        // that `set_location` stored, with its provenance (`map_addr`).
+        unsafe { p.as_ref() }
+    }
+
+    /// Replaces the location, keeping the cause.
+    #[inline]
+    pub(crate) fn set_location(&mut self, site: Option<&'static Location<'static>>) {
+        let tag = self.tag();
+        let p = site.map_or(core::ptr::null(), |l| l as *const Location<'static>);
+        self.tagged = p.map_addr(|a| a | tag);
+    }
+
+    /// A clone of the cause, if any.
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        // SAFETY: the tag names the payload's variant (the type's invariant).
+        unsafe {
+            match self.tag() {
+                ERROR => Some(Cause(Repr::Error(self.payload.error))),
+                STATIC => Some(Cause(Repr::Static(self.payload.stat))),
+                #[cfg(feature = "alloc")]
+                SHARED => Some(Cause(Repr::Shared(Arc::clone(&self.payload.shared)))),
+                _ => None,
+            }
+        }
+    }
+
+    /// Takes the cause out, leaving none (the location stays).
+    pub(crate) fn take(&mut self) -> Option<Cause> {
+        let tag = self.tag();
+        self.tagged = self.tagged.map_addr(|a| a & !TAG);
+        // SAFETY: the tag named the payload's variant (the type's invariant);
+        // it now says `EMPTY`, so the value read out is not read again.
+        unsafe {
+            match tag {
+                ERROR => Some(Cause(Repr::Error(self.payload.error))),
+                STATIC => Some(Cause(Repr::Static(self.payload.stat))),
+                #[cfg(feature = "alloc")]
+                SHARED => Some(Cause(Repr::Shared(core::mem::ManuallyDrop::take(
+                    &mut self.payload.shared,
+                )))),
+                _ => None,
+            }
+        }
+    }
+
+    /// Stores `cause` into a slot that holds none (the location stays).
+    fn put(&mut self, cause: Option<Cause>) {
+        debug_assert!(!self.has_cause());
+        let (payload, tag) = match cause {
+            None => (Payload { empty: () }, EMPTY),
+            Some(Cause(Repr::Error(e))) => (Payload { error: e }, ERROR),
+            Some(Cause(Repr::Static(s))) => (Payload { stat: s }, STATIC),
+            #[cfg(feature = "alloc")]
+            Some(Cause(Repr::Shared(a))) => (
+                Payload {
+                    shared: core::mem::ManuallyDrop::new(a),
+                },
+                SHARED,
+            ),
+        };
+        self.payload = payload;
+        self.tagged = self.tagged.map_addr(|a| (a & !TAG) | tag);
+    }
+
+    /// Replaces the cause and the location; returns the displaced cause.
+    #[inline]
+    pub(crate) fn replace(&mut self, cause: Option<Cause>, site: Option<&'static Location<'static>>) -> Option<Cause> {
+        let old = self.take();
+        self.put(cause);
+        self.set_location(site);
+        old
+    }
+}
+
+impl Drop for CauseSlot {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}

@@ -11,6 +11,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 use core::future::Future;
+use core::panic::Location;
 use core::time::Duration;
 
 /// A node in a cancellation tree: Go's `context.Context`.
@@ -135,7 +136,12 @@ impl Context {
         self.node.as_ref().and_then(|n| n.node().timer()).or_else(default_timer)
     }
 
-    fn child(&self, deadline: Option<Instant>, cause: Option<Cause>) -> (Context, CancelHandle) {
+    fn child(
+        &self,
+        deadline: Option<Instant>,
+        cause: Option<Cause>,
+        site: &'static Location<'static>,
+    ) -> (Context, CancelHandle) {
         if deadline.is_none() {
             if let Some(parent) = &self.node {
                 if parent.node().is_done_flag() {
@@ -152,7 +158,7 @@ impl Context {
                 }
             }
         }
-        let (node, handle) = NodeRef::new_child_pair(self.node.as_ref(), default_timer(), deadline, cause);
+        let (node, handle) = NodeRef::new_child_pair(self.node.as_ref(), default_timer(), deadline, cause, Some(site));
         let ctx = Context {
             node: Some(node),
             values: self.values.clone(),
@@ -171,8 +177,9 @@ impl Context {
     /// cancel_parent.cancel();
     /// assert!(child.is_done());
     /// ```
+    #[track_caller]
     pub fn with_cancel(&self) -> (Context, CancelHandle) {
-        self.child(None, None)
+        self.child(None, None, Location::caller())
     }
 
     /// A child that is done with [`Error::DeadlineExceeded`] at `deadline`
@@ -184,8 +191,9 @@ impl Context {
     /// let (ctx, _h) = Context::background().with_deadline(Instant::ZERO); // already past
     /// assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     /// ```
+    #[track_caller]
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
-        self.child(Some(deadline), None)
+        self.child(Some(deadline), None, Location::caller())
     }
 
     /// As [`with_deadline`](Self::with_deadline); when the deadline fires,
@@ -196,8 +204,9 @@ impl Context {
     /// let (ctx, _h) = Context::background().with_deadline_cause(Instant::ZERO, "too slow");
     /// assert_eq!(ctx.cause().unwrap().to_string(), "too slow");
     /// ```
+    #[track_caller]
     pub fn with_deadline_cause(&self, deadline: Instant, cause: impl Into<Cause>) -> (Context, CancelHandle) {
-        self.child(Some(deadline), Some(cause.into()))
+        self.child(Some(deadline), Some(cause.into()), Location::caller())
     }
 
     /// `with_deadline(now + timeout)`, saturating: never panics, even for
@@ -211,9 +220,10 @@ impl Context {
     /// let (ctx, _h) = Context::background().with_timeout(Duration::MAX);
     /// assert!(!ctx.is_done());
     /// ```
+    #[track_caller]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
         let deadline = self.timer().map(|t| t.now().saturating_add(timeout));
-        self.child(deadline, None)
+        self.child(deadline, None, Location::caller())
     }
 
     /// As [`with_timeout`](Self::with_timeout), reporting `cause` when the
@@ -225,9 +235,10 @@ impl Context {
     /// let (ctx, _h) = Context::background().with_timeout_cause(Duration::ZERO, "budget spent");
     /// assert_eq!(ctx.cause().unwrap().to_string(), "budget spent");
     /// ```
+    #[track_caller]
     pub fn with_timeout_cause(&self, timeout: Duration, cause: impl Into<Cause>) -> (Context, CancelHandle) {
         let deadline = self.timer().map(|t| t.now().saturating_add(timeout));
-        self.child(deadline, Some(cause.into()))
+        self.child(deadline, Some(cause.into()), Location::caller())
     }
 
     /// A context that carries `value` under `key`, and otherwise is this
@@ -478,6 +489,34 @@ impl Context {
         self.node.as_ref().and_then(|n| n.node().cause())
     }
 
+    /// Where the winning cancellation was requested, inherited like the
+    /// cause; `None` while live. An explicit
+    /// [`cancel`](CancelHandle::cancel) or
+    /// [`cancel_with`](CancelHandle::cancel_with) reports its own call site; a
+    /// deadline that fires, and a [`CancelHandle`] that cancels by being
+    /// dropped, report the call that made the context
+    /// ([`with_cancel`](Self::with_cancel),
+    /// [`with_deadline`](Self::with_deadline),
+    /// [`with_timeout`](Self::with_timeout), ...). A child reports its
+    /// cancelled ancestor's, also one made after the ancestor was cancelled.
+    /// Go has no counterpart (golang/go#26356); here it is a
+    /// `&'static Location` kept with the cause, free at run time.
+    ///
+    /// ```
+    /// use ctxcore::Context;
+    ///
+    /// let (ctx, h) = Context::background().with_cancel();
+    /// let (child, _h2) = ctx.with_cancel();
+    /// assert!(child.cancelled_at().is_none());
+    /// let line = line!() + 1;
+    /// h.cancel();
+    /// let at = child.cancelled_at().unwrap();
+    /// assert_eq!((at.file(), at.line()), (file!(), line));
+    /// ```
+    pub fn cancelled_at(&self) -> Option<&'static Location<'static>> {
+        self.node.as_ref().and_then(|n| n.node().cancelled_at())
+    }
+
     /// `None` while live; then why it is done together with the cause, as
     /// one [`ContextError`]: [`err`](Self::err) and [`cause`](Self::cause)
     /// in a value that implements `std::error::Error` (the cause is its
@@ -707,6 +746,9 @@ impl fmt::Debug for Context {
             None => d.field("cancellable", &false),
             Some(_) => d.field("err", &self.err()),
         };
+        if let Some(at) = self.cancelled_at() {
+            d.field("cancelled_at", &format_args!("{at}"));
+        }
         if let Some(dl) = self.deadline() {
             d.field("deadline", &dl);
         }
@@ -737,9 +779,10 @@ impl CancelHandle {
     /// h.cancel(); // no-op
     /// assert!(ctx.is_done());
     /// ```
+    #[track_caller]
     pub fn cancel(&self) {
         if let Some(n) = &self.node {
-            n.node().cancel(Error::Canceled, None);
+            n.node().cancel_at(Error::Canceled, None, Location::caller());
         }
     }
 
@@ -752,9 +795,20 @@ impl CancelHandle {
     /// h.cancel_with("ignored");
     /// assert_eq!(ctx.cause().unwrap().to_string(), "shutdown");
     /// ```
+    #[track_caller]
     pub fn cancel_with(&self, cause: impl Into<Cause>) {
         if let Some(n) = &self.node {
-            n.node().cancel(Error::Canceled, Some(cause.into()));
+            n.node()
+                .cancel_at(Error::Canceled, Some(cause.into()), Location::caller());
+        }
+    }
+
+    /// Cancels as dropping the handle does: the location reported is where
+    /// the context was made, for helpers whose own call site would tell the
+    /// user nothing (a `Group`'s first error, a `CancelOnDrop` dropped).
+    pub(crate) fn cancel_as_made(&self, cause: Option<Cause>) {
+        if let Some(n) = &self.node {
+            n.node().cancel(Error::Canceled, cause);
         }
     }
 

@@ -114,7 +114,8 @@ impl<E> Shared<E> {
         // User code (the conversion) runs before the slot is locked (G1).
         let cause = (self.to_cause)(&err);
         if self.first_error.put(err).is_ok() {
-            self.handle.cancel_with(cause);
+            // Reported at the group's creation (`Context::cancelled_at`).
+            self.handle.cancel_as_made(Some(cause));
         }
         // A refused error and its cause drop here, with no lock held.
     }
@@ -192,6 +193,7 @@ impl<'a, E: Send + 'a> Group<'a, E> {
     /// assert_eq!(futures::executor::block_on(group.wait()), Err("disk full"));
     /// assert_eq!(ctx.cause().unwrap().to_string(), "disk full");
     /// ```
+    #[track_caller]
     pub fn new(parent: &Context) -> Self
     where
         E: Clone + Into<Cause>,
@@ -217,6 +219,7 @@ impl<'a, E: Send + 'a> Group<'a, E> {
     /// let cause = ctx.cause().unwrap();
     /// assert_eq!(cause.downcast_ref::<io::Error>().unwrap().kind(), io::ErrorKind::BrokenPipe);
     /// ```
+    #[track_caller]
     pub fn with_cause(parent: &Context, to_cause: fn(&E) -> Cause) -> Self {
         let (context, handle) = parent.with_cancel();
         Group {
@@ -364,7 +367,7 @@ fn abandoned<E: From<TaskAbandoned>>() -> E {
 
 impl<E> Drop for Group<'_, E> {
     fn drop(&mut self) {
-        self.shared.handle.cancel();
+        self.shared.handle.cancel_as_made(None);
     }
 }
 

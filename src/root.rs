@@ -7,6 +7,7 @@ use crate::node::Node;
 use crate::scoped::ContextRef;
 use crate::time::{default_timer, Instant, Timer};
 use core::fmt;
+use core::panic::Location;
 
 /// A cancellation root in a `static`: `const`-constructible, needs no
 /// allocator, and can be cancelled from anywhere — any thread, any task, and
@@ -52,14 +53,17 @@ impl StaticContext {
 
     /// Cancels the root (and everything under it) with [`Error::Canceled`].
     /// The first cancellation wins; later ones change nothing.
+    #[track_caller]
     pub fn cancel(&self) {
-        self.node.cancel(Error::Canceled, None);
+        self.node.cancel_at(Error::Canceled, None, Location::caller());
     }
 
     /// Cancels with a cause (for example `Cause::from("reason")`, which never
     /// allocates).
+    #[track_caller]
     pub fn cancel_with(&self, cause: impl Into<Cause>) {
-        self.node.cancel(Error::Canceled, Some(cause.into()));
+        self.node
+            .cancel_at(Error::Canceled, Some(cause.into()), Location::caller());
     }
 
     /// Whether the root is done: one atomic load.
@@ -76,6 +80,23 @@ impl StaticContext {
     /// The cause of the winning cancellation, if done.
     pub fn cause(&self) -> Option<Cause> {
         self.node.cause()
+    }
+
+    /// Where the winning cancellation ([`cancel`](Self::cancel) or
+    /// [`cancel_with`](Self::cancel_with)) was called, if done.
+    ///
+    /// ```
+    /// use ctxcore::StaticContext;
+    ///
+    /// static ROOT: StaticContext = StaticContext::new();
+    /// assert!(ROOT.cancelled_at().is_none());
+    /// let line = line!() + 1;
+    /// ROOT.cancel();
+    /// ROOT.cancel_with("later: changes nothing");
+    /// assert_eq!(ROOT.cancelled_at().unwrap().line(), line);
+    /// ```
+    pub fn cancelled_at(&self) -> Option<&'static Location<'static>> {
+        self.node.cancelled_at()
     }
 
     /// Why the root is done and the cause, as one [`ContextError`]; `None`
@@ -158,6 +179,11 @@ impl Default for StaticContext {
 
 impl fmt::Debug for StaticContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StaticContext").field("err", &self.err()).finish()
+        let mut d = f.debug_struct("StaticContext");
+        d.field("err", &self.err());
+        if let Some(at) = self.cancelled_at() {
+            d.field("cancelled_at", &format_args!("{at}"));
+        }
+        d.finish()
     }
 }

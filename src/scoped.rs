@@ -9,6 +9,7 @@ use crate::node::Node;
 use crate::time::{default_timer, Instant};
 use core::fmt;
 use core::marker::PhantomData;
+use core::panic::Location;
 use core::pin::Pin;
 use core::time::Duration;
 
@@ -64,6 +65,27 @@ impl<'a> ContextRef<'a> {
     /// The cause of the winning cancellation, if done.
     pub fn cause(&self) -> Option<Cause> {
         self.node.and_then(Node::cause)
+    }
+
+    /// Where the winning cancellation was requested, inherited like the
+    /// cause; `None` while live. See
+    /// [`Context::cancelled_at`](crate::Context::cancelled_at): a
+    /// [`ScopedContext`] dropped (or whose deadline fires) reports the call
+    /// that made it.
+    ///
+    /// ```
+    /// use ctxcore::{ScopedContext, StaticContext};
+    /// use core::pin::pin;
+    ///
+    /// static ROOT: StaticContext = StaticContext::new();
+    /// let job = pin!(ScopedContext::new(ROOT.as_ref()));
+    /// let ctx = job.as_ref().context();
+    /// let line = line!() + 1;
+    /// job.cancel();
+    /// assert_eq!(ctx.cancelled_at().unwrap().line(), line);
+    /// ```
+    pub fn cancelled_at(&self) -> Option<&'static Location<'static>> {
+        self.node.and_then(Node::cancelled_at)
     }
 
     /// Why the context is done and the cause, as one [`ContextError`]; `None`
@@ -138,10 +160,12 @@ impl<'a> ContextRef<'a> {
 
 impl fmt::Debug for ContextRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ContextRef")
-            .field("err", &self.err())
-            .field("deadline", &self.deadline())
-            .finish()
+        let mut d = f.debug_struct("ContextRef");
+        d.field("err", &self.err()).field("deadline", &self.deadline());
+        if let Some(at) = self.cancelled_at() {
+            d.field("cancelled_at", &format_args!("{at}"));
+        }
+        d.finish()
     }
 }
 
@@ -219,6 +243,7 @@ pub struct ScopedContext<'p> {
 
 impl<'p> ScopedContext<'p> {
     /// A child of `parent`, cancelled by its owner or any ancestor.
+    #[track_caller]
     pub fn new(parent: ContextRef<'p>) -> Self {
         Self::build(parent, None, None)
     }
@@ -227,26 +252,30 @@ impl<'p> ScopedContext<'p> {
     /// (or its parent's, if earlier). Deadlines need a timer on the tree
     /// ([`StaticContext::with_timer`](crate::StaticContext::with_timer), or
     /// the `std` default).
+    #[track_caller]
     pub fn with_deadline(parent: ContextRef<'p>, deadline: Instant) -> Self {
         Self::build(parent, Some(deadline), None)
     }
 
     /// As [`with_deadline`](Self::with_deadline), reporting `cause` when the
     /// deadline fires.
+    #[track_caller]
     pub fn with_deadline_cause(parent: ContextRef<'p>, deadline: Instant, cause: impl Into<Cause>) -> Self {
         Self::build(parent, Some(deadline), Some(cause.into()))
     }
 
     /// A child with a deadline `timeout` from now on the tree's clock
     /// (saturating). Without a timer there is no clock and no deadline.
+    #[track_caller]
     pub fn with_timeout(parent: ContextRef<'p>, timeout: Duration) -> Self {
         let timer = parent.node.and_then(Node::timer).or_else(default_timer);
         Self::build(parent, timer.map(|t| t.now().saturating_add(timeout)), None)
     }
 
+    #[track_caller]
     fn build(parent: ContextRef<'p>, deadline: Option<Instant>, cause: Option<Cause>) -> Self {
         ScopedContext {
-            node: Node::new_scoped(parent.node, default_timer(), deadline, cause),
+            node: Node::new_scoped(parent.node, default_timer(), deadline, cause, Some(Location::caller())),
             _parent: PhantomData,
         }
     }
@@ -262,13 +291,16 @@ impl<'p> ScopedContext<'p> {
     }
 
     /// Cancels the context (first cancellation wins).
+    #[track_caller]
     pub fn cancel(&self) {
-        self.node.cancel(Error::Canceled, None);
+        self.node.cancel_at(Error::Canceled, None, Location::caller());
     }
 
     /// Cancels with a cause.
+    #[track_caller]
     pub fn cancel_with(&self, cause: impl Into<Cause>) {
-        self.node.cancel(Error::Canceled, Some(cause.into()));
+        self.node
+            .cancel_at(Error::Canceled, Some(cause.into()), Location::caller());
     }
 
     /// Whether the context is done.
@@ -288,8 +320,11 @@ impl Drop for ScopedContext<'_> {
 
 impl fmt::Debug for ScopedContext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScopedContext")
-            .field("err", &self.node.err())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("ScopedContext");
+        d.field("err", &self.node.err());
+        if let Some(at) = self.node.cancelled_at() {
+            d.field("cancelled_at", &format_args!("{at}"));
+        }
+        d.finish_non_exhaustive()
     }
 }

@@ -307,6 +307,7 @@ impl Context {
     /// assert!(query.is_done());
     /// assert!(query.cause().unwrap().is::<TokenCancelled>());
     /// ```
+    #[track_caller]
     pub fn with_cancellation_token(&self, token: &CancellationToken) -> (Context, CancelHandle) {
         let (ctx, handle) = self.with_cancel();
         if ctx.is_done() {

@@ -173,6 +173,7 @@ impl Tracker {
     /// shutdown.cancel_with("SIGTERM");
     /// assert_eq!(tracker.context().cause().unwrap().to_string(), "SIGTERM");
     /// ```
+    #[track_caller]
     pub fn new(parent: &Context) -> Tracker {
         let (context, handle) = parent.with_cancel();
         let (drained, drained_handle) = parent.without_cancel().with_cancel();
@@ -311,6 +312,7 @@ impl Tracker {
     /// assert_eq!(request.context().cause().unwrap().to_string(), "shutting down");
     /// assert!(tracker.track().is_none());
     /// ```
+    #[track_caller]
     pub fn cancel(&self, cause: impl Into<Cause>) {
         // Close first: a guard taken before this point is counted and sees
         // the cancel; one asked for after it is refused.
@@ -466,6 +468,7 @@ impl Tracker {
     /// assert!(tracker.is_drained());
     /// # worker.join().unwrap();
     /// ```
+    #[track_caller]
     pub fn cancel_and_wait_blocking(&self, cause: impl Into<Cause>) {
         self.cancel(cause);
         self.wait_blocking();

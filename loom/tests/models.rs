@@ -566,6 +566,60 @@ fn after_func_stop_and_wait_vs_fire() {
     });
 }
 
+/// Issue 14: two explicit cancels race; the location every node reports is
+/// the winner's, the one whose cause won (written in the same slot under
+/// the same lock, published with `DONE`: never torn, never the loser's),
+/// also for a child reached by propagation and one with a deadline cause of
+/// its own (`CAUSE_UP`: its slot keeps its cause, takes the location).
+#[test]
+fn cancelled_at_is_the_winners() {
+    loom::model(|| {
+        let (ctx, handle) = Context::background().with_cancel();
+        let (child, _ch) = ctx.with_cancel();
+        let handle = Arc::new(handle);
+        let h2 = handle.clone();
+        let t = thread::spawn(move || {
+            h2.cancel_with("a");
+            line!() - 1
+        });
+        handle.cancel_with("b");
+        let b_line = line!() - 1;
+        let a_line = t.join().unwrap();
+        let cause = ctx.cause().unwrap().as_str().unwrap();
+        let expected = if cause == "a" { a_line } else { b_line };
+        for c in [&ctx, &child] {
+            let at = c.cancelled_at().unwrap();
+            assert_eq!((at.file(), at.line()), (file!(), expected));
+            assert_eq!(c.cause().unwrap().as_str(), Some(cause));
+        }
+    });
+}
+
+/// Issue 14: a handle dropped while a clone of the context is read from
+/// another thread and the parent is cancelled: whoever wins, the location
+/// read after `DONE` is either the parent's `cancel` or the child's
+/// `with_cancel` site, and stays the same on every later read.
+#[test]
+fn cancelled_at_drop_vs_parent_cancel() {
+    loom::model(|| {
+        let (parent, ph) = Context::background().with_cancel();
+        let (child, ch) = parent.with_cancel();
+        let made = line!() - 1;
+        let c2 = child.clone();
+        let t = thread::spawn(move || {
+            drop(ch);
+            c2.cancelled_at().map(|l| l.line())
+        });
+        ph.cancel();
+        let cancelled = line!() - 1;
+        let seen = t.join().unwrap();
+        let at = child.cancelled_at().unwrap();
+        assert!(at.line() == made || at.line() == cancelled, "{at}");
+        // The thread read after its own drop: the node was done by then.
+        assert_eq!(seen, Some(at.line()));
+    });
+}
+
 /// `Context::all` with both parents cancelled at once: the count reaches
 /// zero once, and the node and its child report one of the two causes.
 #[test]

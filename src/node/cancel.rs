@@ -13,8 +13,19 @@ use super::*;
 impl Node {
     /// Cancels this node and its subtree. Returns true iff this call won.
     /// The caller keeps the node alive for the duration.
+    /// A cancel that names no location reports the node's own (where it
+    /// was made) or, without one, the done node it inherits from
+    /// (invariant 18).
     pub(crate) fn cancel(&self, err: Error, cause: Option<Cause>) -> bool {
         self.cancel_inner(err, cause, false)
+    }
+
+    /// [`cancel`](Self::cancel), requested at `at` (reported by
+    /// `cancelled_at` if this call wins: invariant 18).
+    pub(crate) fn cancel_at(&self, err: Error, cause: Option<Cause>, at: &'static Location<'static>) -> bool {
+        // SAFETY: `self` is valid for the call and `owned` is false, so the
+        // node is never released in there.
+        unsafe { Self::cancel_raw(self, err, cause, Some(at), false, false, false) }
     }
 
     /// A passed deadline noticed by a read (`is_done`, `err`, `cause`, a
@@ -23,13 +34,13 @@ impl Node {
     /// callbacks never run inside a read).
     pub(super) fn cancel_observed(&self) -> bool {
         // SAFETY: `self` is valid for the call and `owned` is false.
-        unsafe { Self::cancel_raw(self, Error::DeadlineExceeded, None, true, false, true) }
+        unsafe { Self::cancel_raw(self, Error::DeadlineExceeded, None, None, true, false, true) }
     }
 
     pub(super) fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
         // SAFETY: `self` is valid for the call and `owned` is false, so the
         // node is never released in there.
-        unsafe { Self::cancel_raw(self, err, cause, own_deadline, false, false) }
+        unsafe { Self::cancel_raw(self, err, cause, None, own_deadline, false, false) }
     }
 
     /// The cancellation, in three phases so that no user code runs while
@@ -43,6 +54,9 @@ impl Node {
     ///    batch held, each node released before its last batch runs.
     /// 3. after-funcs, with no node reference held at all.
     ///
+    /// `at` is where the cancel was requested; `None` reports the node's own
+    /// site, else its done source's (invariant 18).
+    ///
     /// With `owned`, the caller hands over one reference to `node` (a
     /// claimed timer entry), released in phase 2 before any of `node`'s
     /// wakers run. With `hand_off`, the after-funcs go to the installed
@@ -55,6 +69,7 @@ impl Node {
         node: *const Node,
         err: Error,
         cause: Option<Cause>,
+        at: Option<&'static Location<'static>>,
         own_deadline: bool,
         owned: bool,
         hand_off: bool,
@@ -78,8 +93,17 @@ impl Node {
             // SAFETY: forwarded from our caller; the locks are released.
             return unsafe { Self::lose(node, cause, owned) };
         };
+        // A cancel that names no location (a deadline, a dropped handle or
+        // owner) reports where the node was made, or, for a node made
+        // without one (an `any` node), where its done source was cancelled
+        // (invariant 18).
+        // SAFETY: we hold the lock (invariant 1).
+        let site = at
+            .or_else(|| this.cause.with(|p| unsafe { (*p).location() }))
+            .or_else(|| this.inherit_source().and_then(Node::done_site));
         // SAFETY: we hold the lock and the node is live (invariant 1).
-        let displaced = unsafe { this.set_done_with(err, cause, own_deadline, if unlinked { UNLINKED } else { 0 }) };
+        let displaced =
+            unsafe { this.set_done_with(err, cause, site, own_deadline, if unlinked { UNLINKED } else { 0 }) };
         // SAFETY: we hold the lock (invariant 1).
         if unsafe { this.waiters.is_empty() && this.children.is_empty() } {
             // A leaf nobody waits on (the common case: a request's last
@@ -307,6 +331,30 @@ impl Node {
         }
     }
 
+    /// Where the done node this one inherits from was cancelled.
+    pub(super) fn inherited_site(&self) -> Option<&'static Location<'static>> {
+        self.inherit_source().and_then(Node::done_site)
+    }
+
+    /// Cancels this node with what it inherits from its done source: its
+    /// error, cause and location (invariant 18).
+    pub(crate) fn cancel_inherited(&self) -> bool {
+        let (err, cause) = self.inherited();
+        match self.inherited_site() {
+            Some(at) => self.cancel_at(err, cause, at),
+            None => self.cancel(err, cause),
+        }
+    }
+
+    /// Where the winning cancellation of a done node (`DONE` observed with
+    /// Acquire) was requested: its own slot's location, written with `DONE`
+    /// (invariants 2, 18). A `CAUSE_UP` node's slot has its parent's.
+    pub(crate) fn done_site(&self) -> Option<&'static Location<'static>> {
+        // SAFETY: `DONE` was observed with Acquire, so the slot is immutable
+        // (invariant 2).
+        self.cause.with(|p| unsafe { (*p).location() })
+    }
+
     /// Phase 1's cancel of a popped node: done with what it inherits. A node
     /// that holds a deadline cause keeps it (dropping it here would run user
     /// code in phase 1) and reports its parent's cause instead
@@ -316,17 +364,19 @@ impl Node {
     /// The lock is held and the node is live.
     pub(super) unsafe fn set_done_inherited(&self) {
         // SAFETY: the caller holds the lock (invariant 1).
-        let holds_cause = self.cause.with(|p| unsafe { (*p).is_some() });
+        let holds_cause = self.cause.with(|p| unsafe { (*p).has_cause() });
+        let site = self.inherited_site();
         if holds_cause {
             let err = self.inherit_source().map_or(Error::Canceled, Node::err_of_done);
             // SAFETY: forwarded from the caller; no cause, nothing displaced.
-            let none = unsafe { self.set_done_with(err, None, true, CAUSE_UP) };
+            // The slot keeps its cause and takes the parent's location.
+            let none = unsafe { self.set_done_with(err, None, site, true, CAUSE_UP) };
             debug_assert!(none.is_none());
             core::mem::forget(none);
         } else {
             let (err, cause) = self.inherited();
             // SAFETY: forwarded from the caller.
-            let none = unsafe { self.set_done(err, cause, false) };
+            let none = unsafe { self.set_done(err, cause, site, false) };
             debug_assert!(none.is_none(), "an empty slot displaces nothing");
             core::mem::forget(none);
         }
@@ -341,7 +391,7 @@ impl Node {
             if n.state.load(Ordering::Acquire) & CAUSE_UP == 0 {
                 // SAFETY: `DONE` was observed with Acquire (by the caller, or
                 // on the way up), so `cause` is immutable (invariant 2).
-                return n.cause.with(|c| unsafe { (*c).clone() });
+                return n.cause.with(|c| unsafe { (*c).cause() });
             }
             // SAFETY: a `CAUSE_UP` node is a tree node whose parent was done
             // first, and holds it (invariant 4).
@@ -349,14 +399,20 @@ impl Node {
         }
     }
 
-    /// Writes the cause and publishes `DONE`. Returns a displaced cause, to be
-    /// dropped after unlocking.
+    /// Writes the cause and the location, and publishes `DONE` (invariants
+    /// 2, 18). Returns a displaced cause, to be dropped after unlocking.
     ///
     /// # Safety
     /// The lock is held and the node is live.
-    pub(super) unsafe fn set_done(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> Option<Cause> {
+    pub(super) unsafe fn set_done(
+        &self,
+        err: Error,
+        cause: Option<Cause>,
+        site: Option<&'static Location<'static>>,
+        own_deadline: bool,
+    ) -> Option<Cause> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.set_done_with(err, cause, own_deadline, 0) }
+        unsafe { self.set_done_with(err, cause, site, own_deadline, 0) }
     }
 
     /// [`set_done`](Self::set_done), also setting `extra` flags.
@@ -367,16 +423,23 @@ impl Node {
         &self,
         err: Error,
         cause: Option<Cause>,
+        site: Option<&'static Location<'static>>,
         own_deadline: bool,
         extra: u32,
     ) -> Option<Cause> {
-        let displaced = if own_deadline && cause.is_none() {
-            None
-        } else {
-            // SAFETY: the caller holds the lock and the node is live
-            // (invariant 1).
-            self.cause.with_mut(|p| unsafe { core::mem::replace(&mut *p, cause) })
-        };
+        // SAFETY: the caller holds the lock and the node is live (invariant
+        // 1). The location is written with the cause, before `DONE`
+        // (invariant 18).
+        let displaced = self.cause.with_mut(|p| unsafe {
+            let slot = &mut *p;
+            if own_deadline && cause.is_none() {
+                // A deadline keeps its cause (if any) in the slot.
+                slot.set_location(site);
+                None
+            } else {
+                slot.replace(cause, site)
+            }
+        });
         let bits = extra
             | match err {
                 Error::Canceled => DONE,
@@ -417,7 +480,8 @@ impl Node {
         };
         // SAFETY: the caller observed `DONE` with Acquire, so `cause` is
         // immutable and its write visible (invariant 2).
-        timer_ok && self.cause.with(|p| unsafe { (*p).is_none() })
+        // The location is matched by `immortal_for` (invariant 15).
+        timer_ok && self.cause.with(|p| unsafe { !(*p).has_cause() })
     }
 }
 

@@ -61,7 +61,7 @@ impl Node {
     /// its own, the walk descends into it (invariant 13). Every other child
     /// goes to `work`, retained, unless it is being freed.
     pub(super) fn drain_children(&self, guard: LockGuard<'_>, work: &mut WorkList) {
-        let mut inherit: Option<(Error, Option<Cause>)> = None;
+        let mut inherit: Option<(Error, Option<Cause>, Option<&'static Location<'static>>)> = None;
         let mut guard = guard;
         // Levels descended in this lock section (bounded: see invariant 13).
         let mut depth = 0u32;
@@ -99,11 +99,14 @@ impl Node {
                         }
                         continue;
                     }
-                    let (err, cause) = inherit.get_or_insert_with(|| self.done_with());
+                    let (err, cause, site) = inherit.get_or_insert_with(|| {
+                        let (err, cause) = self.done_with();
+                        (err, cause, self.done_site())
+                    });
                     // SAFETY: we hold the child's lock and it is live (inv. 1).
                     // Without a deadline of its own its cause slot is empty, so
                     // nothing is displaced (invariant 12).
-                    let displaced = unsafe { child.set_done(*err, cause.clone(), false) };
+                    let displaced = unsafe { child.set_done(*err, cause.clone(), *site, false) };
                     debug_assert!(displaced.is_none());
                     core::mem::forget(displaced);
                     // Only into a heap node: its children hold it by counts

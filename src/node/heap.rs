@@ -21,19 +21,82 @@ unsafe impl Send for NodeRef {}
 #[cfg(feature = "alloc")]
 unsafe impl Sync for NodeRef {}
 
-/// The immortal node (invariant 15): done with `Canceled`, no cause, no
-/// deadline, no timer; never counted, never freed.
+/// How many immortal nodes carry a location (invariant 15): with `std` a
+/// few, so that a child of a plainly cancelled node reports where that node
+/// was cancelled and still costs no reference count; without `std` none
+/// (static memory is dear on firmware: such children share their parent's
+/// node instead).
 #[cfg(all(feature = "alloc", not(loom)))]
-pub(super) static CANCELED: Node = Node::static_with_state(DONE, None);
+const LOCATED: usize = if cfg!(feature = "std") { 8 } else { 0 };
 
-/// Whether `ptr` is [`CANCELED`]: a compare with the static's address, no
-/// load (invariant 15).
+/// The immortal nodes (invariant 15): done with `Canceled`, no cause, no
+/// deadline, no timer; never counted, never freed. The first has no
+/// location ([`CANCELED`]); each of the others gets one, once, when it is
+/// first claimed (`LOCATED_STATE`).
+#[cfg(all(feature = "alloc", not(loom)))]
+static IMMORTALS: [Node; 1 + LOCATED] = [const { Node::static_with_state(DONE, None) }; 1 + LOCATED];
+
+/// The immortal node without a location.
+#[cfg(all(feature = "alloc", not(loom)))]
+pub(super) static CANCELED: &Node = &IMMORTALS[0];
+
+/// Per located immortal node: `FREE`, `CLAIMED` (its location is being
+/// written) or `READY` (written for good, published with Release).
+#[cfg(all(feature = "alloc", not(loom)))]
+static LOCATED_STATE: [AtomicU32; LOCATED] = [const { AtomicU32::new(FREE) }; LOCATED];
+
+#[cfg(all(feature = "alloc", not(loom)))]
+const FREE: u32 = 0;
+#[cfg(all(feature = "alloc", not(loom)))]
+const CLAIMED: u32 = 1;
+#[cfg(all(feature = "alloc", not(loom)))]
+const READY: u32 = 2;
+
+/// The immortal node for a child of a plainly cancelled node cancelled at
+/// `site`: [`CANCELED`] without a location, else the located one that
+/// `site` hashes to, claiming it if it is free; `None` if that one holds
+/// another location (the child then shares its parent's node).
+#[cfg(all(feature = "alloc", not(loom)))]
+fn immortal_for(site: Option<&'static Location<'static>>) -> Option<&'static Node> {
+    let Some(at) = site else {
+        return Some(CANCELED);
+    };
+    if LOCATED == 0 {
+        return None;
+    }
+    // `LOCATED` is a power of two: a mask, not a division.
+    const _: () = assert!(LOCATED.is_power_of_two() || LOCATED == 0);
+    let i = ((at as *const Location<'static>).addr() / core::mem::align_of::<Location<'static>>())
+        & LOCATED.saturating_sub(1);
+    let (state, node) = (&LOCATED_STATE[i], &IMMORTALS[1 + i]);
+    let mut s = state.load(Ordering::Acquire);
+    if s == FREE
+        && state
+            .compare_exchange(FREE, CLAIMED, Ordering::Acquire, Ordering::Acquire)
+            .is_ok()
+    {
+        // SAFETY: we claimed the entry, so we are its one writer, and
+        // nobody reads its slot before it is `READY` (invariant 15).
+        node.cause.with_mut(|p| unsafe { (*p).set_location(Some(at)) });
+        state.store(READY, Ordering::Release);
+        s = READY;
+    } else if s == FREE {
+        s = state.load(Ordering::Acquire);
+    }
+    // `READY` observed with Acquire (or written by us): the location is
+    // written for good (invariant 15).
+    (s == READY && node.done_site().is_some_and(|l| ptr::eq(l, at))).then_some(node)
+}
+
+/// Whether `ptr` is an immortal node: a range check on the statics'
+/// addresses, no load (invariant 15).
 #[cfg(feature = "alloc")]
 #[inline(always)]
 pub(super) fn is_immortal(ptr: NonNull<Node>) -> bool {
     #[cfg(not(loom))]
     {
-        ptr::eq(ptr.as_ptr() as *const Node, &CANCELED)
+        let base = IMMORTALS.as_ptr().addr();
+        ptr.as_ptr().addr().wrapping_sub(base) < core::mem::size_of_val(&IMMORTALS)
     }
     #[cfg(loom)]
     {
@@ -84,16 +147,17 @@ impl NodeRef {
     /// The node for a child, without a deadline of its own, of this node
     /// that the caller saw done: such a child is done at birth with this
     /// node's error and cause and nothing can change that, so it needs no
-    /// node of its own. A plainly cancelled node's child gets the immortal
-    /// node (invariant 15: no reference count at all); any other shares this
-    /// node.
+    /// node of its own. A plainly cancelled node's child gets an immortal
+    /// node with the same location (invariant 15: no reference count at
+    /// all), if one is to be had; any other shares this node.
     #[inline]
     pub(crate) fn done_child(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> NodeRef {
         #[cfg(not(loom))]
         if self.node().plainly_canceled(default_timer) {
-            return NodeRef {
-                ptr: NonNull::from(&CANCELED),
-            };
+            // The caller saw `DONE` (Acquire): the slot is immutable.
+            if let Some(n) = immortal_for(self.node().done_site()) {
+                return NodeRef { ptr: NonNull::from(n) };
+            }
         }
         #[cfg(loom)]
         let _ = default_timer;
@@ -134,18 +198,20 @@ impl NodeRef {
         deadline: Option<Instant>,
         deadline_cause: Option<Cause>,
     ) -> NodeRef {
-        Self::new_child_counted(parent, fallback_timer, deadline, deadline_cause, 1)
+        Self::new_child_counted(parent, fallback_timer, deadline, deadline_cause, None, 1)
     }
 
     /// [`new_child`](Self::new_child) for a context and its handle: one
-    /// node born with two references (saves an atomic increment per child).
+    /// node born with two references (saves an atomic increment per child),
+    /// made at `site` (invariant 18).
     pub(crate) fn new_child_pair(
         parent: Option<&NodeRef>,
         fallback_timer: Option<&'static dyn Timer>,
         deadline: Option<Instant>,
         deadline_cause: Option<Cause>,
+        site: Option<&'static Location<'static>>,
     ) -> (NodeRef, NodeRef) {
-        let first = Self::new_child_counted(parent, fallback_timer, deadline, deadline_cause, 2);
+        let first = Self::new_child_counted(parent, fallback_timer, deadline, deadline_cause, site, 2);
         let second = NodeRef { ptr: first.ptr };
         (first, second)
     }
@@ -155,6 +221,7 @@ impl NodeRef {
         fallback_timer: Option<&'static dyn Timer>,
         deadline: Option<Instant>,
         deadline_cause: Option<Cause>,
+        site: Option<&'static Location<'static>>,
         refs: u32,
     ) -> NodeRef {
         let (flags, eff, timer) = Node::child_layout(parent.map(NodeRef::node), fallback_timer, deadline);
@@ -187,7 +254,7 @@ impl NodeRef {
             }
             None => ptr::null(),
         };
-        let child = Self::alloc(Node::new(parent_ptr, flags | HEAP, eff, cause, timer));
+        let child = Self::alloc(Node::new_at(parent_ptr, flags | HEAP, eff, cause, site, timer));
         // Not shared yet (not linked, not armed): a plain store is enough.
         // Every reference counted here is handed out by the caller.
         child.node().refs.store(refs, Ordering::Relaxed);

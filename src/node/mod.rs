@@ -170,7 +170,18 @@
 //!     holds it and `try_retain` or a work list never sees it, and with no
 //!     deadline it has no timer entry (invariant 7). `cancel` on it loses at
 //!     once. Under loom (no `const` atomics) there is no such node and such
-//!     children share their parent's node.
+//!     children share their parent's node. With `std` there are also a few
+//!     *located* immortal nodes (`IMMORTALS[1..]`), each the same but for
+//!     the location in its slot (invariant 18), so that a child of a plainly
+//!     cancelled node still reports where that node was cancelled: an entry
+//!     is claimed once (`FREE` to `CLAIMED` by compare-and-swap), its slot's
+//!     location written by the claimer alone, then published by a Release
+//!     store of `READY`; it is handed out only to a thread that read `READY`
+//!     with Acquire (or to its writer), so nobody reads the slot before or
+//!     during the write, and it is never written again. A location that
+//!     hashes to an entry holding another gets no immortal node (the child
+//!     shares its parent's). `is_immortal` is a range check on the statics'
+//!     addresses: still no load.
 //! 16. **Kids and orphans.** A child without a deadline (`HAS_DEADLINE`
 //!     unset) of a plain heap node (`HEAP`, not `ANY`) holds its parent not
 //!     by a reference but by the parent's `kids` count, raised under the
@@ -226,6 +237,22 @@
 //!     (only leaked futures can be), and only then waits for references:
 //!     each is held for a bounded stretch with no user code. Lock order:
 //!     a node's lock, then the list's; never the reverse.
+//! 18. **Where it was cancelled.** The cause slot (a `CauseSlot`, the size
+//!     of `Option<Cause>`: the cause's kind lives in the two low bits of the
+//!     location pointer) also holds a `&'static Location`, under the same
+//!     rules as the cause (invariants 1, 2): guarded by the lock while live,
+//!     written with the winning cause before `DONE` is published, immutable
+//!     after. While live it holds where the node was made (`with_cancel`,
+//!     `with_deadline`, a `ScopedContext` constructor: `#[track_caller]`);
+//!     the winning cancel replaces it with its own call site, or, if it
+//!     names none (a deadline, a dropped handle or owner), keeps it — and a
+//!     node made without one (an `any` node) takes its done source's.
+//!     Phase 1 and the finishing under a parent's lock (invariant 12) write
+//!     the done source's location into each node they cancel, also into a
+//!     `CAUSE_UP` node (whose slot keeps its own cause: the location is
+//!     `Copy`, nothing is dropped), so `cancelled_at` reads one slot, never
+//!     walks. The location is `'static` data: writing or displacing one runs
+//!     no user code.
 //! 19. **All-of countdown.** An `all` node (flags `ANY | ALL`, links as
 //!     an `any` node's) counts in its links' `remaining` the parents not yet
 //!     seen done, and each parent is counted down exactly once: by the
@@ -286,13 +313,14 @@
     )
 )]
 
-use crate::cause::Cause;
+use crate::cause::{Cause, CauseSlot};
 use crate::error::Error;
 use crate::list::{Link, List};
 use crate::sync::{AtomicU32, LockGuard, Ordering, RawLock, UnsafeCell};
 use crate::time::{Instant, Timer};
 use core::marker::PhantomPinned;
 use core::mem::MaybeUninit;
+use core::panic::Location;
 use core::pin::Pin;
 use core::ptr::{self, NonNull};
 use core::task::{Context as TaskContext, Poll, Waker};
@@ -397,12 +425,15 @@ pub(crate) struct Node {
     /// # Safety
     /// Guarded by `lock`.
     waiters: List,
-    /// The cause of the winning cancellation; before that, the cause to report
-    /// if this node's own deadline fires.
+    /// The cause and the location of the winning cancellation; before that,
+    /// the cause to report if this node's own deadline fires and where the
+    /// node was made (reported by a cancel that names no location of its
+    /// own: a deadline, a dropped handle or owner; invariant 18). One
+    /// `CauseSlot`, the size of `Option<Cause>`.
     ///
     /// # Safety
     /// Guarded by `lock` while live; immutable once `DONE` (invariant 2).
-    cause: UnsafeCell<Option<Cause>>,
+    cause: UnsafeCell<CauseSlot>,
     /// Effective deadline (`Instant::MAX` if none). Immutable.
     deadline: Instant,
     /// The tree's timer. Immutable.
@@ -464,6 +495,19 @@ impl Node {
         deadline_cause: Option<Cause>,
         timer: Option<&'static dyn Timer>,
     ) -> Self {
+        Self::new_at(parent, flags, deadline, deadline_cause, None, timer)
+    }
+
+    /// [`new`](Self::new), made at `site` (reported if a cancel that names
+    /// no location of its own wins: invariant 18).
+    fn new_at(
+        parent: *const Node,
+        flags: u32,
+        deadline: Instant,
+        deadline_cause: Option<Cause>,
+        site: Option<&'static Location<'static>>,
+        timer: Option<&'static dyn Timer>,
+    ) -> Self {
         Node {
             link: Link::new(),
             state: AtomicU32::new(flags),
@@ -474,7 +518,7 @@ impl Node {
             up: parent as *const (),
             children: List::new(),
             waiters: List::new(),
-            cause: UnsafeCell::new(deadline_cause),
+            cause: UnsafeCell::new(CauseSlot::new(deadline_cause, site)),
             deadline,
             timer,
         }
@@ -591,6 +635,11 @@ impl Node {
     /// The cause of the winning cancellation, if done.
     pub(crate) fn cause(&self) -> Option<Cause> {
         self.done_source().map(|n| n.cause_of_done())
+    }
+
+    /// Where the winning cancellation was requested, if done (invariant 18).
+    pub(crate) fn cancelled_at(&self) -> Option<&'static Location<'static>> {
+        self.done_source().and_then(|n| n.done_site())
     }
 
     /// Error of a node known to be done.

@@ -376,7 +376,7 @@ unsafe fn free_node(cur: NonNull<Node>) -> Result<(), Caught> {
     // SAFETY: forwarded from the caller: the node is still valid.
     let n = unsafe { cur.as_ref() };
     // SAFETY: nothing else can reach the node: the slot is ours alone.
-    let has_cause = n.cause.with(|p| unsafe { (*p).is_some() });
+    let has_cause = n.cause.with(|p| unsafe { (*p).has_cause() });
     // SAFETY: forwarded from the caller.
     let freed = unsafe { Box::from_raw(cur.as_ptr()) };
     if !has_cause {

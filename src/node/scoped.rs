@@ -30,7 +30,7 @@ impl Node {
             up: ptr::null(),
             children: List::new(),
             waiters: List::new(),
-            cause: UnsafeCell::new(None),
+            cause: UnsafeCell::new(CauseSlot::EMPTY),
             deadline: Instant::MAX,
             timer,
         }
@@ -45,6 +45,7 @@ impl Node {
         fallback_timer: Option<&'static dyn Timer>,
         deadline: Option<Instant>,
         deadline_cause: Option<Cause>,
+        site: Option<&'static Location<'static>>,
     ) -> Node {
         let parent_ptr = parent.map_or(ptr::null(), |p| p as *const Node);
         let (flags, eff, timer) = Node::child_layout(parent, fallback_timer, deadline);
@@ -53,7 +54,7 @@ impl Node {
         } else {
             None
         };
-        Node::new(parent_ptr, flags, eff, cause, timer)
+        Node::new_at(parent_ptr, flags, eff, cause, site, timer)
     }
 
     /// Links a scoped node to its parent and arms its deadline, once; later
@@ -91,8 +92,7 @@ impl Node {
             let guard = p.lock.lock();
             if p.is_done_flag() {
                 drop(guard);
-                let (err, cause) = self.inherited();
-                self.cancel(err, cause);
+                self.cancel_inherited();
                 return;
             }
             // SAFETY: we hold the parent's lock; the node is pinned (caller)

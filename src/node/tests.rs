@@ -236,7 +236,7 @@ pub(super) fn cancel_once_wins() {
 
 #[test]
 pub(super) fn children_of_plainly_cancelled_nodes_share_the_uncounted_immortal_node() {
-    let is_canceled = |c: &crate::Context| ptr::eq(c.node_ref().unwrap(), &CANCELED);
+    let is_canceled = |c: &crate::Context| is_immortal(NonNull::from(c.node_ref().unwrap()));
     let (parent, h) = crate::Context::background().with_cancel();
     h.cancel();
     let (child, hc) = parent.with_cancel();
@@ -249,10 +249,19 @@ pub(super) fn children_of_plainly_cancelled_nodes_share_the_uncounted_immortal_n
     let any = crate::Context::any([&child, &grandchild]);
     let (of_any, _ha) = any.with_cancel();
     assert!(is_canceled(&of_any));
+    // The one located immortal node for `h.cancel()`'s site (with `std`),
+    // reporting it (invariant 15).
+    // SAFETY: an immortal node is a `static`, never freed (invariant 15).
+    let imm: &'static Node = unsafe { &*(child.node_ref().unwrap() as *const Node) };
+    assert!(ptr::eq(imm, of_any.node_ref().unwrap()));
+    assert_eq!(of_any.cancelled_at(), parent.cancelled_at());
+    assert!(parent.cancelled_at().is_some());
     drop((child, hc, grandchild, dl, any, of_any));
     // Never counted: other tests running meanwhile cannot move it either.
     assert_eq!(CANCELED.refs.load(Ordering::Relaxed), 1);
     assert_eq!(CANCELED.state.load(Ordering::Relaxed), DONE);
+    assert_eq!(imm.refs.load(Ordering::Relaxed), 1);
+    assert_eq!(imm.state.load(Ordering::Relaxed), DONE);
     let (p2, h2) = crate::Context::background().with_cancel();
     h2.cancel_with("why");
     assert!(!is_canceled(&p2.with_cancel().0), "a cause needs the parent's node");
