@@ -325,11 +325,10 @@ impl Context {
                 first = false;
             }
             if let Some(n) = &p.node {
-                if !nodes.iter().any(|m| m.ptr_eq(n)) {
-                    nodes.push(n);
-                }
+                nodes.push(n);
             }
         }
+        let nodes = distinct(nodes);
         let node = if nodes.is_empty() {
             None
         } else {
@@ -344,18 +343,32 @@ impl Context {
     /// nothing is allocated per wait: the node is linked into each parent's
     /// waiter list like an `any` node, and counts its parents down.
     ///
-    /// - **Error and cause:** the last parent's, the one whose done made every
-    ///   parent done. (A read that itself finds the last parents' deadlines
-    ///   passed before their timers fired reports the one with the latest
-    ///   deadline among them.)
-    /// - **Deadline:** the latest of the parents', if every parent has one;
-    ///   otherwise none. Reads are exact (as for any deadline): once every
+    /// - **Error and cause:** the last parent's: the one whose cancellation
+    ///   completed the countdown, i.e. reached this context after every other
+    ///   parent's had. A cancellation reaches descendants only after the
+    ///   parent itself reads done (as for [`any`](Self::any), and as in Go,
+    ///   whose children are cancelled after the parent's `Done` closes), so
+    ///   of two cancellations close together either may be the last, even
+    ///   one whose parent was seen done before the other was cancelled. Once
+    ///   every parent's cancel has returned, the context is done with one of
+    ///   their errors and causes. (A read that itself finds the last parents'
+    ///   deadlines passed before their timers fired reports the one with the
+    ///   latest deadline among them.)
+    /// - **Deadline:** the latest of the parents', if every parent has one and
+    ///   all of them run on the same timer; otherwise none (the latest of
+    ///   instants read on different clocks means nothing, and children then
+    ///   inherit no deadline from it). Reads of the `all` context itself are
+    ///   exact (as for any deadline), on each parent's own clock: once every
     ///   parent is cancelled or past its deadline, [`is_done`](Self::is_done)
     ///   and [`err`](Self::err) say so, even before a timer fires. A parent
     ///   that is itself an `all` context counts as done once it is flagged
     ///   done or its own deadline has passed (its parents are not read through
-    ///   it), and a child of an `all` context without a deadline follows it
-    ///   when its cancellation arrives.
+    ///   it). Its descendants follow when its cancellation arrives — at once
+    ///   when the `all` context (or a parent) is read or a timer fires — so
+    ///   a child, with or without a deadline of its own, may read live for a
+    ///   moment while the `all` context would read done, if no timer has
+    ///   fired yet and nobody has read it; a descendant never reads done
+    ///   while the `all` context is live.
     /// - **A parent that can never be done** ([`Context::background`],
     ///   [`without_cancel`](Self::without_cancel), a
     ///   [`with_timer`](Self::with_timer) root) makes the result never done,
@@ -399,11 +412,7 @@ impl Context {
                 first = Some(p);
             }
             match &p.node {
-                Some(n) if !n.node().never_done() => {
-                    if !nodes.iter().any(|m| m.ptr_eq(n)) {
-                        nodes.push(n);
-                    }
-                }
+                Some(n) if !n.node().never_done() => nodes.push(n),
                 _ => never = true,
             }
         }
@@ -415,7 +424,7 @@ impl Context {
                 (None, _) => None,
                 (Some(t), _) => Some(NodeRef::new_root(Some(t))),
             },
-            _ => Some(NodeRef::new_all(&nodes)),
+            _ => Some(NodeRef::new_all(&distinct(nodes))),
         };
         Context { node, values }
     }
@@ -843,4 +852,29 @@ impl fmt::Debug for CancelHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CancelHandle").field("done", &self.is_done()).finish()
     }
+}
+
+/// `nodes` without repeats (the same node, even through different
+/// contexts), each kept at its first position: `any` and `all` depend on the
+/// order given (the first done parent, the last parent to count down, the
+/// first parent's timer). O(n log n): a sort by address, not a scan per
+/// parent.
+fn distinct(nodes: Vec<&NodeRef>) -> Vec<&NodeRef> {
+    if nodes.len() < 2 {
+        return nodes;
+    }
+    let mut keyed: Vec<(*const (), usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (core::ptr::from_ref(n.node()).cast::<()>(), i))
+        .collect();
+    // Sorted by address, then position: the first of each run of equal
+    // addresses is the node's first position.
+    keyed.sort_unstable();
+    keyed.dedup_by(|later, first| nodes[later.1].ptr_eq(nodes[first.1]));
+    if keyed.len() == nodes.len() {
+        return nodes;
+    }
+    keyed.sort_unstable_by_key(|k| k.1);
+    keyed.into_iter().map(|(_, i)| nodes[i]).collect()
 }

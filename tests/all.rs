@@ -350,3 +350,321 @@ fn concurrent_last_parents_one_cause() {
         assert!(cause == "a" || cause == "b");
     }
 }
+
+// The adversarial review of `Context::all` (D1–D4 and its stress cases).
+
+/// Deep chains and big fan-ins run at full size natively, small under Miri.
+const fn big(n: usize) -> usize {
+    if cfg!(miri) {
+        20
+    } else {
+        n
+    }
+}
+
+/// D2: parents on two timers. The all node has no deadline (the latest of
+/// instants on two clocks means nothing), and a child never reads done while
+/// the all node and one parent are live.
+#[test]
+fn cross_timer_child_done_under_live_all() {
+    static CA: FrozenClock = FrozenClock::new();
+    static CB: FrozenClock = FrozenClock::new();
+    let ra = Context::with_timer(&CA);
+    let rb = Context::with_timer(&CB);
+    let (a, _ha) = ra.with_deadline(at(100));
+    let (b, _hb) = rb.with_deadline(at(50));
+    let all = Context::all([&a, &b]);
+    assert_eq!(all.deadline(), None, "no deadline across timers");
+    let (child, _hc) = all.with_cancel();
+    assert_eq!(child.deadline(), None);
+    CA.set(at(100)); // a's deadline passes; b's clock is still at 0
+    assert!(!child.is_done(), "child done under a live all node");
+    assert!(!all.is_done());
+    assert!(!b.is_done());
+    assert!(a.is_done());
+    assert_eq!(child.err(), None);
+    // b's deadline passes on its own clock: a read of the all node fires it,
+    // and the cancellation reaches the child before the read returns.
+    CB.set(at(50));
+    assert_eq!(all.err(), Some(Error::DeadlineExceeded));
+    assert!(child.is_done());
+}
+
+/// D2, same timer: a child whose deadline passed reads done only through an
+/// all node that is done.
+#[test]
+fn same_timer_child_reads_through_the_all_node() {
+    static C: FrozenClock = FrozenClock::new();
+    let root = Context::with_timer(&C);
+    let (a, _ha) = root.with_deadline(at(10));
+    let (b, _hb) = root.with_deadline(at(20));
+    let all = Context::all([&a, &b]);
+    assert_eq!(all.deadline(), Some(at(20)));
+    let (child, _hc) = all.with_cancel();
+    C.set(at(20));
+    assert_eq!(child.err(), Some(Error::DeadlineExceeded));
+    assert!(all.is_done() && a.is_done() && b.is_done());
+}
+
+/// D4: duplicates are removed by sorting, not by a scan per parent; a big
+/// fan-in is built and counted down quickly.
+#[test]
+fn many_parents() {
+    let n = big(100_000);
+    let ps: Vec<_> = (0..n).map(|_| Context::background().with_cancel()).collect();
+    // Every parent twice, the second time in reverse.
+    let all = Context::all(ps.iter().map(|(c, _)| c).chain(ps.iter().rev().map(|(c, _)| c)));
+    for (_, h) in &ps[..n - 1] {
+        h.cancel();
+    }
+    assert!(!all.is_done(), "the duplicates count once");
+    ps[n - 1].1.cancel_with("last");
+    assert_eq!(cause_str(&all).as_deref(), Some("last"));
+    let any = Context::any(ps.iter().map(|(c, _)| c).chain(ps.iter().map(|(c, _)| c)));
+    assert!(any.is_done());
+}
+
+/// D4: removing duplicates keeps each parent at its first position: for
+/// parents done already, "the last parent" is the last in the order given
+/// (after duplicates are dropped), and `any`'s the first.
+#[test]
+fn duplicates_keep_the_first_position() {
+    let (one, h1) = Context::background().with_cancel();
+    let (two, h2) = Context::background().with_cancel();
+    h1.cancel_with("1");
+    h2.cancel_with("2");
+    assert_eq!(cause_str(&Context::all([&one, &two, &one])).as_deref(), Some("2"));
+    assert_eq!(cause_str(&Context::all([&two, &one, &two])).as_deref(), Some("1"));
+    assert_eq!(cause_str(&Context::any([&two, &one, &two])).as_deref(), Some("2"));
+    assert_eq!(cause_str(&Context::any([&one, &two, &one])).as_deref(), Some("1"));
+}
+
+/// D1: a parent reads done before its cancellation reaches the all node, so
+/// of two cancellations close together either may complete the countdown.
+/// What holds: once both cancels returned, the node is done with one of
+/// their causes, and its children with the same.
+#[test]
+fn last_parent_is_the_one_that_completed_the_countdown() {
+    for _ in 0..big(200) {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let both = Context::all([&a, &b]);
+        let (child, _hc) = both.with_cancel();
+        let t = std::thread::spawn(move || ha.cancel_with("a"));
+        while !a.is_done() {
+            std::thread::yield_now();
+        }
+        hb.cancel_with("b");
+        t.join().unwrap();
+        let cause = cause_str(&both).unwrap();
+        assert!(cause == "a" || cause == "b", "{cause}");
+        assert_eq!(cause_str(&child), Some(cause));
+    }
+}
+
+/// D3: a child with a deadline under an all node whose parents are done or
+/// past their deadlines (no timer fired): exact reads hold for the all node
+/// itself, and the child follows once the all node has been read (the read
+/// runs the cancellation, which reaches the child before it returns).
+#[test]
+fn child_with_deadline_follows_an_observably_done_all() {
+    static C: FrozenClock = FrozenClock::new();
+    let root = Context::with_timer(&C);
+    let (a, _ha) = root.with_deadline(at(5));
+    let (b, hb) = root.with_deadline(at(9));
+    let all = Context::all([&a, &b]);
+    let (child, _hc) = all.with_cancel();
+    hb.cancel();
+    C.set(at(6));
+    assert!(all.is_done());
+    assert_eq!(
+        all.err(),
+        Some(Error::DeadlineExceeded),
+        "a's deadline completed the countdown"
+    );
+    assert!(child.is_done(), "the read of the all node reached the child");
+    assert_eq!(child.err(), Some(Error::DeadlineExceeded));
+}
+
+/// Deep chain of all nodes: cancel and drop on a small stack.
+#[test]
+fn deep_chain_of_all_nodes() {
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(|| {
+            let (root, h) = Context::background().with_cancel();
+            let mut cur = root.clone();
+            let mut keep = Vec::new();
+            for i in 0..big(100_000) {
+                let (other, ho) = Context::background().with_cancel();
+                let next = if i % 2 == 0 {
+                    Context::all([&cur, &other])
+                } else {
+                    Context::any([&cur])
+                };
+                ho.cancel();
+                keep.push(other);
+                cur = next;
+            }
+            assert!(!cur.is_done());
+            h.cancel();
+            assert!(cur.is_done());
+            drop(keep);
+            drop(cur);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Deep chain of all nodes dropped without being cancelled.
+#[test]
+fn deep_chain_drop_live() {
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(|| {
+            let (root, _h) = Context::background().with_cancel();
+            let mut cur = root.clone();
+            for _ in 0..big(100_000) {
+                cur = Context::all([&cur]);
+            }
+            drop(cur);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Deep chain with deadlines, read on a small stack (the read path does not
+/// recurse).
+#[test]
+fn deep_chain_read_with_deadlines() {
+    static C: FrozenClock = FrozenClock::new();
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(|| {
+            let root = Context::with_timer(&C);
+            let (d, _h) = root.with_deadline(at(10));
+            let mut cur = d.clone();
+            let mut hs = Vec::new();
+            for _ in 0..big(50_000) {
+                let (c, h) = cur.with_cancel();
+                hs.push(h);
+                cur = Context::all([&c]);
+            }
+            C.set(at(10));
+            assert!(cur.is_done());
+            assert_eq!(cur.err(), Some(Error::DeadlineExceeded));
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Threads create, wait on and drop all nodes while their parents are
+/// cancelled.
+#[test]
+fn stress_threads() {
+    for round in 0..big(300) {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let (c, hc) = b.with_cancel();
+        let mut ts = Vec::new();
+        for k in 0..4 {
+            let (a, b, c) = (a.clone(), b.clone(), c.clone());
+            ts.push(std::thread::spawn(move || {
+                let x = Context::all([&a, &c, &b]);
+                let y = Context::all([&x, &Context::any([&a, &b])]);
+                let (z, _hz) = y.with_cancel();
+                if k % 2 == 0 {
+                    assert!(
+                        z.wait_blocking_timeout(Duration::from_secs(10)).is_some(),
+                        "round {round}: hang"
+                    );
+                    assert!(x.is_done() && y.is_done());
+                }
+                drop((x, y, z));
+            }));
+        }
+        std::thread::yield_now();
+        if round % 2 == 0 {
+            ha.cancel_with("a");
+            hb.cancel_with("b");
+        } else {
+            hb.cancel_with("b");
+            ha.cancel_with("a");
+        }
+        drop(hc);
+        for t in ts {
+            t.join().unwrap();
+        }
+    }
+}
+
+mod reenter {
+    use super::*;
+    use std::future::Future;
+    use std::sync::Mutex;
+    use std::task::{Context as TaskCx, Wake, Waker};
+
+    struct W(Mutex<Option<Box<dyn FnMut() + Send>>>);
+    impl Wake for W {
+        fn wake(self: Arc<Self>) {
+            let f = self.0.lock().unwrap().take();
+            if let Some(mut f) = f {
+                f();
+            }
+        }
+    }
+
+    /// A waker on `a`, woken by a's cancel, re-enters: builds all([a, b])
+    /// (a already done), cancels b, reads and drops; another waker panics.
+    #[test]
+    fn waker_reenters_and_panics_during_countdown() {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let all0 = Context::all([&a, &b]);
+        let (a2, b2, all2) = (a.clone(), b.clone(), all0.clone());
+        let hb = Mutex::new(Some(hb));
+        let w1 = Arc::new(W(Mutex::new(Some(Box::new(move || {
+            let x = Context::all([&a2, &b2]);
+            assert!(!x.is_done());
+            drop(hb.lock().unwrap().take());
+            assert!(x.is_done() && all2.is_done());
+            assert_eq!(all2.cause().unwrap().to_string(), "context canceled");
+        })))));
+        let w2 = Arc::new(W(Mutex::new(Some(Box::new(|| panic!("waker panics"))))));
+        let mut f1 = Box::pin(a.done());
+        let mut f2 = Box::pin(all0.done());
+        let wk2 = Waker::from(w2.clone());
+        assert!(f2.as_mut().poll(&mut TaskCx::from_waker(&wk2)).is_pending());
+        let wk1 = Waker::from(w1.clone());
+        assert!(f1.as_mut().poll(&mut TaskCx::from_waker(&wk1)).is_pending());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ha.cancel_with("a")));
+        assert!(r.is_err(), "the waker's panic is re-raised");
+        assert!(a.is_done() && b.is_done() && all0.is_done());
+        drop(f2);
+        drop(f1);
+        drop(all0);
+    }
+
+    /// An after-func on a parent drops the last handle to an all node and
+    /// builds a new one over the same parents while the countdown runs.
+    #[test]
+    fn after_func_drops_all_during_countdown() {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let all0 = Arc::new(Mutex::new(Some(Context::all([&a, &b]))));
+        let all1 = all0.clone();
+        let (a2, b2) = (a.clone(), b.clone());
+        let _af = a.after_func(move || {
+            drop(all1.lock().unwrap().take());
+            let y = Context::all([&a2, &b2]);
+            assert!(y.is_done());
+            drop(y);
+        });
+        hb.cancel();
+        ha.cancel();
+        assert!(all0.lock().unwrap().is_none());
+    }
+}

@@ -659,3 +659,67 @@ fn all_drop_vs_two_cancels() {
         assert!(a.is_done() && b.is_done());
     });
 }
+
+/// `Context::all` built (and given a child) while one parent is being
+/// cancelled: each parent is counted down once, by the constructor or by
+/// the canceller, so the node and its child end up done with one of the
+/// two causes (the review's model).
+#[test]
+fn all_new_vs_cancels() {
+    loom::model(|| {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let t = thread::spawn(move || ha.cancel_with("a"));
+        let both = Context::all([&a, &b]);
+        let (child, _hc) = both.with_cancel();
+        hb.cancel_with("b");
+        t.join().unwrap();
+        assert!(both.is_done() && child.is_done());
+        let cause = both.cause().unwrap().as_str().unwrap();
+        assert!(cause == "a" || cause == "b");
+        assert_eq!(child.cause().unwrap().as_str(), Some(cause));
+    });
+}
+
+/// An `all` of an `all` (sharing a parent) whose inner node is dropped
+/// while both leaves are cancelled from two threads: the outer node is done
+/// and everything is freed (the review's model).
+#[test]
+fn all_nested_drop_vs_cancels() {
+    loom::model(|| {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let inner = Context::all([&a, &b]);
+        let outer = Context::all([&inner, &a]);
+        let t = thread::spawn(move || ha.cancel_with("a"));
+        hb.cancel_with("b");
+        drop(inner);
+        t.join().unwrap();
+        assert!(outer.is_done());
+        drop(outer);
+    });
+}
+
+/// "The last parent" is the one whose cancellation completed the countdown,
+/// not the one cancelled last: `a` reads done before its canceller reaches
+/// the `all` node, so `b`, cancelled after `a` is seen done, may still come
+/// first. What holds once both cancels returned: the node is done, with one
+/// of the two causes (the review's model, asserting the documented
+/// property).
+#[test]
+fn all_last_is_one_of_the_parents() {
+    loom::model(|| {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let both = Context::all([&a, &b]);
+        let t = thread::spawn(move || ha.cancel_with("a"));
+        while !a.is_done() {
+            thread::yield_now();
+        }
+        hb.cancel_with("b");
+        t.join().unwrap();
+        assert!(both.is_done());
+        let cause = both.cause().unwrap().as_str().unwrap();
+        assert!(cause == "a" || cause == "b");
+    });
+}

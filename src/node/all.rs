@@ -20,7 +20,18 @@ impl NodeRef {
         debug_assert!(parents.iter().all(|p| !p.node().never_done()));
         // The latest deadline (`Instant::MAX` if some parent has none).
         let dl_parent = parents.iter().max_by_key(|p| p.node().deadline).copied();
-        let deadline = dl_parent.map_or(Instant::MAX, |p| p.node().deadline);
+        let mut deadline = dl_parent.map_or(Instant::MAX, |p| p.node().deadline);
+        // Parents on different timers: the latest of instants read on
+        // different clocks means nothing, so the node has no deadline (reads
+        // still poll the parents, each on its own clock: `POLLS` below), and
+        // its children inherit none.
+        let same_timer = |p: &&NodeRef| match (p.node().timer, parents.first().and_then(|f| f.node().timer)) {
+            (Some(t), Some(u)) => core::ptr::addr_eq(t as *const dyn Timer, u as *const dyn Timer),
+            (t, u) => t.is_none() && u.is_none(),
+        };
+        if !parents.iter().all(same_timer) {
+            deadline = Instant::MAX;
+        }
         let timer = match dl_parent {
             Some(p) if deadline != Instant::MAX => p.node().timer,
             _ => parents.first().and_then(|p| p.node().timer),

@@ -266,10 +266,17 @@
 //!     the constructor by cancelling it, a canceller through `QUEUED`
 //!     (invariant 6) — whose phase 1 reads `last` back on the same thread
 //!     (`inherit_source`) and inherits that done parent's error and cause.
-//!     A read never cancels an `all` node itself: its deadline is its
-//!     latest parent's (`deadline_parent`), so a reader's walk to the
-//!     deadline's owner always moves past it, and its parents' deadlines
-//!     are fired on their own owners (`all_observed`).
+//!     "Last" is the parent whose pop completed the countdown: a parent is
+//!     flagged done before its canceller reaches its links, so of two
+//!     cancellations close together either may be last. A read never
+//!     cancels an `all` node itself: its deadline is its latest parent's
+//!     (`deadline_parent`), so a reader's walk to the deadline's owner
+//!     always moves past it, and its parents' deadlines are fired on their
+//!     own owners (`all_observed`, whose cancellations hand after-funcs off
+//!     like every read's). A descendant's walk that meets it reads done only
+//!     if `all_observed` finds it done. Parents on different timers give it
+//!     no deadline (no `HAS_DEADLINE`, `deadline_parent` null), only
+//!     `POLLS`: a maximum of instants on different clocks means nothing.
 //!
 //! # Lock order
 //!
@@ -731,9 +738,12 @@ impl Node {
             #[cfg(feature = "alloc")]
             if poll_all && p.state.load(Ordering::Relaxed) & ALL != 0 {
                 // Every parent of `p` has a deadline no later than ours:
-                // fire them all, so that `p` is done at once.
-                p.all_observed();
-                return true;
+                // fire those that have passed, so that `p` is done at once.
+                // Done only if `p` is: a parent that is still live (a
+                // cancellation on its way, or an `all` parent whose own
+                // parents are not read from here) keeps us live too, so a
+                // child never reads done under a live `all` node.
+                return p.all_observed().is_some();
             }
             owner = p;
         }
