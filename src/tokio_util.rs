@@ -15,7 +15,22 @@
 //!
 //! No new lock order: the bridge's own mutex guards only the slot of the
 //! token's future and is never held while a context is cancelled, a waker
-//! woken or user data dropped.
+//! woken or user data dropped. That the token's own locks are not held
+//! either, when its `cancel()` wakes the bridge, is tokio-util's promise
+//! since 0.7.20 (tokio-rs/tokio#8556: descendants are notified after its
+//! locks are released), which is why the feature requires `0.7.20`: with
+//! an older tokio-util, an after-func of the bridged context that touched
+//! the parent token (`is_cancelled`, `child_token`) would deadlock.
+//!
+//! Costs and limits:
+//! - Bridges chained through each other (context → token → context → …)
+//!   cancel one link per nested call on the cancelling thread: the chain's
+//!   length is bounded by that thread's stack, unlike a ctxcore subtree,
+//!   which is cancelled iteratively. Keep such chains short (hundreds of
+//!   links overflowed a 2 MiB debug stack in review).
+//! - Dropping a [`ContextToken`] stops its after-func as
+//!   [`AfterFunc::stop`] does: it does not wait for a run already under way,
+//!   so the token may still be cancelled just after the drop (Go's `stop`).
 
 use crate::cause::Cause;
 use crate::context::{CancelHandle, Context};

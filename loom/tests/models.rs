@@ -723,3 +723,23 @@ fn all_last_is_one_of_the_parents() {
         assert!(cause == "a" || cause == "b");
     });
 }
+
+/// Review (rev-loc): an `any` node's cause and location come from one parent.
+#[test]
+fn cancelled_at_any_cause_and_site_agree() {
+    loom::model(|| {
+        let (a, ha) = Context::background().with_cancel();
+        let (b, hb) = Context::background().with_cancel();
+        let either = Context::any([&a, &b]);
+        let t = thread::spawn(move || {
+            ha.cancel_with("a");
+            line!() - 1
+        });
+        hb.cancel_with("b");
+        let b_line = line!() - 1;
+        let a_line = t.join().unwrap();
+        let cause = either.cause().unwrap().as_str().unwrap();
+        let expected = if cause == "a" { a_line } else { b_line };
+        assert_eq!(either.cancelled_at().unwrap().line(), expected, "cause {cause}");
+    });
+}

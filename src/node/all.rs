@@ -99,8 +99,7 @@ impl NodeRef {
         if zero {
             // We took the count to zero: we alone cancel the node
             // (invariant 19), with the last parent's error and cause.
-            let (err, cause) = node.node().inherited();
-            node.node().cancel(err, cause);
+            node.node().cancel_inherited();
         }
         node
     }

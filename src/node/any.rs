@@ -67,8 +67,7 @@ impl NodeRef {
             drop(guard);
         }
         if born_done {
-            let (err, cause) = node.node().inherited();
-            node.node().cancel(err, cause);
+            node.node().cancel_inherited();
         }
         node
     }

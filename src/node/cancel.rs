@@ -323,24 +323,20 @@ impl Node {
         unsafe { self.parent_ptr().as_ref() }.filter(|p| p.is_done_flag())
     }
 
-    /// Error and cause to inherit from the done node that cancels this one.
-    pub(super) fn inherited(&self) -> (Error, Option<Cause>) {
+    /// Error, cause and location from one done source (one scan of an
+    /// `any` node's parents: never one parent's cause with another's site).
+    pub(super) fn inherited_with_site(&self) -> (Error, Option<Cause>, Option<&'static Location<'static>>) {
         match self.inherit_source() {
-            Some(p) => (p.err_of_done(), p.done_cause()),
-            None => (Error::Canceled, None),
+            Some(p) => (p.err_of_done(), p.done_cause(), p.done_site()),
+            None => (Error::Canceled, None, None),
         }
-    }
-
-    /// Where the done node this one inherits from was cancelled.
-    pub(super) fn inherited_site(&self) -> Option<&'static Location<'static>> {
-        self.inherit_source().and_then(Node::done_site)
     }
 
     /// Cancels this node with what it inherits from its done source: its
     /// error, cause and location (invariant 18).
     pub(crate) fn cancel_inherited(&self) -> bool {
-        let (err, cause) = self.inherited();
-        match self.inherited_site() {
+        let (err, cause, site) = self.inherited_with_site();
+        match site {
             Some(at) => self.cancel_at(err, cause, at),
             None => self.cancel(err, cause),
         }
@@ -365,16 +361,20 @@ impl Node {
     pub(super) unsafe fn set_done_inherited(&self) {
         // SAFETY: the caller holds the lock (invariant 1).
         let holds_cause = self.cause.with(|p| unsafe { (*p).has_cause() });
-        let site = self.inherited_site();
+        // One scan of the sources: the error, cause and location all come
+        // from the same done parent (invariant 18). The cause is cloned only
+        // where it is kept: nothing is dropped under the lock.
+        let source = self.inherit_source();
+        let err = source.map_or(Error::Canceled, Node::err_of_done);
+        let site = source.and_then(Node::done_site);
         if holds_cause {
-            let err = self.inherit_source().map_or(Error::Canceled, Node::err_of_done);
             // SAFETY: forwarded from the caller; no cause, nothing displaced.
             // The slot keeps its cause and takes the parent's location.
             let none = unsafe { self.set_done_with(err, None, site, true, CAUSE_UP) };
             debug_assert!(none.is_none());
             core::mem::forget(none);
         } else {
-            let (err, cause) = self.inherited();
+            let cause = source.and_then(Node::done_cause);
             // SAFETY: forwarded from the caller.
             let none = unsafe { self.set_done(err, cause, site, false) };
             debug_assert!(none.is_none(), "an empty slot displaces nothing");

@@ -308,9 +308,7 @@ async fn time_left(addr: SocketAddr, headers: &[(&str, &str)]) -> Option<Duratio
     let answered = ctxcore::Instant::now();
     LAST_ROUND_TRIP.with(|c| c.set(answered.saturating_duration_since(sent)));
     let body = std::str::from_utf8(&body).unwrap();
-    (body != "none").then(|| {
-        ctxcore::Instant::from_nanos(body.parse().unwrap()).saturating_duration_since(sent)
-    })
+    (body != "none").then(|| ctxcore::Instant::from_nanos(body.parse().unwrap()).saturating_duration_since(sent))
 }
 
 /// The deadline is `want` after the request arrived: `want` after the send
