@@ -45,13 +45,13 @@ pub(crate) const AF_RAN: u8 = 2;
 #[cfg(feature = "alloc")]
 pub(crate) const AF_STOPPED: u8 = 3;
 
+#[cfg(feature = "alloc")]
 // SAFETY: `func` is guarded by the node's lock; the entry is otherwise
 // immutable.
-#[cfg(feature = "alloc")]
 unsafe impl Send for AfterFuncInner {}
 
-// SAFETY: as for `Send`.
 #[cfg(feature = "alloc")]
+// SAFETY: as for `Send`.
 unsafe impl Sync for AfterFuncInner {}
 
 #[cfg(feature = "alloc")]

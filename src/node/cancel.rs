@@ -97,13 +97,17 @@ impl Node {
         // owner) reports where the node was made, or, for a node made
         // without one (an `any` node), where its done source was cancelled
         // (invariant 18).
-        // SAFETY: we hold the lock (invariant 1).
         let site = at
-            .or_else(|| this.cause.with(|p| unsafe { (*p).location() }))
+            .or_else(|| {
+                this.cause.with(|p| {
+                    // SAFETY: we hold the lock (invariant 1).
+                    unsafe { (*p).location() }
+                })
+            })
             .or_else(|| this.inherit_source().and_then(Node::done_site));
+        let unlinked_flag = if unlinked { UNLINKED } else { 0 };
         // SAFETY: we hold the lock and the node is live (invariant 1).
-        let displaced =
-            unsafe { this.set_done_with(err, cause, site, own_deadline, if unlinked { UNLINKED } else { 0 }) };
+        let displaced = unsafe { this.set_done_with(err, cause, site, own_deadline, unlinked_flag) };
         // SAFETY: we hold the lock (invariant 1).
         if unsafe { this.waiters.is_empty() && this.children.is_empty() } {
             // A leaf nobody waits on (the common case: a request's last

@@ -13,12 +13,12 @@ pub(crate) struct NodeRef {
     pub(super) ptr: NonNull<Node>,
 }
 
-// SAFETY: a counted reference to a `Send + Sync` node (invariant 5).
 #[cfg(feature = "alloc")]
+// SAFETY: a counted reference to a `Send + Sync` node (invariant 5).
 unsafe impl Send for NodeRef {}
 
-// SAFETY: as for `Send`.
 #[cfg(feature = "alloc")]
+// SAFETY: as for `Send`.
 unsafe impl Sync for NodeRef {}
 
 /// How many immortal nodes carry a location (invariant 15): with `std` a

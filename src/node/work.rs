@@ -218,10 +218,10 @@ pub struct AfterFuncs {
     list: RunList,
 }
 
+#[cfg(feature = "alloc")]
 // SAFETY: the list holds `Arc` references to after-func entries, which are
 // `Send + Sync` (their callbacks are `Send`), and nothing else (invariant 8:
 // the entries are unlinked and their free links belong to this list).
-#[cfg(feature = "alloc")]
 unsafe impl Send for AfterFuncs {}
 
 #[cfg(feature = "alloc")]

@@ -197,8 +197,8 @@ struct Now {
     nanos: UnsafeCell<u64>,
 }
 
-// SAFETY: `nanos` is only touched under `lock`.
 #[cfg(not(target_has_atomic = "64"))]
+// SAFETY: `nanos` is only touched under `lock`.
 unsafe impl Sync for Now {}
 
 #[cfg(not(target_has_atomic = "64"))]
