@@ -179,6 +179,18 @@ impl NodeRef {
     }
 
     pub(super) fn alloc(node: Node) -> NodeRef {
+        #[cfg(feature = "std")]
+        if has_wheel_tail(node.state.load(Ordering::Relaxed)) {
+            // A heap node that owns a deadline carries the std timer's
+            // wheel links in the same allocation (invariant 20).
+            let timed = Box::leak(Box::new(TimedNode {
+                node,
+                slot: crate::time::wheel::WheelSlot::new(),
+            }));
+            return NodeRef {
+                ptr: NonNull::from(&mut timed.node),
+            };
+        }
         NodeRef {
             ptr: NonNull::from(Box::leak(Box::new(node))),
         }

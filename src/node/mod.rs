@@ -277,6 +277,16 @@
 //!     if `all_observed` finds it done. Parents on different timers give it
 //!     no deadline (no `HAS_DEADLINE`, `deadline_parent` null), only
 //!     `POLLS`: a maximum of instants on different clocks means nothing.
+//! 20. **Wheel tails.** With `std`, a heap tree node that owns a deadline
+//!     (`HEAP | OWNS_DEADLINE`, flags fixed before it is allocated) is the
+//!     first field of a `TimedNode`, allocated and freed as one (`alloc`,
+//!     `free_node`), whose `slot` holds the [`StdTimer`]'s wheel links
+//!     (time/wheel.rs, invariants W1–W4). The slot is touched only under
+//!     the lock of the timer shard its node's address picks, while the
+//!     entry is armed (invariant 7: it is unlinked before the node goes).
+//!     Other nodes have no tail; the timer keeps their entries in a map.
+//!
+//! [`StdTimer`]: crate::StdTimer
 //!
 //! # Lock order
 //!
@@ -798,6 +808,8 @@ pub(crate) use self::after::{AfterFuncInner, AF_RAN, AF_RUNNING, AF_STOPPED};
 #[cfg(feature = "alloc")]
 pub(crate) use self::heap::NodeRef;
 pub use self::timer::{TimerEntry, TimerFiring};
+#[cfg(feature = "std")]
+pub(crate) use self::timer::NodeDeadline;
 pub(crate) use self::waiter::Waiter;
 #[cfg(feature = "alloc")]
 pub use self::work::AfterFuncs;

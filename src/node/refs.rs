@@ -377,8 +377,22 @@ unsafe fn free_node(cur: NonNull<Node>) -> Result<(), Caught> {
     let n = unsafe { cur.as_ref() };
     // SAFETY: nothing else can reach the node: the slot is ours alone.
     let has_cause = n.cause.with(|p| unsafe { (*p).has_cause() });
+    #[cfg(feature = "std")]
+    if has_wheel_tail(n.state.load(Ordering::Relaxed)) {
+        // SAFETY: forwarded from the caller; a node with these flags was
+        // allocated as a `TimedNode` (invariant 20).
+        let freed = unsafe { Box::from_raw(cur.as_ptr() as *mut TimedNode) };
+        return drop_freed(freed, has_cause);
+    }
     // SAFETY: forwarded from the caller.
     let freed = unsafe { Box::from_raw(cur.as_ptr()) };
+    drop_freed(freed, has_cause)
+}
+
+/// Drops a freed node's box, under `catch_unwind` if it holds a cause.
+#[cfg(feature = "alloc")]
+#[inline]
+fn drop_freed<T>(freed: Box<T>, has_cause: bool) -> Result<(), Caught> {
     if !has_cause {
         // No user code to run.
         drop(freed);

@@ -5,6 +5,41 @@
 //! (`try_retain`), 9 (firing hands the reference over before user code).
 
 use super::*;
+#[cfg(feature = "std")]
+use crate::time::wheel::{SlotDeadline, WheelSlot};
+
+/// A heap node that owns a deadline, with the links of the std timer's
+/// wheel in the same allocation (invariant 20).
+#[cfg(feature = "std")]
+#[repr(C)]
+pub(super) struct TimedNode {
+    /// First: a `*mut TimedNode` is a `*mut Node`.
+    pub(super) node: Node,
+    pub(super) slot: WheelSlot,
+}
+
+/// Whether a node with these flags is the `node` of a [`TimedNode`]
+/// (immutable flags: fixed before the node is allocated).
+#[cfg(feature = "std")]
+#[inline]
+pub(super) fn has_wheel_tail(flags: u32) -> bool {
+    flags & (HEAP | OWNS_DEADLINE) == HEAP | OWNS_DEADLINE
+}
+
+/// Reads a wheel entry's deadline from its node.
+#[cfg(feature = "std")]
+pub(crate) struct NodeDeadline;
+
+// SAFETY: a linked slot is the tail of a live `TimedNode` (invariants 7,
+// 20), whose `deadline` is immutable.
+#[cfg(feature = "std")]
+unsafe impl SlotDeadline for NodeDeadline {
+    unsafe fn deadline(slot: NonNull<WheelSlot>) -> u64 {
+        // SAFETY: the caller passes a linked slot: the tail of a live
+        // `TimedNode` (invariant 20).
+        unsafe { TimerEntry::from_wheel_slot(slot) }.deadline.as_nanos()
+    }
+}
 
 /// A deadline registered with a [`Timer`]: which node to fire, and when.
 ///
@@ -32,6 +67,40 @@ impl TimerEntry {
     /// A key unique among armed entries, ordered by deadline.
     pub fn key(&self) -> (Instant, usize) {
         (self.deadline, self.node.as_ptr() as usize)
+    }
+
+    /// The wheel links in the tail of the entry's node, if it has them
+    /// (a heap node that owns its deadline: invariant 20).
+    ///
+    /// # Safety
+    /// The entry's node is valid: the entry is being armed or is armed, and
+    /// the caller holds the timer's lock (invariant 7).
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn wheel_slot(&self) -> Option<NonNull<WheelSlot>> {
+        // SAFETY: valid (caller); `state`'s flags read here are immutable.
+        let flags = unsafe { self.node.as_ref() }.state.load(Ordering::Relaxed);
+        if !has_wheel_tail(flags) {
+            return None;
+        }
+        let timed = self.node.as_ptr() as *mut TimedNode;
+        // SAFETY: a node with these flags is a `TimedNode`'s first field
+        // (invariant 20): the tail is in the same allocation.
+        Some(unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*timed).slot)) })
+    }
+
+    /// The entry of the node whose tail `slot` is.
+    ///
+    /// # Safety
+    /// `slot` is the tail of a valid `TimedNode` (invariant 20).
+    #[cfg(feature = "std")]
+    pub(crate) unsafe fn from_wheel_slot(slot: NonNull<WheelSlot>) -> TimerEntry {
+        let offset = core::mem::offset_of!(TimedNode, slot);
+        // SAFETY: the slot sits `offset` bytes into its `TimedNode`, whose
+        // first field is the node (caller, invariant 20).
+        let node = unsafe { NonNull::new_unchecked((slot.as_ptr() as *mut u8).sub(offset) as *mut Node) };
+        // SAFETY: valid (caller); `deadline` is immutable.
+        let deadline = unsafe { node.as_ref() }.deadline;
+        TimerEntry { deadline, node }
     }
 
     /// Takes the entry out of the timer: returns a [`TimerFiring`] to fire

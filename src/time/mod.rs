@@ -40,6 +40,10 @@ mod embassy;
 mod manual;
 #[cfg(feature = "std")]
 mod std_timer;
+#[cfg(feature = "std")]
+mod sleeper;
+#[cfg(feature = "std")]
+pub(crate) mod wheel;
 #[cfg(feature = "tokio")]
 mod tokio;
 

@@ -2,11 +2,17 @@
 
 extern crate std;
 
+use super::sleeper::{Sleeper, Slept};
+use super::wheel::Wheel;
 use super::{Clock, Instant, Timer, TimerEntry};
+use crate::node::NodeDeadline;
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use core::fmt;
+use core::sync::atomic::AtomicU64;
+use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 use core::time::Duration;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// How long the thread waits with nothing armed before it exits (it is
 /// started again by the next `arm`).
@@ -79,21 +85,62 @@ const SPIN_BEFORE: Duration = Duration::from_micros(60);
 /// ```
 pub struct StdTimer {
     base: std::time::Instant,
-    state: Mutex<State>,
-    wake: Condvar,
+    shards: Box<[Shard]>,
+    sleeper: Sleeper,
 }
 
-struct State {
-    entries: super::EntryMap,
-    thread_running: bool,
-    /// The fork generation (`fork::generation`) of the process that started
-    /// the thread: in a forked child it differs, and the thread is not there.
-    thread_generation: u32,
-    /// What the thread sleeps towards: `arm` wakes it only for an earlier
-    /// deadline (`Instant::ZERO` while it is awake, `Instant::MAX` while it
-    /// idles), so that creating and dropping deadline contexts costs no
-    /// futex wake each.
-    sleeping_until: Instant,
+/// How many shards entries are spread over (by the node's address).
+const SHARDS: usize = 16;
+
+/// One shard: its own lock, its own wheel, and the hint the thread sleeps
+/// by (sleeper.rs, S1). Aligned so that two shards never share a cache line.
+#[repr(align(128))]
+struct Shard {
+    state: Mutex<ShardState>,
+    /// No later than the earliest entry (`u64::MAX`: none). Lowered by `arm`
+    /// and recomputed by the thread, both under `state`'s lock.
+    hint: AtomicU64,
+}
+
+struct ShardState {
+    /// Heap nodes that own their deadline: links in their allocation.
+    wheel: Wheel<NodeDeadline>,
+    /// Every other entry (scoped nodes: no tail), by key.
+    others: super::EntryMap,
+}
+
+/// The shard an entry lives in, from its node's address: every arm, disarm
+/// and claim of one entry takes the same lock (the `Timer` contract's
+/// point 1). The address's page picks it, so the nodes that one thread's
+/// allocator hands out again and again mostly share a shard, and two
+/// threads mostly use different ones.
+#[inline]
+fn shard_of(entry: &TimerEntry) -> usize {
+    let page = (entry.key().1 >> 12) as u64;
+    (page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
+}
+
+impl ShardState {
+    /// Takes one entry due at `now` (to claim under the lock), or returns
+    /// when to look again (no later than the earliest entry).
+    fn take_due(&mut self, now: Instant) -> Result<TimerEntry, u64> {
+        if let Some(first) = self.others.first_entry() {
+            if first.key().0 <= now {
+                return Ok(first.remove());
+            }
+        }
+        let others = self.others.first_key_value().map_or(u64::MAX, |(k, _)| k.0.as_nanos());
+        match self.wheel.take_due(now.as_nanos()) {
+            // SAFETY: a slot in the wheel is the tail of a live `TimedNode`
+            // (node/mod.rs invariants 7 and 20).
+            Ok(slot) => Ok(unsafe { TimerEntry::from_wheel_slot(slot) }),
+            Err(next) => Err(next.min(others)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.wheel.len() + self.others.len()
+    }
 }
 
 impl StdTimer {
@@ -104,13 +151,16 @@ impl StdTimer {
         static GLOBAL: OnceLock<StdTimer> = OnceLock::new();
         GLOBAL.get_or_init(|| StdTimer {
             base: std::time::Instant::now(),
-            state: Mutex::new(State {
-                entries: BTreeMap::new(),
-                thread_running: false,
-                thread_generation: 0,
-                sleeping_until: Instant::ZERO,
-            }),
-            wake: Condvar::new(),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    state: Mutex::new(ShardState {
+                        wheel: Wheel::new(),
+                        others: BTreeMap::new(),
+                    }),
+                    hint: AtomicU64::new(u64::MAX),
+                })
+                .collect(),
+            sleeper: Sleeper::new(),
         })
     }
 
@@ -123,71 +173,77 @@ impl StdTimer {
 
     /// Number of armed deadlines.
     pub fn armed(&self) -> usize {
-        self.lock().entries.len()
+        self.shards.iter().map(|s| lock(&s.state).len()).sum()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding the lock (callbacks run outside it),
-        // but never let poisoning turn into a panic for the user.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// The earliest hint of all shards (sleeper.rs, S1).
+    fn hints(&self) -> u64 {
+        self.shards.iter().map(|s| s.hint.load(SeqCst)).min().unwrap_or(u64::MAX)
     }
 
-    fn run(&'static self) {
-        let mut state = self.lock();
+    fn run(&'static self, generation: u32) {
         loop {
-            let now = self.now();
-            // One entry at a time: the thread never holds a claimed entry (a
-            // reference to its context) while it runs another's after-funcs,
-            // which may drop that context.
-            if let Some(firing) = super::claim_due(&mut state.entries, now) {
-                drop(state);
-                if let Some(f) = firing {
-                    // A panicking after-func must not kill the timer thread.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.fire()));
-                }
-                state = self.lock();
+            let mut next = u64::MAX;
+            for shard in self.shards.iter() {
+                next = next.min(self.fire_due(shard));
+            }
+            let now = self.now().as_nanos();
+            if next <= now {
                 continue;
             }
-            match state.entries.first_key_value().map(|(k, _)| k.0) {
-                Some(next) => {
-                    let wait = next.saturating_duration_since(now);
-                    if wait > SPIN_BEFORE {
-                        // Sleep until shortly before the deadline: the kernel's
-                        // timer slack makes a sleep end up to ~50 µs late.
-                        let sleep = wait - SPIN_BEFORE;
-                        state.sleeping_until = next;
-                        state = self
-                            .wake
-                            .wait_timeout(state, sleep)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                        state.sleeping_until = Instant::ZERO;
-                    } else {
-                        // Spin the last few microseconds, without the lock so
-                        // that `arm` and `disarm` never wait for us.
-                        drop(state);
-                        while self.now() < next {
-                            core::hint::spin_loop();
-                        }
-                        state = self.lock();
-                    }
+            let wait = Duration::from_nanos(next - now);
+            if next != u64::MAX && wait <= SPIN_BEFORE {
+                // Spin the last few microseconds, holding no lock, so that
+                // `arm` and `disarm` never wait for us.
+                while self.now().as_nanos() < next {
+                    core::hint::spin_loop();
                 }
-                None => {
-                    state.sleeping_until = Instant::MAX;
-                    let (s, res) = self
-                        .wake
-                        .wait_timeout(state, IDLE_EXIT)
-                        .unwrap_or_else(|e| e.into_inner());
-                    state = s;
-                    state.sleeping_until = Instant::ZERO;
-                    if res.timed_out() && state.entries.is_empty() {
-                        state.thread_running = false;
-                        return;
+                continue;
+            }
+            // Sleep until shortly before the deadline: the kernel's timer
+            // slack makes a sleep end up to ~50 us late.
+            let timeout = if next == u64::MAX { IDLE_EXIT } else { wait - SPIN_BEFORE };
+            if self.sleeper.sleep(next, timeout, || self.hints()) == Slept::Idle
+                && self.sleeper.try_exit(generation, || self.hints())
+            {
+                return;
+            }
+        }
+    }
+
+    /// Fires every due entry of `shard`, one at a time (the `Timer`
+    /// contract's point 4), and returns when to look at it again.
+    fn fire_due(&self, shard: &Shard) -> u64 {
+        let mut state = lock(&shard.state);
+        loop {
+            match state.take_due(self.now()) {
+                Ok(entry) => {
+                    // SAFETY: under the shard's lock, the entry is armed and
+                    // leaves the timer here: claimed once (the `Timer`
+                    // contract).
+                    let firing = unsafe { entry.claim() };
+                    drop(state);
+                    if let Some(f) = firing {
+                        // A panicking after-func must not kill the timer thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.fire()));
                     }
+                    state = lock(&shard.state);
+                }
+                Err(next) => {
+                    // Exact under the lock: every `arm` that lowered the hint
+                    // put its entry in before.
+                    shard.hint.store(next, SeqCst);
+                    return next;
                 }
             }
         }
     }
+}
+
+fn lock(state: &Mutex<ShardState>) -> MutexGuard<'_, ShardState> {
+    // Nothing panics while holding the lock (callbacks run outside it), but
+    // never let poisoning turn into a panic for the user.
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl fmt::Debug for StdTimer {
@@ -205,35 +261,44 @@ impl Clock for StdTimer {
     }
 }
 
-// SAFETY: `arm`, `disarm` and `claim` all run under `state`'s mutex; claimed
-// and disarmed entries leave the map at once; firing happens after the mutex
-// is released (the `Timer` contract).
+// SAFETY: `arm`, `disarm` and `claim` of one entry all run under the lock of
+// the shard its address picks; claimed and disarmed entries leave the shard
+// at once; firing happens after the lock is released, one entry at a time
+// (the `Timer` contract).
 unsafe impl Timer for StdTimer {
     fn arm(&self, entry: TimerEntry) {
-        let key = entry.key();
-        let generation = fork::generation();
-        let mut state = self.lock();
-        // Wake the thread only if it sleeps towards a later instant.
-        let earliest = key.0 < state.sleeping_until;
-        state.entries.insert(key, entry);
-        // A thread started before a fork runs only in the parent.
-        if !state.thread_running || state.thread_generation != generation {
-            let this: &'static StdTimer = StdTimer::global();
-            if core::ptr::eq(this, self) {
-                // Before the thread exists, so no fork can miss it.
-                fork::watch();
-                let spawned = std::thread::Builder::new()
-                    .name("ctxcore-timer".into())
-                    .spawn(move || this.run());
-                // If the thread cannot start, deadlines are still exact when
-                // observed; only wake-ups are lost until the next arm retries.
-                state.thread_running = spawned.is_ok();
-                state.thread_generation = generation;
-                state.sleeping_until = Instant::ZERO;
+        let deadline = entry.deadline().as_nanos();
+        let shard = &self.shards[shard_of(&entry)];
+        let mut state = lock(&shard.state);
+        // SAFETY: the entry is being armed, under its shard's lock: its node
+        // is valid (invariant 7).
+        match unsafe { entry.wheel_slot() } {
+            // SAFETY: the tail of a pinned heap node, not linked (an entry is
+            // armed at most once, invariant 7), in this shard's wheel only
+            // (its address picks the shard); it is removed by `disarm`
+            // before the node goes (invariants 7, 20; W4).
+            Some(slot) => unsafe { state.wheel.insert(slot, deadline) },
+            None => {
+                let _replaced = state.others.insert(entry.key(), entry);
             }
-        } else if earliest {
-            self.wake.notify_one();
         }
+        if deadline < shard.hint.load(Relaxed) {
+            shard.hint.store(deadline, SeqCst);
+        }
+        drop(state);
+        let generation = fork::generation();
+        let this = StdTimer::global();
+        if !core::ptr::eq(this, self) {
+            return;
+        }
+        self.sleeper.armed(deadline, generation, || {
+            // Before the thread exists, so no fork can miss it.
+            fork::watch();
+            std::thread::Builder::new()
+                .name("ctxcore-timer".into())
+                .spawn(move || this.run(generation))
+                .is_ok()
+        });
     }
 
     fn hands_off_after_funcs(&self) -> bool {
@@ -243,8 +308,21 @@ unsafe impl Timer for StdTimer {
     }
 
     fn disarm(&self, entry: &TimerEntry) {
-        let mut state = self.lock();
-        let _removed = state.entries.remove(&entry.key());
+        let shard = &self.shards[shard_of(entry)];
+        let mut state = lock(&shard.state);
+        // SAFETY: disarm runs before the node goes (invariant 7): valid.
+        match unsafe { entry.wheel_slot() } {
+            // SAFETY: valid; linked, if at all, only in this shard's wheel
+            // (its address picks the shard: W1).
+            Some(slot) => {
+                let _removed = unsafe { state.wheel.remove(slot) };
+            }
+            None => {
+                let _removed = state.others.remove(&entry.key());
+            }
+        }
+        // The hint may now be early: the thread wakes once for nothing and
+        // recomputes it.
         drop(state);
     }
 }
