@@ -109,6 +109,16 @@ fn ctxcore(scenario: &str, iters: u64) {
             || (),
             |_| drop(black_box(parent.with_timeout(Duration::from_secs(60)))),
         ),
+        "per_request" => each(
+            iters,
+            || (),
+            |_| {
+                let (ctx, h) = parent.with_timeout(Duration::from_secs(5));
+                poll_once(pin!(ctx.done()));
+                drop(black_box(h));
+                drop(black_box(ctx));
+            },
+        ),
         other => panic!("unknown scenario {other}"),
     }
 }

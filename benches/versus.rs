@@ -519,9 +519,88 @@ fn deadlines(c: &mut Criterion) {
     g.finish();
 }
 
+/// Issue 15's scenario: the per-request deadline, as a server makes one per
+/// request or outbound call. ctxcore: a 5 s `with_timeout` child of a live
+/// cancellable parent, one wait registered on it (`done()` polled once),
+/// then everything dropped long before it fires. tokio: what a tokio user
+/// builds instead — a child token plus a `tokio::time::sleep` polled once
+/// (tower's `Timeout` around a cancellable call). Both inside their
+/// runtimes: the std timer thread for ctxcore, a 2-worker tokio runtime
+/// entered on each thread for tokio.
+fn per_request(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let (parent, _ph) = ctx_parent();
+    let token = CancellationToken::new();
+    let ctxcore_op = |parent: &Context, cx: &mut TaskContext<'_>| {
+        let (ctx, handle) = black_box(parent).with_timeout(Duration::from_secs(5));
+        {
+            let fut = pin!(ctx.done());
+            poll_once(fut, cx);
+        }
+        drop(black_box(handle));
+        drop(black_box(ctx));
+    };
+    let tokio_op = |token: &CancellationToken, cx: &mut TaskContext<'_>| {
+        let child = black_box(token).child_token();
+        {
+            let sleep = pin!(tokio::time::sleep(Duration::from_secs(5)));
+            poll_once(sleep, cx);
+            let fut = pin!(child.cancelled());
+            poll_once(fut, cx);
+        }
+        drop(black_box(child));
+    };
+    for threads in [1usize, 2] {
+        let mut g = c.benchmark_group(format!("per_request_{threads}t"));
+        g.bench_function("ctxcore", |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, &|n| {
+                    let mut cx = noop_cx();
+                    for _ in 0..n {
+                        ctxcore_op(&parent, &mut cx);
+                    }
+                })
+            })
+        });
+        g.bench_function("tokio_util", |b| {
+            b.iter_custom(|iters| {
+                parallel(threads, iters, &|n| {
+                    let _enter = rt.handle().enter();
+                    let mut cx = noop_cx();
+                    for _ in 0..n {
+                        tokio_op(&token, &mut cx);
+                    }
+                })
+            })
+        });
+        g.finish();
+    }
+    // The moonshot: a cancellable deadline that propagates to a whole
+    // subtree, against a bare tokio `sleep` timeout (tower's `Timeout`: one
+    // sleep polled once, no cancel tree).
+    let mut g = c.benchmark_group("timeout_vs_sleep");
+    g.bench_function("ctxcore", |b| {
+        let mut cx = noop_cx();
+        b.iter(|| ctxcore_op(&parent, &mut cx))
+    });
+    g.bench_function("tokio_util", |b| {
+        let _enter = rt.handle().enter();
+        let mut cx = noop_cx();
+        b.iter(|| {
+            let sleep = pin!(tokio::time::sleep(Duration::from_secs(5)));
+            poll_once(sleep, &mut cx);
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = criterion::Criterion::default().with_measurement(Clock::from_env());
-    targets = floors, is_done, children, cancel_trees, waiters, churn, deadlines
+    targets = floors, is_done, children, cancel_trees, waiters, churn, deadlines, per_request
 }
 criterion_main!(benches);

@@ -807,9 +807,9 @@ use self::{
 pub(crate) use self::after::{AfterFuncInner, AF_RAN, AF_RUNNING, AF_STOPPED};
 #[cfg(feature = "alloc")]
 pub(crate) use self::heap::NodeRef;
-pub use self::timer::{TimerEntry, TimerFiring};
 #[cfg(feature = "std")]
 pub(crate) use self::timer::NodeDeadline;
+pub use self::timer::{TimerEntry, TimerFiring};
 pub(crate) use self::waiter::Waiter;
 #[cfg(feature = "alloc")]
 pub use self::work::AfterFuncs;

@@ -39,13 +39,13 @@ mod embassy;
 #[cfg(all(feature = "alloc", not(loom)))]
 mod manual;
 #[cfg(feature = "std")]
-mod std_timer;
-#[cfg(feature = "std")]
 mod sleeper;
 #[cfg(feature = "std")]
-pub(crate) mod wheel;
+mod std_timer;
 #[cfg(feature = "tokio")]
 mod tokio;
+#[cfg(feature = "std")]
+pub(crate) mod wheel;
 
 #[cfg(feature = "tokio")]
 pub use self::tokio::TokioTimer;

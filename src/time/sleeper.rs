@@ -12,8 +12,8 @@
 //!
 //! S1. **No lost wake-up.** `arm` stores its hint and then reads
 //!     `sleeping_until`; the thread stores `sleeping_until` and then reads
-//!     every hint, both under the sleeper's lock, before it waits (all
-//!     `SeqCst`). Of two such store-then-load pairs at least one load sees
+//!     every hint, both under the sleeper's lock, before it waits, each
+//!     side with a `SeqCst` fence between its store and its loads. Of two such store-then-load pairs at least one load sees
 //!     the other's store: either the thread sees the new hint and does not
 //!     sleep past it, or `arm` sees the thread's target, finds its own
 //!     instant earlier and notifies under the lock — which it gets only
@@ -23,7 +23,7 @@
 //!     `generation << 1 | 1` while a thread of that fork generation runs,
 //!     else anything else. It is written only under the lock: by `arm` when
 //!     it starts a thread, and by an idle thread that exits, which clears
-//!     it and then reads every hint (`SeqCst`), and stays if one is set. An
+//!     it and then (after a `SeqCst` fence) reads every hint, and stays if one is set. An
 //!     `arm` that stored a hint and then read `started` as running relies on
 //!     a thread that has not yet read the hints; one that read it cleared
 //!     waits for the lock, after which the thread has either stayed (and
@@ -31,15 +31,15 @@
 
 #[cfg(loom)]
 use loom::sync::{
-    atomic::{AtomicU64, Ordering::SeqCst},
+    atomic::{fence, AtomicU64, Ordering::SeqCst},
+    Condvar, Mutex, MutexGuard,
+};
+#[cfg(not(loom))]
+use std::sync::{
+    atomic::{fence, AtomicU64, Ordering::SeqCst},
     Condvar, Mutex, MutexGuard,
 };
 use std::time::Duration;
-#[cfg(not(loom))]
-use std::sync::{
-    atomic::{AtomicU64, Ordering::SeqCst},
-    Condvar, Mutex, MutexGuard,
-};
 
 /// The thread's side and `arm`'s side of the sleep protocol (S1, S2).
 pub(crate) struct Sleeper {
@@ -86,6 +86,8 @@ impl Sleeper {
     /// sleeps towards a later instant (S1, S2).
     #[inline]
     pub(crate) fn armed(&self, at: u64, generation: u32, spawn: impl FnOnce() -> bool) {
+        // Orders the caller's hint store before our loads (S1, S2).
+        fence(SeqCst);
         if self.started.load(SeqCst) != running(generation) {
             self.start(generation, spawn);
         } else if at < self.sleeping_until.load(SeqCst) {
@@ -112,6 +114,7 @@ impl Sleeper {
     pub(crate) fn sleep(&self, next: u64, timeout: Duration, hints: impl Fn() -> u64) -> Slept {
         let guard = self.lock();
         self.sleeping_until.store(next, SeqCst);
+        fence(SeqCst);
         if hints() < next {
             self.sleeping_until.store(0, SeqCst);
             return Slept::Again;
@@ -135,6 +138,7 @@ impl Sleeper {
     pub(crate) fn try_exit(&self, generation: u32, hints: impl Fn() -> u64) -> bool {
         let _guard = self.lock();
         self.started.store(0, SeqCst);
+        fence(SeqCst);
         if hints() != u64::MAX {
             self.started.store(running(generation), SeqCst);
             return false;

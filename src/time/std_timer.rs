@@ -178,7 +178,11 @@ impl StdTimer {
 
     /// The earliest hint of all shards (sleeper.rs, S1).
     fn hints(&self) -> u64 {
-        self.shards.iter().map(|s| s.hint.load(SeqCst)).min().unwrap_or(u64::MAX)
+        self.shards
+            .iter()
+            .map(|s| s.hint.load(SeqCst))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn run(&'static self, generation: u32) {
@@ -202,7 +206,11 @@ impl StdTimer {
             }
             // Sleep until shortly before the deadline: the kernel's timer
             // slack makes a sleep end up to ~50 us late.
-            let timeout = if next == u64::MAX { IDLE_EXIT } else { wait - SPIN_BEFORE };
+            let timeout = if next == u64::MAX {
+                IDLE_EXIT
+            } else {
+                wait - SPIN_BEFORE
+            };
             if self.sleeper.sleep(next, timeout, || self.hints()) == Slept::Idle
                 && self.sleeper.try_exit(generation, || self.hints())
             {
