@@ -98,6 +98,19 @@ fn main() {
         measure(|| parent.with_timeout(Duration::from_secs(60))),
     );
 
+    // A timed child that is waited on: its deadline is armed on the std
+    // timer (issue 15: one allocation, the wheel's links in its tail).
+    report(
+        "timeout_child_waited",
+        "ctxcore",
+        measure(|| {
+            let pair = parent.with_timeout(Duration::from_secs(60));
+            let mut cx = TaskContext::from_waker(Waker::noop());
+            assert!(pin!(pair.0.done()).poll(&mut cx).is_pending());
+            pair
+        }),
+    );
+
     // Waiting: ctxcore's waiter lives inside the future, so registering
     // allocates nothing. Both futures are polled once with a no-op waker.
     let mut cx = TaskContext::from_waker(Waker::noop());

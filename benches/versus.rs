@@ -197,6 +197,11 @@ fn floors(c: &mut Criterion) {
     // The size of a context node in both crates is around 100 bytes; a bare
     // allocation of that size is what "one allocation per child" costs at least.
     g.bench_function("box_alloc", |b| b.iter(|| drop(black_box(Box::new([0u64; 16])))));
+    // One read of the default timer's clock (`StdTimer::now`), which a
+    // deadline context's `is_done` adds while it is live.
+    let background = Context::background();
+    g.bench_function("clock_now", |b| b.iter(|| black_box(&background).now()));
+    g.bench_function("std_instant_now", |b| b.iter(Instant::now));
     // Independent work (a private atomic per thread, nothing shared) on 1 and
     // 2 threads: how well this machine scales right now. On a shared machine
     // whose second core is busy, 2 threads take twice as long per operation

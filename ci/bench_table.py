@@ -42,8 +42,11 @@ SCENARIOS = [
     ("churn_1t", "shared-parent churn, 1 thread (ns/op/thread)", 0.5),
     ("churn_2t", "shared-parent churn, 2 threads (ns/op/thread)", 0.5),
     ("deadline_create_drop", "create + drop with a deadline (tokio: token + sleep)", None),
+    ("per_request_1t", "per-request deadline: 5 s timeout child, one wait, dropped (tokio: token + sleep), 1 thread", 0.5),
+    ("per_request_2t", "per-request deadline, 2 threads (ns/op/thread)", 0.5),
+    ("timeout_vs_sleep", "moonshot: ctxcore's per-request deadline vs a bare tokio sleep polled once", None),
 ]
-FLOORS = ["atomic_load", "atomic_rmw", "box_alloc", "spin_1t", "spin_2t"]
+FLOORS = ["atomic_load", "atomic_rmw", "box_alloc", "clock_now", "std_instant_now", "spin_1t", "spin_2t"]
 
 
 def estimate(homes, group, function):
@@ -122,6 +125,16 @@ def main():
     gain = 2 * ch1 * machine / ch2 if ch1 and ch2 else None
     check("churn ctxcore throughput 2t/1t * machine", gain, gain is not None and gain >= 1.0, ">= 1", busy)
 
+    # Issue 15: a 2-thread per-request deadline does at least 1.5 times the
+    # work of one thread, relative to the machine's own scaling.
+    pr1, pr2 = by["per_request_1t"]["ctxcore_ns"], by["per_request_2t"]["ctxcore_ns"]
+    pr_gain = 2 * pr1 * machine / pr2 if pr1 and pr2 else None
+    check("per_request ctxcore throughput 2t/1t * machine", pr_gain, pr_gain is not None and pr_gain >= 1.5, ">= 1.5", busy)
+    # Issue 15: a with_timeout child costs at most twice an untimed one.
+    dl, cc = by["deadline_create_drop"]["ctxcore_ns"], by["child_create_drop"]["ctxcore_ns"]
+    dl_ratio = dl / cc if dl and cc else None
+    check("with_timeout create+drop / child create+drop", dl_ratio, dl_ratio is not None and dl_ratio <= 2.0, "<= 2")
+
     mem = {}
     pat = re.compile(r"^memory (\S+) (\S+) allocs=(\S+) bytes=(\S+)$")
     try:
@@ -138,6 +151,9 @@ def main():
     child = mem.get("child/ctxcore")
     check("bytes per cancel node", child and child["bytes"], child is not None and child["bytes"] <= 64, "<= 64")
     check("allocations per child", child and child["allocs"], child is not None and child["allocs"] == 1, "== 1")
+    timed = mem.get("timeout_child_waited/ctxcore") or mem.get("timeout_child/ctxcore")
+    check("allocations per timed child", timed and timed["allocs"], timed is not None and timed["allocs"] == 1, "== 1")
+    check("bytes per timed child", timed and timed["bytes"], timed is not None and timed["bytes"] <= 128, "<= 128")
 
     results["held"], results["total"] = held, total
     with open(results_path, "w") as f:

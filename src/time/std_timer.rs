@@ -166,9 +166,16 @@ impl StdTimer {
 
     /// Converts a [`std::time::Instant`] to this clock's [`Instant`]
     /// (saturating at both ends).
+    #[inline]
     pub fn to_instant(&self, t: std::time::Instant) -> Instant {
-        let nanos = t.saturating_duration_since(self.base).as_nanos();
-        Instant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        let d = t.saturating_duration_since(self.base);
+        // u64 arithmetic (no `u128` from `as_nanos`): every clock read of a
+        // deadline context comes through here.
+        let nanos = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
+        Instant::from_nanos(nanos)
     }
 
     /// Number of armed deadlines.
@@ -264,6 +271,7 @@ impl fmt::Debug for StdTimer {
 }
 
 impl Clock for StdTimer {
+    #[inline]
     fn now(&self) -> Instant {
         self.to_instant(std::time::Instant::now())
     }
