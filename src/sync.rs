@@ -212,7 +212,9 @@ impl<'a> LockGuard<'a> {
 }
 
 impl Drop for LockGuard<'_> {
-    #[inline]
+    // Out of line in the heap-free tier, as `RawLock::lock` is.
+    #[cfg_attr(feature = "alloc", inline)]
+    #[cfg_attr(not(feature = "alloc"), inline(never))]
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
         #[cfg(feature = "critical-section")]
