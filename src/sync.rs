@@ -121,7 +121,10 @@ impl RawLock {
         }
     }
 
-    #[inline]
+    // Out of line in the heap-free tier, whose firmwares count flash: one
+    // copy instead of one per call site (about 20 of them).
+    #[cfg_attr(feature = "alloc", inline)]
+    #[cfg_attr(not(feature = "alloc"), inline(never))]
     pub(crate) fn lock(&self) -> LockGuard<'_> {
         #[cfg(feature = "critical-section")]
         // SAFETY: acquire/release are paired and nested: the matching
@@ -209,7 +212,9 @@ impl<'a> LockGuard<'a> {
 }
 
 impl Drop for LockGuard<'_> {
-    #[inline]
+    // Out of line in the heap-free tier, as `RawLock::lock` is.
+    #[cfg_attr(feature = "alloc", inline)]
+    #[cfg_attr(not(feature = "alloc"), inline(never))]
     fn drop(&mut self) {
         self.lock.locked.store(false, Ordering::Release);
         #[cfg(feature = "critical-section")]

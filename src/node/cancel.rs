@@ -140,7 +140,8 @@ impl Node {
     pub(super) fn lock_to_cancel(&self, orphaned: &mut OrphanGuard) -> Option<(LockGuard<'_>, bool)> {
         let this = self;
         let parent = this.parent_ptr();
-        if this.state.load(Ordering::Relaxed) & KID != 0 {
+        // Kids are heap nodes: none without `alloc`.
+        if cfg!(feature = "alloc") && this.state.load(Ordering::Relaxed) & KID != 0 {
             // A kid takes its own lock first: a second cancel of the same
             // node (through a shared handle) then sees `DONE` before it
             // could touch the parent, whose kid count we give up below

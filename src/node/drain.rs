@@ -34,7 +34,8 @@ impl Node {
                 let e = cur as *const Entry;
                 if (*e).kind == EntryKind::Waker && batch.is_full() {
                     left = true;
-                    if self.callbacks.with(|p| *p) == 0 {
+                    // Callbacks (after-funcs, `any` links) need `alloc`.
+                    if !cfg!(feature = "alloc") || self.callbacks.with(|p| *p) == 0 {
                         // Only wakers from here on: `drain_wakers` takes them.
                         break;
                     }
@@ -113,7 +114,8 @@ impl Node {
                     // that they give up under its lock, so it outlives our
                     // hold of that lock. A scoped node's owner could be gone
                     // once its children are leaked (invariant 13).
-                    if depth < DESCENT_MAX
+                    if cfg!(feature = "alloc")
+                        && depth < DESCENT_MAX
                         && child.state.load(Ordering::Relaxed) & HEAP != 0
                         // SAFETY: we hold both locks (invariant 1).
                         && unsafe { cur.children.is_empty() && !child.children.is_empty() }

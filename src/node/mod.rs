@@ -572,7 +572,9 @@ impl Node {
     /// `static`.
     #[inline]
     fn counted(&self) -> bool {
-        self.state.load(Ordering::Relaxed) & (HEAP | ANY) != 0
+        // Without `alloc` there are neither (a constant false, so that the
+        // heap-free build drops their paths).
+        cfg!(feature = "alloc") && self.state.load(Ordering::Relaxed) & (HEAP | ANY) != 0
     }
 
     /// Adjusts the callback count.

@@ -1,7 +1,11 @@
 //! What every firmware image here shares: the tick source for embassy-time,
 //! start-up and semihosting verdicts. Included with `#[path]` by each binary
 //! so that each one links exactly what it uses; the `alloc` binaries add
-//! `heap.rs`.
+//! `heap.rs`. The panic handler is not here: each binary includes one of
+//! `panic_print.rs` (the test firmwares: prints the panic message, so
+//! `core::fmt` is linked) or `panic_exit.rs` (the `size_*` firmwares: the
+//! failure exit code only, no formatting, as a firmware that logs with
+//! `defmt` or not at all would ship).
 //!
 //! Two boards:
 //! - Cortex-M (QEMU's lm3s6965evb): SysTick through `systick-timer`, output
@@ -15,9 +19,12 @@
 //! attribute makes it the machine-timer interrupt handler, and
 //! [`on_systick`] re-arms `mtimecmp`.
 
+// Unused by the size firmwares, which print nothing.
 #[cfg(target_arch = "arm")]
+#[allow(unused_imports)]
 pub use cortex_m_semihosting::hprintln;
 #[cfg(target_arch = "riscv32")]
+#[allow(unused_imports)]
 pub use semihosting::println as hprintln;
 
 /// Which CPU this image is for, as the firmwares print it.
@@ -171,10 +178,4 @@ pub fn exit(ok: bool) -> ! {
     arch::exit(ok);
     #[allow(clippy::empty_loop)]
     loop {}
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    hprintln!("FAIL: panic: {}", info);
-    exit(false)
 }

@@ -19,6 +19,8 @@ extern crate alloc;
 mod board;
 #[path = "heap.rs"]
 mod heap;
+#[path = "panic_print.rs"]
+mod panic_print;
 
 use board::hprintln;
 use core::cell::RefCell;

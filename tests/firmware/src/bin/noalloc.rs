@@ -21,6 +21,8 @@
 
 #[path = "../board.rs"]
 mod board;
+#[path = "../panic_print.rs"]
+mod panic_print;
 #[path = "../tick_timer.rs"]
 mod tick_timer;
 

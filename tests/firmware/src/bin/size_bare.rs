@@ -7,8 +7,9 @@
 
 #[path = "../board.rs"]
 mod board;
+#[path = "../panic_exit.rs"]
+mod panic_exit;
 
-use board::hprintln;
 use core::hint::black_box;
 use embassy_executor::Executor;
 use static_cell::StaticCell;
@@ -16,8 +17,7 @@ use static_cell::StaticCell;
 #[embassy_executor::task]
 async fn app() {
     embassy_time::Timer::after_millis(black_box(2)).await;
-    hprintln!("size_bare: {}", black_box(true));
-    board::exit(true);
+    board::exit(black_box(true));
 }
 
 #[cfg_attr(target_arch = "arm", cortex_m_rt::exception)]

@@ -9,8 +9,9 @@
 
 #[path = "../board.rs"]
 mod board;
+#[path = "../panic_exit.rs"]
+mod panic_exit;
 
-use board::hprintln;
 use core::hint::black_box;
 use core::pin::pin;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -27,7 +28,6 @@ async fn app() {
     let child = pin!(ScopedContext::new(ROOT.as_ref()));
     let child = child.as_ref().context();
     let ok = child.done().await == Error::Canceled && child.cause().and_then(|c| c.as_str()) == Some("stop");
-    hprintln!("size_child: {}", ok);
     board::exit(ok);
 }
 

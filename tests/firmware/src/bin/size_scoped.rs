@@ -8,10 +8,11 @@
 
 #[path = "../board.rs"]
 mod board;
+#[path = "../panic_exit.rs"]
+mod panic_exit;
 #[path = "../tick_timer.rs"]
 mod tick_timer;
 
-use board::hprintln;
 use core::hint::black_box;
 use core::pin::pin;
 use core::time::Duration;
@@ -41,7 +42,6 @@ async fn app() {
     let ok = fired && job_ctx.done().await == Error::Canceled && !ROOT.is_done();
     ROOT.cancel_with(black_box("stop"));
     let ok = ok && ROOT.done().await == Error::Canceled && ROOT.cause().and_then(|c| c.as_str()) == Some("stop");
-    hprintln!("size_scoped: {}", ok);
     board::exit(ok);
 }
 

@@ -8,8 +8,9 @@
 
 #[path = "../board.rs"]
 mod board;
+#[path = "../panic_exit.rs"]
+mod panic_exit;
 
-use board::hprintln;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU32, Ordering};
 use embassy_executor::Executor;
@@ -25,7 +26,6 @@ static TICKS: AtomicU32 = AtomicU32::new(0);
 async fn app() {
     let why = STOP.wait().await;
     let ok = why == "stop";
-    hprintln!("size_signal: {}", ok);
     board::exit(ok);
 }
 

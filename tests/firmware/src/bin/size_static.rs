@@ -6,8 +6,9 @@
 
 #[path = "../board.rs"]
 mod board;
+#[path = "../panic_exit.rs"]
+mod panic_exit;
 
-use board::hprintln;
 use core::hint::black_box;
 use ctxcore::{Error, StaticContext};
 use embassy_executor::Executor;
@@ -20,7 +21,6 @@ async fn app() {
     embassy_time::Timer::after_millis(black_box(2)).await;
     ROOT.cancel_with(black_box("stop"));
     let ok = ROOT.done().await == Error::Canceled && ROOT.cause().and_then(|c| c.as_str()) == Some("stop");
-    hprintln!("size_static: {}", ok);
     board::exit(ok);
 }
 

@@ -8,8 +8,9 @@
 
 #[path = "../board.rs"]
 mod board;
+#[path = "../panic_exit.rs"]
+mod panic_exit;
 
-use board::hprintln;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use embassy_executor::Executor;
@@ -25,7 +26,6 @@ static TICKS: AtomicU32 = AtomicU32::new(0);
 #[embassy_executor::task]
 async fn app() {
     let ok = STOP.wait_for(|| STOPPED.load(Ordering::Acquire)).await.is_ok();
-    hprintln!("size_waitcell: {}", ok);
     board::exit(ok);
 }
 
