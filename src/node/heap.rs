@@ -57,6 +57,7 @@ const READY: u32 = 2;
 /// `site` hashes to, claiming it if it is free; `None` if that one holds
 /// another location (the child then shares its parent's node).
 #[cfg(all(feature = "alloc", not(loom)))]
+#[inline]
 fn immortal_for(site: Option<&'static Location<'static>>) -> Option<&'static Node> {
     let Some(at) = site else {
         return Some(CANCELED);
@@ -68,6 +69,21 @@ fn immortal_for(site: Option<&'static Location<'static>>) -> Option<&'static Nod
     const _: () = assert!(LOCATED.is_power_of_two() || LOCATED == 0);
     let i = ((at as *const Location<'static>).addr() / core::mem::align_of::<Location<'static>>())
         & LOCATED.saturating_sub(1);
+    let node = &IMMORTALS[1 + i];
+    // The common case, inline: the entry is ready with this location.
+    // `READY` observed with Acquire: the location is written for good
+    // (invariant 15).
+    if LOCATED_STATE[i].load(Ordering::Acquire) == READY {
+        return node.done_site().is_some_and(|l| ptr::eq(l, at)).then_some(node);
+    }
+    claim_immortal(i, at)
+}
+
+/// `immortal_for`'s first use of an entry: claims it if it is free.
+#[cfg(all(feature = "alloc", not(loom)))]
+#[cold]
+#[inline(never)]
+fn claim_immortal(i: usize, at: &'static Location<'static>) -> Option<&'static Node> {
     let (state, node) = (&LOCATED_STATE[i], &IMMORTALS[1 + i]);
     let mut s = state.load(Ordering::Acquire);
     if s == FREE
