@@ -28,6 +28,7 @@ names = {
     "CancelChain10": "cancel_chain_10", "CancelChain100": "cancel_chain_100", "CancelChain1000": "cancel_chain_1000",
     "Wake1": "wake_1", "Wake100": "wake_100", "Wake1000": "wake_1000",
     "Churn1t": "churn_1t", "Churn2t": "churn_2t", "DeadlineCreateDrop": "deadline_create_drop",
+    "PerRequest1t": "per_request_1t", "PerRequest2t": "per_request_2t",
 }
 best = {}
 for line in open(sys.argv[1]):

@@ -229,3 +229,25 @@ func BenchmarkDeadlineCreateDrop(b *testing.B) {
 		c()
 	}
 }
+
+// Issue 15's per-request deadline: a 5 s WithTimeout child of a live
+// cancellable parent, one wait registered (Done() makes the channel a
+// select would block on), then cancelled long before it fires.
+func perRequest(b *testing.B, threads int) {
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	parallel(b, threads, func(n int) {
+		for i := 0; i < n; i++ {
+			ctx, c := context.WithTimeout(parent, 5*time.Second)
+			select {
+			case <-ctx.Done():
+				panic("done too early")
+			default:
+			}
+			c()
+		}
+	})
+}
+
+func BenchmarkPerRequest1t(b *testing.B) { perRequest(b, 1) }
+func BenchmarkPerRequest2t(b *testing.B) { perRequest(b, 2) }

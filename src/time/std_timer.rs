@@ -25,10 +25,16 @@ const SPIN_BEFORE: Duration = Duration::from_micros(60);
 
 /// The process-wide timer of the `std` feature: a monotonic clock
 /// (`std::time::Instant` since the first use) and one background thread that
-/// fires deadlines. Entries live in an ordered map: arm and disarm are
-/// O(log n), and a context that is cancelled or dropped removes its entry at
-/// once. The thread starts on the first armed deadline and exits after two
-/// idle seconds.
+/// fires deadlines. Entries are spread over 16 shards by their context's
+/// address, each under its own lock, so threads that arm and disarm at once
+/// rarely meet. A shard is a hierarchical timing wheel (six levels of 64
+/// slots, ticks of about 1 ms, fired to the nanosecond) whose links live in
+/// the context's own allocation: arm and disarm are O(1) and allocate
+/// nothing, and a context that is cancelled or dropped removes its entry at
+/// once. The thread sleeps towards the earliest of the shards' hints; `arm`
+/// wakes it only for an earlier deadline, with no lock shared by all arms.
+/// The thread starts on the first armed deadline and exits after two idle
+/// seconds.
 ///
 /// Accuracy: the thread sleeps on a condvar until 60 µs before the earliest
 /// deadline and spins the rest, so a deadline fires a few microseconds late
