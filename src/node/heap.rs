@@ -199,12 +199,16 @@ impl NodeRef {
         if has_wheel_tail(node.state.load(Ordering::Relaxed)) {
             // A heap node that owns a deadline carries the std timer's
             // wheel links in the same allocation (invariant 20).
-            let timed = Box::leak(Box::new(TimedNode {
+            // The pointer keeps the provenance of the whole allocation (not
+            // a reference to the `node` field, which would cover its bytes
+            // only): `wheel_slot` reaches the tail through it and
+            // `free_node` frees the `TimedNode` through it.
+            let timed = NonNull::from(Box::leak(Box::new(TimedNode {
                 node,
                 slot: crate::time::wheel::WheelSlot::new(),
-            }));
+            })));
             return NodeRef {
-                ptr: NonNull::from(&mut timed.node),
+                ptr: timed.cast::<Node>(),
             };
         }
         NodeRef {
