@@ -353,8 +353,8 @@ pub(crate) const QUEUED: u32 = 1 << 4;
 /// Immutable: the node is an `any` node (no tree parent; `any` links).
 pub(crate) const ANY: u32 = 1 << 5;
 
-/// A scoped (pinned, owner-held) node has been linked to its parent and
-/// armed; its owner must detach it before its memory goes.
+/// A scoped (pinned, owner-held) node has been linked to its parent; its
+/// owner must detach it before its memory goes.
 pub(crate) const ATTACHED: u32 = 1 << 6;
 
 /// Immutable: nothing can ever cancel the node (a `with_timer` or
@@ -396,6 +396,12 @@ pub(crate) const ALL: u32 = 1 << 14;
 /// Immutable: an `all` node with a parent that has a deadline: a read of it
 /// while live checks its parents (property 5), deadline of its own or not.
 pub(crate) const POLLS: u32 = 1 << 15;
+
+/// Set once, under the node's lock and while it is live, on a node with
+/// `OWNS_DEADLINE` whose timer entry is (being) armed: the first entry
+/// pushed onto the waiters of a node whose deadline it owns arms it
+/// (invariant 20). Never cleared.
+pub(crate) const ARMED: u32 = 1 << 16;
 
 /// One context node.
 #[repr(C)]
@@ -751,9 +757,12 @@ impl Node {
         true
     }
 
-    /// Gives up the node's timer entry once it is done.
+    /// Gives up the node's timer entry once it is done (or freed). A node
+    /// never armed (no `ARMED`: nobody waited on its deadline) has none, and
+    /// the timer's lock is not taken; the flag read is final here
+    /// (invariant 20).
     fn after_done(&self) {
-        if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+        if self.state.load(Ordering::Relaxed) & ARMED != 0 {
             if let Some(t) = self.timer {
                 t.disarm(&TimerEntry {
                     node: NonNull::from(self),
@@ -775,6 +784,7 @@ impl core::fmt::Debug for Node {
 mod after;
 mod all;
 mod any;
+mod arm;
 mod cancel;
 mod drain;
 mod heap;
@@ -789,12 +799,13 @@ mod work;
 
 #[allow(unused_imports)]
 use self::{
-    after::*, all::*, any::*, cancel::*, drain::*, heap::*, pending::*, refs::*, scoped::*, timer::*, waiter::*,
-    work::*,
+    after::*, all::*, any::*, arm::*, cancel::*, drain::*, heap::*, pending::*, refs::*, scoped::*, timer::*,
+    waiter::*, work::*,
 };
 
 #[cfg(feature = "alloc")]
 pub(crate) use self::after::{AfterFuncInner, AF_RAN, AF_RUNNING, AF_STOPPED};
+pub(crate) use self::arm::NodePtr;
 #[cfg(feature = "alloc")]
 pub(crate) use self::heap::NodeRef;
 pub use self::timer::{TimerEntry, TimerFiring};
