@@ -72,9 +72,12 @@
 //!    stay held until phase 1 ends, counted ones until phase 2 (a last
 //!    release frees, and freeing drops a cause: user code).
 //! 7. **Timer entries.** A node with `OWNS_DEADLINE` has armed at most one
-//!    entry on its timer. `disarm` runs before the node is freed; the timer
-//!    serialises `claim` with `disarm` (the `Timer` safety contract), so a
-//!    claimed entry's node is retained and a disarmed entry is never claimed.
+//!    entry on its timer, and only once it has `ARMED` (invariant 20).
+//!    `disarm` runs before the node is freed (`after_done`, for an `ARMED`
+//!    node); the timer serialises `claim` with `disarm` (the `Timer` safety
+//!    contract), so a claimed entry's node is retained and a disarmed entry
+//!    is never claimed. The entry's pointer has the node's allocation's
+//!    provenance (a claimed entry's reference may be the last: `NodePtr`).
 //! 8. **Waiter entries.** An entry in `waiters` is pinned (its container is
 //!    `!Unpin` and pinned, or heap-allocated and owned by the list) and is
 //!    unlinked under the node's lock before its memory is released: a waiting
@@ -277,6 +280,37 @@
 //!     if `all_observed` finds it done. Parents on different timers give it
 //!     no deadline (no `HAS_DEADLINE`, `deadline_parent` null), only
 //!     `POLLS`: a maximum of instants on different clocks means nothing.
+//! 20. **Lazy arming.** A deadline is exact when observed (property 5), so
+//!     the timer is needed only to wake waiters and run after-funcs on time:
+//!     a node's own deadline is armed when an entry is first pushed onto the
+//!     waiters of a node whose effective deadline it owns (a `done()` waiter,
+//!     an after-func, an `all` link; not an `any` link: an `any` node is done
+//!     with its first parent, and its own waiters arm its earliest parent's
+//!     deadline through its `deadline_parent`), never at creation. After the
+//!     push, with no node lock held, `arm_for_waiters` tests `HAS_DEADLINE`
+//!     (nothing else for a node without a deadline), walks up to the owner
+//!     (the nodes on the way have the same deadline and outlive the waited
+//!     node, invariant 4), and under the owner's lock sets `ARMED` if it is
+//!     neither done nor armed (`state` written under the lock, invariant
+//!     11), then arms outside every lock (the timer's lock is a leaf,
+//!     invariant 1), then re-reads: if `DONE` now, it disarms itself (a
+//!     cancel that set `DONE` after our section read `ARMED` and disarmed,
+//!     and the timer's lock orders that disarm and our arm: if the disarm
+//!     came first, our arm's lock section happens after it, so our re-read
+//!     sees `DONE`; if ours came first, the disarm removed it); else, if the
+//!     clock has passed the deadline, it fires the owner as a read does
+//!     (`cancel_observed`: after-funcs handed off, property 7), which covers
+//!     a timer that scanned its due entries just before ours landed. A
+//!     waiter is linked before it arms, so it is never lost: a cancel after
+//!     its push wakes it, and the deadline is armed or fired. `ARMED` is set
+//!     only while not `DONE` and never cleared, in the same word as `DONE`,
+//!     so any read of `state` that sees `DONE` sees `ARMED` for good; and a
+//!     node freed live is freed by its last owner, after every arming
+//!     thread (each holds the waited node, which holds the owner) released
+//!     its reference (Release, then the freer's Acquire): `after_done`'s
+//!     plain read of `ARMED` is exact, and an unarmed node never takes the
+//!     timer's lock. A waiter that goes away leaves the entry armed (once
+//!     per node) until the node is done or freed.
 //!
 //! # Lock order
 //!
@@ -294,7 +328,8 @@
 //! the child is a kid in its own cancel, whose caller holds a reference to
 //! it) and another holding the parent and waiting for that child (so the
 //! child is not a kid, or its count is zero) — which cannot both be true.
-//! The timer's lock is taken only with no node lock held, and the pending
+//! The timer's lock is taken only with no node lock held (arming included,
+//! invariant 20), and the pending
 //! list's lock (invariant 17) is a leaf taken with at most one node lock
 //! held and nothing taken under it. So no deadlock can
 //! form, and a cancel may run from any thread, a waker, an after-func or a
