@@ -90,8 +90,8 @@ impl AfterFuncInner {
             n.add_callbacks(1);
         }
         drop(guard);
-        // SAFETY: we hold a reference to the node (`node`), whose pointer is
-        // the allocation's.
+        // SAFETY: we hold a reference to the node (`node`, invariant 5),
+        // whose pointer is the allocation's (invariants 7, 20).
         // The deadline that will run `f` on time is armed now (invariant
         // 20); if it has passed, it fires here with the after-funcs handed
         // off, `f` among them: like a read, an `after_func` call never runs

@@ -105,8 +105,8 @@ impl NodeRef {
         // it here (a read's cancel: after-funcs handed off), which may
         // count the node down.
         for l in all.links.iter() {
-            // SAFETY: `l.parent` is a reference of ours, with the
-            // allocation's pointer.
+            // SAFETY: `l.parent` is a reference of ours (invariant 4), with
+            // the allocation's pointer (invariants 7, 20).
             unsafe { Node::arm_for_waiters(l.parent.ptr) };
         }
         if zero {

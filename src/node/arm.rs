@@ -55,7 +55,8 @@ impl<'a> NodePtr<'a> {
 
     #[inline]
     pub(crate) fn get(self) -> &'a Node {
-        // SAFETY: valid for `'a` (the borrow this was made from).
+        // SAFETY: valid for `'a`, the borrow this was made from (invariant
+        // 4 for the nodes it reaches).
         unsafe { self.ptr.as_ref() }
     }
 
@@ -82,9 +83,9 @@ impl Node {
     /// if it is a heap node (it may become a timer entry's pointer).
     #[inline]
     pub(super) unsafe fn arm_for_waiters(node: NonNull<Node>) {
-        // SAFETY: valid for the call (our caller).
+        // SAFETY: valid for the call (our caller; invariant 4).
         if unsafe { node.as_ref() }.state.load(Ordering::Relaxed) & HAS_DEADLINE != 0 {
-            // SAFETY: forwarded from our caller.
+            // SAFETY: forwarded from our caller (invariants 4, 20).
             unsafe { Self::arm_deadline_owner(node) }
         }
     }
@@ -111,7 +112,8 @@ impl Node {
             }
             #[cfg(feature = "alloc")]
             let up = match n.any() {
-                // SAFETY: immutable after construction, freed with the node.
+                // SAFETY: immutable after construction, freed with the node,
+                // and its deadline parent is retained (invariant 4).
                 Some(any) => unsafe { any.as_ref().deadline_parent },
                 None => n.parent_ptr(),
             };
@@ -131,7 +133,7 @@ impl Node {
     #[cold]
     #[inline(never)]
     unsafe fn arm_deadline_owner(node: NonNull<Node>) {
-        // SAFETY: forwarded from our caller.
+        // SAFETY: forwarded from our caller (invariant 4).
         let Some(owner) = (unsafe { Self::deadline_owner(node) }) else {
             return;
         };

@@ -95,7 +95,7 @@ impl Waiter {
         drop(old);
         if pushed {
             // SAFETY: `at` is valid (our caller) and keeps the allocation's
-            // provenance (`NodePtr`).
+            // provenance (`NodePtr`, invariants 7 and 20).
             // Linked first, armed second, no lock held (the timer's is a
             // leaf, invariant 1): a deadline that passed since the check
             // above is fired by the arming itself (it re-reads the clock
