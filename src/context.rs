@@ -132,6 +132,12 @@ impl Context {
         self.node.as_ref().map(NodeRef::node)
     }
 
+    /// The node with its allocation's provenance, for waiters (a waiter may
+    /// arm the node's timer entry, which may free it: node/arm.rs).
+    pub(crate) fn node_ptr(&self) -> Option<crate::node::NodePtr<'_>> {
+        self.node.as_ref().map(crate::node::NodePtr::counted)
+    }
+
     fn timer(&self) -> Option<&'static dyn Timer> {
         self.node.as_ref().and_then(|n| n.node().timer()).or_else(default_timer)
     }
@@ -626,7 +632,7 @@ impl Context {
     /// assert_eq!(futures::executor::block_on(ctx.done()), Error::Canceled);
     /// ```
     pub fn done(&self) -> Done<'_> {
-        Done::new(self.node.as_ref().map(NodeRef::node))
+        Done::new(self.node_ptr())
     }
 
     /// [`done`](Self::done) as a `'static` future that owns a clone of the

@@ -6,7 +6,7 @@ use crate::error::ContextError;
 use crate::error::Error;
 #[cfg(feature = "alloc")]
 use crate::node::NodeRef;
-use crate::node::{Node, Waiter};
+use crate::node::{NodePtr, Waiter};
 use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
@@ -96,13 +96,14 @@ pub struct Done<'a> {
     // Declared first: dropped (unlinked) before the other fields. That the
     // node is still alive then is what the `Drop` impl below guarantees.
     waiter: Waiter,
-    node: Option<&'a Node>,
+    node: Option<NodePtr<'a>>,
     terminated: bool,
 }
 
 /// Deliberately empty: the unlinking is `Waiter::drop`, run by the drop glue
 /// right after this. What matters is that the impl exists. `Waiter` has no
-/// lifetime and `&'a Node` has no drop, so without it dropck would not
+/// lifetime and `NodePtr<'a>` (a `&'a Node` keeping its provenance) has no
+/// drop, so without it dropck would not
 /// require `'a` to be live where a `Done<'a>` is dropped, and a polled `Done`
 /// could outlive its context in safe code (issue 10, defect 6) and then lock
 /// the freed node. With it, every drop of a `Done<'a>` is a use of `'a`
@@ -113,7 +114,7 @@ impl Drop for Done<'_> {
 }
 
 impl<'a> Done<'a> {
-    pub(crate) fn new(node: Option<&'a Node>) -> Self {
+    pub(crate) fn new(node: Option<NodePtr<'a>>) -> Self {
         Done {
             waiter: Waiter::new(),
             node,
@@ -122,12 +123,12 @@ impl<'a> Done<'a> {
     }
 }
 
-fn poll_node(waiter: Pin<&mut Waiter>, node: Option<&Node>, cx: &mut TaskContext<'_>) -> Poll<Error> {
+fn poll_node(waiter: Pin<&mut Waiter>, node: Option<NodePtr<'_>>, cx: &mut TaskContext<'_>) -> Poll<Error> {
     let Some(node) = node else { return Poll::Pending };
     // SAFETY: the future that owns `waiter` also keeps `node` alive for longer
     // (field order: the waiter drops first) and always passes the same node.
     match unsafe { waiter.poll_wait(node, cx) } {
-        Poll::Ready(()) => Poll::Ready(node.err().unwrap_or(Error::Canceled)),
+        Poll::Ready(()) => Poll::Ready(node.get().err().unwrap_or(Error::Canceled)),
         Poll::Pending => Poll::Pending,
     }
 }
@@ -193,7 +194,7 @@ impl Future for DoneOwned {
         let this = unsafe { self.get_unchecked_mut() };
         // SAFETY: `waiter` is pinned because `self` is.
         let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
-        let r = poll_node(waiter, this.node.as_ref().map(NodeRef::node), cx);
+        let r = poll_node(waiter, this.node.as_ref().map(NodePtr::counted), cx);
         if r.is_ready() {
             this.terminated = true;
         }

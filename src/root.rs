@@ -3,7 +3,7 @@
 use crate::cause::Cause;
 use crate::done::Done;
 use crate::error::{ContextError, Error};
-use crate::node::Node;
+use crate::node::{Node, NodePtr};
 use crate::scoped::ContextRef;
 use crate::time::{default_timer, Instant, Timer};
 use core::fmt;
@@ -137,7 +137,7 @@ impl StaticContext {
 
     /// A future that completes once the root is done; allocates nothing.
     pub fn done(&'static self) -> Done<'static> {
-        Done::new(Some(&self.node))
+        Done::new(Some(NodePtr::pinned(&self.node)))
     }
 
     /// A borrowed view of the root, to hang heap-free
@@ -153,7 +153,7 @@ impl StaticContext {
     /// assert!(!ctx.is_done());
     /// ```
     pub fn as_ref(&'static self) -> ContextRef<'static> {
-        ContextRef::new(Some(&self.node))
+        ContextRef::new(Some(NodePtr::pinned(&self.node)))
     }
 
     /// A [`Context`](crate::Context) for this root, to build a heap tree under

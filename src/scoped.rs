@@ -5,7 +5,7 @@
 use crate::cause::Cause;
 use crate::done::Done;
 use crate::error::{ContextError, Error};
-use crate::node::Node;
+use crate::node::{Node, NodePtr};
 use crate::time::{default_timer, Instant};
 use core::fmt;
 use core::marker::PhantomData;
@@ -31,16 +31,22 @@ use core::time::Duration;
 /// [`Context`]: crate::Context
 #[derive(Clone, Copy)]
 pub struct ContextRef<'a> {
-    node: Option<&'a Node>,
+    node: Option<NodePtr<'a>>,
 }
 
 impl<'a> ContextRef<'a> {
-    pub(crate) fn new(node: Option<&'a Node>) -> Self {
+    pub(crate) fn new(node: Option<NodePtr<'a>>) -> Self {
         ContextRef { node }
     }
 
-    /// The node viewed (`None`: never done), for the adapters (`stream`).
+    /// The node viewed (`None`: never done).
     pub(crate) fn node(&self) -> Option<&'a Node> {
+        self.node.map(NodePtr::get)
+    }
+
+    /// The node viewed, for waiters (`done`, `stream`): with its
+    /// allocation's provenance (node/arm.rs).
+    pub(crate) fn node_ptr(&self) -> Option<NodePtr<'a>> {
         self.node
     }
 
@@ -54,17 +60,17 @@ impl<'a> ContextRef<'a> {
     /// live context with a deadline).
     #[inline]
     pub fn is_done(&self) -> bool {
-        self.node.is_some_and(Node::is_done)
+        self.node().is_some_and(Node::is_done)
     }
 
     /// Why the context is done, if it is.
     pub fn err(&self) -> Option<Error> {
-        self.node.and_then(Node::err)
+        self.node().and_then(Node::err)
     }
 
     /// The cause of the winning cancellation, if done.
     pub fn cause(&self) -> Option<Cause> {
-        self.node.and_then(Node::cause)
+        self.node().and_then(Node::cause)
     }
 
     /// Where the winning cancellation was requested, inherited like the
@@ -85,7 +91,7 @@ impl<'a> ContextRef<'a> {
     /// assert_eq!(ctx.cancelled_at().unwrap().line(), line);
     /// ```
     pub fn cancelled_at(&self) -> Option<&'static Location<'static>> {
-        self.node.and_then(Node::cancelled_at)
+        self.node().and_then(Node::cancelled_at)
     }
 
     /// Why the context is done and the cause, as one [`ContextError`]; `None`
@@ -102,12 +108,12 @@ impl<'a> ContextRef<'a> {
     /// assert_eq!(ctx.error().unwrap().to_string(), "context canceled: step aborted");
     /// ```
     pub fn error(&self) -> Option<ContextError> {
-        self.node.and_then(ContextError::of_node)
+        self.node().and_then(ContextError::of_node)
     }
 
     /// The earliest deadline on the path to the root.
     pub fn deadline(&self) -> Option<Instant> {
-        self.node.and_then(Node::deadline)
+        self.node().and_then(Node::deadline)
     }
 
     /// The current time on this context's own clock (its tree's timer, or
@@ -124,7 +130,7 @@ impl<'a> ContextRef<'a> {
     /// assert_eq!(ROOT.as_ref().now().as_nanos(), 3_000_000);
     /// ```
     pub fn now(&self) -> Instant {
-        self.node
+        self.node()
             .and_then(Node::timer)
             .or_else(default_timer)
             .map_or(Instant::ZERO, |t| t.now())
@@ -185,7 +191,7 @@ impl crate::Context {
     /// assert!(step.is_done());
     /// ```
     pub fn as_ref(&self) -> ContextRef<'_> {
-        ContextRef::new(self.node_ref())
+        ContextRef::new(self.node_ptr())
     }
 }
 
@@ -268,7 +274,7 @@ impl<'p> ScopedContext<'p> {
     /// (saturating). Without a timer there is no clock and no deadline.
     #[track_caller]
     pub fn with_timeout(parent: ContextRef<'p>, timeout: Duration) -> Self {
-        let timer = parent.node.and_then(Node::timer).or_else(default_timer);
+        let timer = parent.node().and_then(Node::timer).or_else(default_timer);
         Self::build(parent, timer.map(|t| t.now().saturating_add(timeout)), None)
     }
 
@@ -287,7 +293,7 @@ impl<'p> ScopedContext<'p> {
         // SAFETY: `self` is pinned, so the node stays put until `Drop`, which
         // detaches it; the parent outlives `'p`, which outlives us.
         unsafe { this.node.attach_scoped() };
-        ContextRef::new(Some(&this.node))
+        ContextRef::new(Some(NodePtr::pinned(&this.node)))
     }
 
     /// Cancels the context (first cancellation wins).

@@ -12,7 +12,7 @@
 #[cfg(feature = "alloc")]
 use crate::context::Context;
 use crate::error::{ContextError, Error};
-use crate::node::{Node, Waiter};
+use crate::node::{Node, NodePtr, Waiter};
 use crate::scoped::ContextRef;
 use core::fmt;
 use core::pin::Pin;
@@ -22,7 +22,7 @@ use futures_core::stream::{FusedStream, Stream};
 /// What keeps the node alive while the stream runs.
 enum Source<'a> {
     /// A [`ContextRef`]: the borrow keeps it alive.
-    Borrowed(&'a Node),
+    Borrowed(NodePtr<'a>),
     /// A [`Context`]: a clone of it (its node reference) keeps it alive.
     #[cfg(feature = "alloc")]
     Owned(Context),
@@ -31,11 +31,11 @@ enum Source<'a> {
 }
 
 impl Source<'_> {
-    fn node(&self) -> Option<&Node> {
+    fn node(&self) -> Option<NodePtr<'_>> {
         match self {
-            Source::Borrowed(n) => Some(n),
+            Source::Borrowed(n) => Some(*n),
             #[cfg(feature = "alloc")]
-            Source::Owned(ctx) => ctx.node_ref(),
+            Source::Owned(ctx) => ctx.node_ptr(),
             Source::None => None,
         }
     }
@@ -147,8 +147,8 @@ impl<'a, S> RunStream<'a, S> {
         };
         let node = this.source.node();
         if let Some(n) = node {
-            if n.is_done() {
-                let err = with_cause.then(|| error_of(n));
+            if n.get().is_done() {
+                let err = with_cause.then(|| error_of(n.get()));
                 this.end();
                 return Poll::Ready(Some(Err(err)));
             }
@@ -174,7 +174,7 @@ impl<'a, S> RunStream<'a, S> {
         // the node's lock when dropped (invariant 8).
         match unsafe { waiter.poll_wait(n, cx) } {
             Poll::Ready(()) => {
-                let err = with_cause.then(|| error_of(n));
+                let err = with_cause.then(|| error_of(n.get()));
                 this.end();
                 Poll::Ready(Some(Err(err)))
             }
@@ -382,7 +382,7 @@ impl<'a> ContextRef<'a> {
     /// });
     /// ```
     pub fn stream<S: Stream>(&self, stream: S) -> RunStream<'a, S> {
-        let source = match self.node() {
+        let source = match self.node_ptr() {
             Some(n) => Source::Borrowed(n),
             None => Source::None,
         };

@@ -266,8 +266,13 @@ fn polling_done_on_a_deadline_context_allocates_nothing() {
     let _s = serial();
     static CLOCK: ManualClock = ManualClock::new();
     let root = Context::with_timer(&CLOCK);
-    // Warm the clock's map (its first node is allocated once, for ever).
-    drop(root.with_timeout(Duration::from_secs(1)));
+    // Warm the clock's map (its first node is allocated once, for ever):
+    // an entry is armed only once something waits on the deadline (here an
+    // after-func), then disarmed by the cancel.
+    {
+        let (warm, _wh) = root.with_timeout(Duration::from_secs(1));
+        drop(warm.after_func(|| {}));
+    }
     let (ctx, _h) = root.with_timeout(Duration::from_millis(5));
     let flag = Arc::new(Flag::default());
     let waker = Waker::from(flag.clone());
@@ -432,8 +437,12 @@ fn churn_of_std_timer_deadline_children_leaves_nothing_armed() {
     });
     assert_eq!(StdTimer::global().armed(), armed);
 
-    // A deadline parent with many short-lived deadline-less children.
+    // A deadline parent with many short-lived deadline-less children: armed
+    // once something waits on it (an after-func), and only once.
     let (dl_parent, _hd) = parent.with_timeout(hour);
+    churn(n, |_| drop(dl_parent.with_cancel()));
+    assert_eq!(StdTimer::global().armed(), armed, "nothing waits: nothing armed");
+    let _af = dl_parent.after_func(|| {});
     churn(n, |_| drop(dl_parent.with_cancel()));
     assert_eq!(StdTimer::global().armed(), armed + 1);
 }
@@ -495,8 +504,12 @@ fn static_and_scoped_contexts_allocate_nothing() {
     let _s = serial();
     static CLOCK: ManualClock = ManualClock::new();
     static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
-    // Warm the clock's map (its first node is allocated once, for ever).
-    drop(ROOT.context().with_timeout(Duration::from_secs(1)));
+    // Warm the clock's map (its first node is allocated once, for ever):
+    // armed by a waiter (an after-func), disarmed by the cancel.
+    {
+        let (warm, _wh) = ROOT.context().with_timeout(Duration::from_secs(1));
+        drop(warm.after_func(|| {}));
+    }
     let flag = Arc::new(Flag::default());
     let waker = Waker::from(flag.clone());
     let ((), usage) = measure(|| {

@@ -1019,12 +1019,16 @@ fn deadline_vs_cancel_first_wins() {
     let root = Context::with_timer(&CLOCK);
 
     let (ctx, h) = root.with_deadline_cause(at(10), "deadline");
+    wait_on(&ctx);
     h.cancel_with("cancelled first");
     CLOCK.set(at(10));
     assert_eq!(ctx.err(), Some(Error::Canceled));
     assert_eq!(cause_str(&ctx).as_deref(), Some("cancelled first"));
 
+    // Waited on, so armed, so fired by the clock (a deadline nobody waits
+    // on fires when observed: a cancel that comes first wins then).
     let (ctx, h) = root.with_deadline_cause(at(20), "deadline first");
+    wait_on(&ctx);
     CLOCK.set(at(20));
     h.cancel_with("too late");
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
@@ -1085,16 +1089,32 @@ fn run_reports_deadline_exceeded() {
     assert_eq!(poll_with(run.as_mut(), &w), Poll::Ready(Err(Error::DeadlineExceeded)));
 }
 
+/// Something waits on `ctx`'s deadline (an after-func, kept running): the
+/// deadline's owner is armed now, not at creation (node invariant 20).
+fn wait_on(ctx: &Context) {
+    drop(ctx.after_func(|| {}));
+}
+
 #[test]
 fn timer_entries_are_released_when_contexts_go_away() {
     static CLOCK: ManualClock = ManualClock::new();
     let root = Context::with_timer(&CLOCK);
     let (p, hp) = root.with_timeout(ms(100));
+    assert_eq!(CLOCK.armed(), 0, "nothing waits on it: nothing armed");
+    wait_on(&p);
     assert_eq!(CLOCK.armed(), 1);
-    let (_later, _h1) = p.with_timeout(ms(200)); // inherits: arms nothing
+    let (later, _h1) = p.with_timeout(ms(200)); // inherits: arms its owner
+    wait_on(&later);
     assert_eq!(CLOCK.armed(), 1);
     let (a, ha) = p.with_timeout(ms(10));
     let (b, hb) = p.with_timeout(ms(20));
+    wait_on(&a);
+    {
+        // A waiter that goes away: the entry stays armed (once per node),
+        // but it holds no reference, unlike an after-func.
+        let mut d = pin!(b.done());
+        assert!(poll_with(d.as_mut(), &waker_of(&Flag::new())).is_pending());
+    }
     assert_eq!(CLOCK.armed(), 3);
     ha.cancel();
     assert_eq!(CLOCK.armed(), 2, "cancel disarms");
@@ -1105,6 +1125,7 @@ fn timer_entries_are_released_when_contexts_go_away() {
     // A detached child kept alive stays armed until it fires.
     let (c, hc) = p.with_timeout(ms(30));
     hc.detach();
+    wait_on(&c);
     assert_eq!(CLOCK.armed(), 2);
     CLOCK.advance(ms(30));
     assert_eq!(c.err(), Some(Error::DeadlineExceeded));
@@ -1123,6 +1144,7 @@ fn cancelled_subtree_disarms_every_deadline() {
     let mut kids = Vec::new();
     for i in 0..n {
         kids.push(root.with_timeout(ms(10 + i as u64)));
+        wait_on(&kids[i].0);
     }
     assert_eq!(CLOCK.armed(), n);
     h.cancel();
@@ -1180,11 +1202,16 @@ fn err_is_exact_before_any_timer_fires() {
     let (ctx, _h) = root.with_deadline_cause(at(10), "exact");
     let (child, _hc) = ctx.with_cancel();
     let (grandchild, _hg) = child.with_value(&NAME, "g").with_cancel();
-    assert_eq!(CLOCK.arms.load(Ordering::SeqCst), 1);
+    assert_eq!(CLOCK.arms.load(Ordering::SeqCst), 0, "nothing waits yet");
     let flag = Flag::new();
     let w = waker_of(&flag);
     let mut done = pin!(grandchild.done());
     assert!(poll_with(done.as_mut(), &w).is_pending());
+    assert_eq!(
+        CLOCK.arms.load(Ordering::SeqCst),
+        1,
+        "the grandchild's waiter armed the owner"
+    );
     CLOCK.set(at(10));
     // Nothing fired, but every observer sees the deadline.
     assert_eq!(grandchild.err(), Some(Error::DeadlineExceeded));
@@ -2519,6 +2546,8 @@ fn cancel_during_arm_leaves_no_timer_entry() {
     let h = Mutex::new(Some(h));
     *TIMER.hook.lock().unwrap() = Some(Box::new(move || h.lock().unwrap().take().unwrap().cancel()));
     let (child, _hc) = parent.with_deadline(Instant::from_nanos(1_000));
+    // Armed by its first waiter; the hook cancels during that arm.
+    drop(child.after_func(|| {}));
     assert!(child.is_done());
     let armed = TIMER.armed.lock().unwrap().len();
     assert_eq!(armed, 0, "a done context still holds a timer entry");
@@ -2628,10 +2657,11 @@ fn scoped_deadlines_on_a_manual_clock() {
     assert_eq!(outer_ctx.deadline(), Some(at(100)));
     assert_eq!(inner_ctx.deadline(), Some(at(40)));
     assert_eq!(later_ctx.deadline(), Some(at(40)));
-    assert_eq!(CLOCK.armed(), 2);
+    assert_eq!(CLOCK.armed(), 0, "nothing waits yet");
     let flag = Flag::new();
     let mut d = pin!(later_ctx.done());
     assert!(poll_with(d.as_mut(), &waker_of(&flag)).is_pending());
+    assert_eq!(CLOCK.armed(), 1, "the waiter armed inner, its deadline's owner");
     CLOCK.advance(ms(40));
     assert!(flag.woken());
     assert_eq!(later_ctx.err(), Some(Error::DeadlineExceeded));
@@ -2649,7 +2679,10 @@ fn dropping_a_scoped_context_releases_its_timer_entry() {
     static ROOT: StaticContext = StaticContext::with_timer(&CLOCK);
     for _ in 0..scale(50, 5) {
         let s = pin!(ScopedContext::with_timeout(ROOT.as_ref(), Duration::from_secs(3600)));
-        let _ = s.as_ref().context();
+        let c = s.as_ref().context();
+        assert_eq!(CLOCK.armed(), 0, "attached, nothing waits: not armed");
+        let mut d = pin!(c.done());
+        assert!(poll_with(d.as_mut(), &waker_of(&Flag::new())).is_pending());
         assert_eq!(CLOCK.armed(), 1);
     }
     assert_eq!(CLOCK.armed(), 0);

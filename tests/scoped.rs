@@ -101,14 +101,18 @@ fn scoped_deadlines_follow_the_manual_clock() {
     let late = pin!(ScopedContext::with_deadline(outer_ctx, Instant::MAX));
     let late_ctx = late.as_ref().context();
     assert_eq!(late_ctx.deadline(), Some(base + Duration::from_secs(10)));
+    assert_eq!(CLOCK.armed(), 0, "nothing waits: nothing armed");
+    let mut late_waiting = pin!(late_ctx.done());
+    assert!(poll_once(late_waiting.as_mut()).is_pending());
     assert_eq!(
         CLOCK.armed(),
-        2,
-        "a child that inherits its parent's deadline arms nothing"
+        1,
+        "a child that inherits its parent's deadline arms its parent"
     );
 
     let mut waiting = pin!(inner_ctx.done());
     assert!(poll_once(waiting.as_mut()).is_pending());
+    assert_eq!(CLOCK.armed(), 2);
     CLOCK.advance(Duration::from_secs(5));
     assert_eq!(poll_once(waiting.as_mut()), Poll::Ready(Error::DeadlineExceeded));
     assert_eq!(inner_ctx.cause().unwrap().as_str(), Some("inner budget"));
@@ -129,6 +133,8 @@ fn dropped_scoped_children_give_back_their_timer_entries() {
         ));
         let ctx = child.as_ref().context();
         assert!(!ctx.is_done());
+        let mut waiting = pin!(ctx.done());
+        assert!(poll_once(waiting.as_mut()).is_pending());
         assert_eq!(CLOCK.armed(), 1);
     }
     assert_eq!(CLOCK.armed(), 0);

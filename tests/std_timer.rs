@@ -78,6 +78,8 @@ fn bad_input() {
     let (forever, _h3) = Context::background().with_timeout(Duration::MAX);
     assert_eq!(StdTimer::global().armed(), before, "nothing armed for past or MAX");
     let (far, h4) = Context::background().with_timeout(Duration::from_secs(500 * 365 * 24 * 3600));
+    // Armed by its first waiter (an after-func), not at creation.
+    drop(far.after_func(|| {}));
     assert_eq!(StdTimer::global().armed(), before + 1, "far deadline armed");
     // The timer thread sleeps towards a deadline 500 years out without
     // overflow; a nearer one armed later still fires.

@@ -16,6 +16,12 @@ const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
 /// A virtual clock a tree can run on.
+/// Something waits on `ctx`'s deadline (an after-func, kept running): the
+/// deadline's owner is armed now, not at creation (node invariant 20).
+fn wait_on(ctx: &Context) {
+    drop(ctx.after_func(|| {}));
+}
+
 trait Virtual {
     /// Name for assertion messages.
     const NAME: &'static str;
@@ -105,6 +111,10 @@ async fn nested_deadlines<V: Virtual>(v: V) {
     assert_eq!(minute.deadline(), Some(t0 + 60 * SEC), "{n}: minute deadline");
     assert_eq!(long.deadline(), Some(t0 + 60 * SEC), "{n}: inherited deadline");
     assert_eq!(sibling.deadline(), Some(t0 + 30 * SEC), "{n}: sibling deadline");
+    assert_eq!(v.armed(), 0, "{n}: nothing waits: nothing armed");
+    for c in [&hour, &minute, &long, &sibling] {
+        wait_on(c);
+    }
     assert_eq!(v.armed(), 3, "{n}: hour, minute, sibling own deadlines; long inherits");
 
     v.advance(30 * SEC - MS).await;
@@ -205,6 +215,10 @@ async fn deadline_vs_cancel<V: Virtual>(v: V) {
     let (c1, _hc1) = p1.with_timeout(SEC);
     let (p2, hp2) = root.with_cancel();
     let (c2, _hc2) = p2.with_timeout(SEC);
+    // Waited on, so armed and fired by the clock (a deadline nobody waits
+    // on takes effect when observed: a cancel reaching it first wins).
+    wait_on(&c1);
+    wait_on(&c2);
     v.advance(SEC - MS).await;
     hp1.cancel();
     v.advance(MS).await;
@@ -292,6 +306,7 @@ async fn bad_input<V: Virtual>(v: V) {
     assert_eq!(v.armed(), 0, "{n}: Instant::MAX arms nothing");
     let far_deadline = v.now() + Duration::from_secs(500 * 365 * 24 * 3600);
     let (far, h5) = root.with_deadline(far_deadline);
+    wait_on(&far);
     assert_eq!(v.armed(), 1, "{n}: far deadline armed");
     v.advance(3600 * SEC).await;
     v.advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
@@ -549,12 +564,14 @@ mod tokio_paused {
         let root = Context::with_timer(timer);
         let (ctx, h) = rt.block_on(async { root.with_timeout(3600 * SEC) });
         let (short, _h2) = rt.block_on(async { root.with_timeout(Duration::ZERO) });
+        rt.block_on(async { wait_on(&ctx) });
         assert_eq!(timer.armed(), 1);
         drop(rt);
         assert!(!ctx.is_done());
         assert_eq!(short.err(), Some(Error::DeadlineExceeded));
         // Arming on a shut-down runtime does not panic either.
         let (later, _h3) = root.with_timeout(SEC);
+        wait_on(&later);
         assert!(!later.is_done());
         drop(h);
         drop(later);

@@ -298,7 +298,10 @@ fn scoped_attach_vs_own_cancel() {
         handle.cancel();
         // SAFETY: as above.
         let fresh = unsafe { &*raw };
-        assert!(!fresh.is_done(), "the parent reached a dropped scope through a stale link");
+        assert!(
+            !fresh.is_done(),
+            "the parent reached a dropped scope through a stale link"
+        );
         // SAFETY: allocated by `Box::into_raw` above.
         unsafe { drop(Box::from_raw(raw)) };
     });
@@ -556,7 +559,10 @@ fn after_func_stop_and_wait_vs_fire() {
         });
         let t = thread::spawn(move || handle.cancel());
         let outcome = loom::future::block_on(af.stop_wait());
-        assert!(!inside.load(Ordering::SeqCst), "the wait returned while the callback ran");
+        assert!(
+            !inside.load(Ordering::SeqCst),
+            "the wait returned while the callback ran"
+        );
         t.join().unwrap();
         match outcome {
             StopOutcome::Stopped => assert!(!ran.load(Ordering::SeqCst)),

@@ -1,8 +1,8 @@
 //! After-funcs (feature `alloc`): a callback entry in a node's waiter list.
 //!
 //! Maintains: 8 (the entry, its callback slot and the list's reference
-//! belong to whoever unlinked it). Relies on: 9 (a canceller runs it last,
-//! holding no node).
+//! belong to whoever unlinked it), 20 (registering arms the deadline that
+//! will run it). Relies on: 9 (a canceller runs it last, holding no node).
 
 use super::*;
 
@@ -90,6 +90,14 @@ impl AfterFuncInner {
             n.add_callbacks(1);
         }
         drop(guard);
+        // SAFETY: we hold a reference to the node (`node`, invariant 5),
+        // whose pointer is the allocation's (invariants 7, 20).
+        // The deadline that will run `f` on time is armed now (invariant
+        // 20); if it has passed, it fires here with the after-funcs handed
+        // off, `f` among them: like a read, an `after_func` call never runs
+        // a callback other than its own, and runs its own only if the
+        // context was done before it was linked.
+        unsafe { Node::arm_for_waiters(node.ptr) };
         Some(inner)
     }
 

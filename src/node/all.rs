@@ -5,8 +5,9 @@
 //!
 //! Maintains: 4 (an `all` node retains every parent), 8 (its links are
 //! unlinked under each parent's lock before they are freed), 11 (as an `any`
-//! node), 19 (the countdown). Relies on: 5 (a link's target is valid while
-//! the link is reachable under its parent's lock).
+//! node), 19 (the countdown), 20 (its links arm their parents' deadlines).
+//! Relies on: 5 (a link's target is valid while the link is reachable under
+//! its parent's lock).
 
 use super::*;
 
@@ -95,6 +96,18 @@ impl NodeRef {
                 p.add_callbacks(1);
             }
             drop(guard);
+        }
+        // Every parent's deadline is armed (invariant 20): the node is done
+        // only once every parent is, so each parent's deadline must fire on
+        // time for a waiter on this node (or on a descendant, whose deadline
+        // walk would reach only the latest parent's owner) to be woken.
+        // After the loop, with no lock held: arming a passed deadline fires
+        // it here (a read's cancel: after-funcs handed off), which may
+        // count the node down.
+        for l in all.links.iter() {
+            // SAFETY: `l.parent` is a reference of ours (invariant 4), with
+            // the allocation's pointer (invariants 7, 20).
+            unsafe { Node::arm_for_waiters(l.parent.ptr) };
         }
         if zero {
             // We took the count to zero: we alone cancel the node

@@ -65,6 +65,11 @@ impl NodeRef {
                 p.add_callbacks(1);
             }
             drop(guard);
+            // No arming here (invariant 20): the node is done when its first
+            // parent is, so only the earliest deadline matters, and the
+            // node's deadline walk reaches that parent's owner
+            // (`deadline_parent`): a waiter on this node, or on a
+            // descendant, arms it then.
         }
         if born_done {
             node.node().cancel_inherited();

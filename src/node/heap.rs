@@ -3,7 +3,8 @@
 //!
 //! Maintains: 15 (the immortal node), 16 (a child without a deadline of a
 //! plain heap node is a kid: its parent's count raised in the section that
-//! links it), 7 (a deadline child arms after linking). Relies on: 1, 3, 5.
+//! links it). Relies on: 1, 3, 5, 20 (a deadline child is armed lazily, by
+//! its first waiter, not here).
 
 use super::*;
 
@@ -198,7 +199,7 @@ impl NodeRef {
         #[cfg(feature = "std")]
         if has_wheel_tail(node.state.load(Ordering::Relaxed)) {
             // A heap node that owns a deadline carries the std timer's
-            // wheel links in the same allocation (invariant 20).
+            // wheel links in the same allocation (invariant 21).
             // The pointer keeps the provenance of the whole allocation (not
             // a reference to the `node` field, which would cover its bytes
             // only): `wheel_slot` reaches the tail through it and
@@ -318,30 +319,10 @@ impl NodeRef {
             unsafe { pn.children.push(child.ptr.as_ptr() as *const Link) };
             drop(guard);
         }
-        if owns {
-            child.arm();
-        }
+        // A deadline of its own is not armed here: only when something
+        // first waits on it (invariant 20). Until then a read fires it
+        // (property 5).
         child
-    }
-
-    /// Arms the node's own deadline, or fires it if already passed.
-    pub(super) fn arm(&self) {
-        let n = self.node();
-        if let Some(t) = n.timer {
-            if t.now() >= n.deadline {
-                n.cancel_inner(Error::DeadlineExceeded, None, true);
-            } else if !n.is_done_flag() {
-                t.arm(TimerEntry {
-                    node: self.ptr,
-                    deadline: n.deadline,
-                });
-                // A cancel that landed between the check and `arm` may have
-                // disarmed before we armed: give the entry back ourselves.
-                if n.is_done_flag() {
-                    n.after_done();
-                }
-            }
-        }
     }
 }
 

@@ -72,9 +72,12 @@
 //!    stay held until phase 1 ends, counted ones until phase 2 (a last
 //!    release frees, and freeing drops a cause: user code).
 //! 7. **Timer entries.** A node with `OWNS_DEADLINE` has armed at most one
-//!    entry on its timer. `disarm` runs before the node is freed; the timer
-//!    serialises `claim` with `disarm` (the `Timer` safety contract), so a
-//!    claimed entry's node is retained and a disarmed entry is never claimed.
+//!    entry on its timer, and only once it has `ARMED` (invariant 20).
+//!    `disarm` runs before the node is freed (`after_done`, for an `ARMED`
+//!    node); the timer serialises `claim` with `disarm` (the `Timer` safety
+//!    contract), so a claimed entry's node is retained and a disarmed entry
+//!    is never claimed. The entry's pointer has the node's allocation's
+//!    provenance (a claimed entry's reference may be the last: `NodePtr`).
 //! 8. **Waiter entries.** An entry in `waiters` is pinned (its container is
 //!    `!Unpin` and pinned, or heap-allocated and owned by the list) and is
 //!    unlinked under the node's lock before its memory is released: a waiting
@@ -277,7 +280,38 @@
 //!     if `all_observed` finds it done. Parents on different timers give it
 //!     no deadline (no `HAS_DEADLINE`, `deadline_parent` null), only
 //!     `POLLS`: a maximum of instants on different clocks means nothing.
-//! 20. **Wheel tails.** With `std`, a heap tree node that owns a deadline
+//! 20. **Lazy arming.** A deadline is exact when observed (property 5), so
+//!     the timer is needed only to wake waiters and run after-funcs on time:
+//!     a node's own deadline is armed when an entry is first pushed onto the
+//!     waiters of a node whose effective deadline it owns (a `done()` waiter,
+//!     an after-func, an `all` link; not an `any` link: an `any` node is done
+//!     with its first parent, and its own waiters arm its earliest parent's
+//!     deadline through its `deadline_parent`), never at creation. After the
+//!     push, with no node lock held, `arm_for_waiters` tests `HAS_DEADLINE`
+//!     (nothing else for a node without a deadline), walks up to the owner
+//!     (the nodes on the way have the same deadline and outlive the waited
+//!     node, invariant 4), and under the owner's lock sets `ARMED` if it is
+//!     neither done nor armed (`state` written under the lock, invariant
+//!     11), then arms outside every lock (the timer's lock is a leaf,
+//!     invariant 1), then re-reads: if `DONE` now, it disarms itself (a
+//!     cancel that set `DONE` after our section read `ARMED` and disarmed,
+//!     and the timer's lock orders that disarm and our arm: if the disarm
+//!     came first, our arm's lock section happens after it, so our re-read
+//!     sees `DONE`; if ours came first, the disarm removed it); else, if the
+//!     clock has passed the deadline, it fires the owner as a read does
+//!     (`cancel_observed`: after-funcs handed off, property 7), which covers
+//!     a timer that scanned its due entries just before ours landed. A
+//!     waiter is linked before it arms, so it is never lost: a cancel after
+//!     its push wakes it, and the deadline is armed or fired. `ARMED` is set
+//!     only while not `DONE` and never cleared, in the same word as `DONE`,
+//!     so any read of `state` that sees `DONE` sees `ARMED` for good; and a
+//!     node freed live is freed by its last owner, after every arming
+//!     thread (each holds the waited node, which holds the owner) released
+//!     its reference (Release, then the freer's Acquire): `after_done`'s
+//!     plain read of `ARMED` is exact, and an unarmed node never takes the
+//!     timer's lock. A waiter that goes away leaves the entry armed (once
+//!     per node) until the node is done or freed.
+//! 21. **Wheel tails.** With `std`, a heap tree node that owns a deadline
 //!     (`HEAP | OWNS_DEADLINE`, flags fixed before it is allocated) is the
 //!     first field of a `TimedNode`, allocated and freed as one (`alloc`,
 //!     `free_node`), whose `slot` holds the [`StdTimer`]'s wheel links
@@ -304,7 +338,8 @@
 //! the child is a kid in its own cancel, whose caller holds a reference to
 //! it) and another holding the parent and waiting for that child (so the
 //! child is not a kid, or its count is zero) — which cannot both be true.
-//! The timer's lock is taken only with no node lock held, and the pending
+//! The timer's lock is taken only with no node lock held (arming included,
+//! invariant 20), and the pending
 //! list's lock (invariant 17) is a leaf taken with at most one node lock
 //! held and nothing taken under it. So no deadlock can
 //! form, and a cancel may run from any thread, a waker, an after-func or a
@@ -363,8 +398,8 @@ pub(crate) const QUEUED: u32 = 1 << 4;
 /// Immutable: the node is an `any` node (no tree parent; `any` links).
 pub(crate) const ANY: u32 = 1 << 5;
 
-/// A scoped (pinned, owner-held) node has been linked to its parent and
-/// armed; its owner must detach it before its memory goes.
+/// A scoped (pinned, owner-held) node has been linked to its parent; its
+/// owner must detach it before its memory goes.
 pub(crate) const ATTACHED: u32 = 1 << 6;
 
 /// Immutable: nothing can ever cancel the node (a `with_timer` or
@@ -406,6 +441,12 @@ pub(crate) const ALL: u32 = 1 << 14;
 /// Immutable: an `all` node with a parent that has a deadline: a read of it
 /// while live checks its parents (property 5), deadline of its own or not.
 pub(crate) const POLLS: u32 = 1 << 15;
+
+/// Set once, under the node's lock and while it is live, on a node with
+/// `OWNS_DEADLINE` whose timer entry is (being) armed: the first entry
+/// pushed onto the waiters of a node whose deadline it owns arms it
+/// (invariant 20). Never cleared.
+pub(crate) const ARMED: u32 = 1 << 16;
 
 /// One context node.
 #[repr(C)]
@@ -763,9 +804,12 @@ impl Node {
         true
     }
 
-    /// Gives up the node's timer entry once it is done.
+    /// Gives up the node's timer entry once it is done (or freed). A node
+    /// never armed (no `ARMED`: nobody waited on its deadline) has none, and
+    /// the timer's lock is not taken; the flag read is final here
+    /// (invariant 20).
     fn after_done(&self) {
-        if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+        if self.state.load(Ordering::Relaxed) & ARMED != 0 {
             if let Some(t) = self.timer {
                 t.disarm(&TimerEntry {
                     node: NonNull::from(self),
@@ -787,6 +831,7 @@ impl core::fmt::Debug for Node {
 mod after;
 mod all;
 mod any;
+mod arm;
 mod cancel;
 mod drain;
 mod heap;
@@ -801,12 +846,13 @@ mod work;
 
 #[allow(unused_imports)]
 use self::{
-    after::*, all::*, any::*, cancel::*, drain::*, heap::*, pending::*, refs::*, scoped::*, timer::*, waiter::*,
-    work::*,
+    after::*, all::*, any::*, arm::*, cancel::*, drain::*, heap::*, pending::*, refs::*, scoped::*, timer::*,
+    waiter::*, work::*,
 };
 
 #[cfg(feature = "alloc")]
 pub(crate) use self::after::{AfterFuncInner, AF_RAN, AF_RUNNING, AF_STOPPED};
+pub(crate) use self::arm::NodePtr;
 #[cfg(feature = "alloc")]
 pub(crate) use self::heap::NodeRef;
 #[cfg(feature = "std")]

@@ -380,7 +380,7 @@ unsafe fn free_node(cur: NonNull<Node>) -> Result<(), Caught> {
     #[cfg(feature = "std")]
     if has_wheel_tail(n.state.load(Ordering::Relaxed)) {
         // SAFETY: forwarded from the caller; a node with these flags was
-        // allocated as a `TimedNode` (invariant 20).
+        // allocated as a `TimedNode` (invariant 21).
         let freed = unsafe { Box::from_raw(cur.as_ptr() as *mut TimedNode) };
         return drop_freed(freed, has_cause);
     }

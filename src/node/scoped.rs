@@ -39,16 +39,18 @@ impl Node {
     /// An unattached node for a pinned owner (the heap-free scoped tier):
     /// nothing links to it until [`attach_scoped`](Self::attach_scoped).
     /// The parent is *not* retained: the owner's borrow of it keeps it alive
-    /// (invariant 4 by lifetimes instead of counts).
+    /// (invariant 4 by lifetimes instead of counts). Its pointer keeps the
+    /// parent's allocation provenance: a heap parent may be released (and
+    /// freed) through it, and armed (invariant 20).
     pub(crate) fn new_scoped(
-        parent: Option<&Node>,
+        parent: Option<NodePtr<'_>>,
         fallback_timer: Option<&'static dyn Timer>,
         deadline: Option<Instant>,
         deadline_cause: Option<Cause>,
         site: Option<&'static Location<'static>>,
     ) -> Node {
-        let parent_ptr = parent.map_or(ptr::null(), |p| p as *const Node);
-        let (flags, eff, timer) = Node::child_layout(parent, fallback_timer, deadline);
+        let parent_ptr = parent.map_or(ptr::null(), |p| p.as_ptr().as_ptr() as *const Node);
+        let (flags, eff, timer) = Node::child_layout(parent.map(NodePtr::get), fallback_timer, deadline);
         let cause = if flags & OWNS_DEADLINE != 0 {
             deadline_cause
         } else {
@@ -57,8 +59,9 @@ impl Node {
         Node::new_at(parent_ptr, flags, eff, cause, site, timer)
     }
 
-    /// Links a scoped node to its parent and arms its deadline, once; later
-    /// calls return at once. A concurrent caller that loses the race may see
+    /// Links a scoped node to its parent, once; later calls return at once.
+    /// Its deadline is armed only when something first waits on it
+    /// (invariant 20), as a heap node's. A concurrent caller that loses the race may see
     /// the node live until the winner has finished linking (as while a
     /// cancellation is still propagating).
     ///
@@ -99,21 +102,6 @@ impl Node {
             // and not linked (it was never attached).
             unsafe { p.children.push(self as *const Node as *const Link) };
             drop(guard);
-        }
-        if self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
-            if let Some(t) = self.timer {
-                if t.now() >= self.deadline {
-                    self.cancel_inner(Error::DeadlineExceeded, None, true);
-                } else if !self.is_done_flag() {
-                    t.arm(TimerEntry {
-                        node: NonNull::from(self),
-                        deadline: self.deadline,
-                    });
-                    if self.is_done_flag() {
-                        self.after_done();
-                    }
-                }
-            }
         }
     }
 

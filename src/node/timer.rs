@@ -9,7 +9,7 @@ use super::*;
 use crate::time::wheel::{SlotDeadline, WheelSlot};
 
 /// A heap node that owns a deadline, with the links of the std timer's
-/// wheel in the same allocation (invariant 20).
+/// wheel in the same allocation (invariant 21).
 #[cfg(feature = "std")]
 #[repr(C)]
 pub(super) struct TimedNode {
@@ -36,7 +36,7 @@ pub(crate) struct NodeDeadline;
 unsafe impl SlotDeadline for NodeDeadline {
     unsafe fn deadline(slot: NonNull<WheelSlot>) -> u64 {
         // SAFETY: the caller passes a linked slot: the tail of a live
-        // `TimedNode` (invariant 20).
+        // `TimedNode` (invariant 21).
         unsafe { TimerEntry::from_wheel_slot(slot) }.deadline.as_nanos()
     }
 }
@@ -70,7 +70,7 @@ impl TimerEntry {
     }
 
     /// The wheel links in the tail of the entry's node, if it has them
-    /// (a heap node that owns its deadline: invariant 20).
+    /// (a heap node that owns its deadline: invariant 21).
     ///
     /// # Safety
     /// The entry's node is valid: the entry is being armed or is armed, and
@@ -84,19 +84,19 @@ impl TimerEntry {
         }
         let timed = self.node.as_ptr() as *mut TimedNode;
         // SAFETY: a node with these flags is a `TimedNode`'s first field
-        // (invariant 20): the tail is in the same allocation.
+        // (invariant 21): the tail is in the same allocation.
         Some(unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*timed).slot)) })
     }
 
     /// The entry of the node whose tail `slot` is.
     ///
     /// # Safety
-    /// `slot` is the tail of a valid `TimedNode` (invariant 20).
+    /// `slot` is the tail of a valid `TimedNode` (invariant 21).
     #[cfg(feature = "std")]
     pub(crate) unsafe fn from_wheel_slot(slot: NonNull<WheelSlot>) -> TimerEntry {
         let offset = core::mem::offset_of!(TimedNode, slot);
         // SAFETY: the slot sits `offset` bytes into its `TimedNode`, whose
-        // first field is the node (caller, invariant 20).
+        // first field is the node (caller, invariant 21).
         let node = unsafe { NonNull::new_unchecked((slot.as_ptr() as *mut u8).sub(offset) as *mut Node) };
         // SAFETY: valid (caller); `deadline` is immutable.
         let deadline = unsafe { node.as_ref() }.deadline;

@@ -1,8 +1,9 @@
 //! The waiter a `done()` future embeds: no allocation per wait.
 //!
 //! Maintains: 8 (pinned, unlinked under the node's lock in `Drop`), 9 (the
-//! task's waker is cloned and dropped with no lock held). Relies on: 3, and
-//! on the future keeping its node alive (dropck: `Done` has its own `Drop`).
+//! task's waker is cloned and dropped with no lock held), 20 (a first
+//! registration arms the deadline that can wake it). Relies on: 3, and on
+//! the future keeping its node alive (dropck: `Done` has its own `Drop`).
 
 use super::*;
 
@@ -35,12 +36,15 @@ impl Waiter {
         }
     }
 
-    /// Polls for `node` being done; registers the waker if not.
+    /// Polls for `node` being done; registers the waker if not, and on the
+    /// first registration makes sure the deadline that can make `node` done
+    /// is armed (invariant 20).
     ///
     /// # Safety
     /// `node` stays valid until this waiter is dropped, and every call on this
     /// waiter passes the same node.
-    pub(crate) unsafe fn poll_wait(self: Pin<&mut Self>, node: &Node, cx: &mut TaskContext<'_>) -> Poll<()> {
+    pub(crate) unsafe fn poll_wait(self: Pin<&mut Self>, at: NodePtr<'_>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let node = at.get();
         if node.is_done() {
             return Poll::Ready(());
         }
@@ -75,18 +79,31 @@ impl Waiter {
         let mut old = None;
         // SAFETY: we hold the node's lock (invariants 1, 8); the waiter is
         // pinned and unlinks itself in `Drop` (invariant 8).
-        unsafe {
+        let pushed = unsafe {
             if let Some(w) = new {
                 this.waker.with_mut(|p| old = (*p).replace(w));
             }
-            if !this.entry.link.is_linked() {
+            let pushed = !this.entry.link.is_linked();
+            if pushed {
                 // The container pointer (not `&this.entry.link`) keeps the
                 // provenance of the whole waiter for the canceller's cast back.
                 node.waiters.push(this as *mut Waiter as *const Link);
             }
-        }
+            pushed
+        };
         drop(guard);
         drop(old);
+        if pushed {
+            // SAFETY: `at` is valid (our caller) and keeps the allocation's
+            // provenance (`NodePtr`, invariants 7 and 20).
+            // Linked first, armed second, no lock held (the timer's is a
+            // leaf, invariant 1): a deadline that passed since the check
+            // above is fired by the arming itself (it re-reads the clock
+            // after arming), and its canceller wakes us, once, like any
+            // other (invariant 20). So we stay `Pending` even then: a
+            // `Ready` while linked would earn a second, spurious wake-up.
+            unsafe { Node::arm_for_waiters(at.as_ptr()) };
+        }
         Poll::Pending
     }
 

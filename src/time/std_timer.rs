@@ -138,7 +138,7 @@ impl ShardState {
         let others = self.others.first_key_value().map_or(u64::MAX, |(k, _)| k.0.as_nanos());
         match self.wheel.take_due(now.as_nanos()) {
             // SAFETY: a slot in the wheel is the tail of a live `TimedNode`
-            // (node/mod.rs invariants 7 and 20).
+            // (node/mod.rs invariants 7 and 21).
             Ok(slot) => Ok(unsafe { TimerEntry::from_wheel_slot(slot) }),
             Err(next) => Err(next.min(others)),
         }
@@ -298,7 +298,7 @@ unsafe impl Timer for StdTimer {
             // SAFETY: the tail of a pinned heap node, not linked (an entry is
             // armed at most once, invariant 7), in this shard's wheel only
             // (its address picks the shard); it is removed by `disarm`
-            // before the node goes (invariants 7, 20; W4).
+            // before the node goes (invariants 7, 21; W4).
             Some(slot) => unsafe { state.wheel.insert(slot, deadline) },
             None => {
                 let _replaced = state.others.insert(entry.key(), entry);
