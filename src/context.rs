@@ -4,7 +4,7 @@ use crate::after::AfterFunc;
 use crate::cause::Cause;
 use crate::done::{Done, DoneOwned, Run, RunWithCause};
 use crate::error::{ContextError, Error};
-use crate::node::{AfterFuncInner, NodeRef};
+use crate::node::{AfterFuncInner, Node, NodeRef};
 use crate::time::{default_timer, Instant, Timer};
 use crate::value::{self, Key, Values};
 use alloc::boxed::Box;
@@ -797,7 +797,7 @@ impl CancelHandle {
     #[track_caller]
     pub fn cancel(&self) {
         if let Some(n) = &self.node {
-            n.node().cancel_at(Error::Canceled, None, Location::caller());
+            Node::cancel_ref(n, Error::Canceled, None, Some(Location::caller()));
         }
     }
 
@@ -813,8 +813,7 @@ impl CancelHandle {
     #[track_caller]
     pub fn cancel_with(&self, cause: impl Into<Cause>) {
         if let Some(n) = &self.node {
-            n.node()
-                .cancel_at(Error::Canceled, Some(cause.into()), Location::caller());
+            Node::cancel_ref(n, Error::Canceled, Some(cause.into()), Some(Location::caller()));
         }
     }
 
@@ -823,7 +822,7 @@ impl CancelHandle {
     /// user nothing (a `Group`'s first error, a `CancelOnDrop` dropped).
     pub(crate) fn cancel_as_made(&self, cause: Option<Cause>) {
         if let Some(n) = &self.node {
-            n.node().cancel(Error::Canceled, cause);
+            Node::cancel_ref(n, Error::Canceled, cause, None);
         }
     }
 
@@ -848,7 +847,7 @@ impl Drop for CancelHandle {
             // ancestor cancelled) has nothing left to do but let go of its
             // reference: one load, no call.
             if !n.node().is_done_flag() {
-                n.node().cancel(Error::Canceled, None);
+                Node::cancel_ref(n, Error::Canceled, None, None);
             }
         }
     }

@@ -169,7 +169,9 @@ impl Node {
             // `after_done` before our entry landed: the timer's lock orders
             // that disarm before our arm, so we see `DONE` now and give the
             // entry back ourselves (invariant 20).
-            o.after_done();
+            // SAFETY: `owner` is an allocation pointer (see
+            // `deadline_owner`), valid while the waited node is.
+            unsafe { Node::after_done_ptr(owner.as_ptr(), true) };
         } else if t.now() >= o.deadline {
             // Passed before (or while) we armed: a timer that scanned its
             // due entries just before ours landed (a virtual clock's

@@ -25,7 +25,17 @@ impl Node {
     pub(crate) fn cancel_at(&self, err: Error, cause: Option<Cause>, at: &'static Location<'static>) -> bool {
         // SAFETY: `self` is valid for the call and `owned` is false, so the
         // node is never released in there.
-        unsafe { Self::cancel_raw(self, err, cause, Some(at), false, false, false) }
+        unsafe { Self::cancel_raw(self, err, cause, Some(at), false, false, false, false) }
+    }
+
+    /// [`cancel`](Self::cancel) through the pointer of a counted reference
+    /// (a handle's), which lets the std timer release a tailed entry at
+    /// once (`after_done_ptr`).
+    #[cfg(feature = "alloc")]
+    pub(crate) fn cancel_ref(node: &NodeRef, err: Error, cause: Option<Cause>, at: Option<&'static Location<'static>>) -> bool {
+        // SAFETY: the reference keeps the node alive for the call, `owned`
+        // is false, and its pointer is the allocation's.
+        unsafe { Self::cancel_raw(node.ptr.as_ptr(), err, cause, at, false, false, false, true) }
     }
 
     /// A passed deadline noticed by a read (`is_done`, `err`, `cause`, a
@@ -34,13 +44,13 @@ impl Node {
     /// callbacks never run inside a read).
     pub(super) fn cancel_observed(&self) -> bool {
         // SAFETY: `self` is valid for the call and `owned` is false.
-        unsafe { Self::cancel_raw(self, Error::DeadlineExceeded, None, None, true, false, true) }
+        unsafe { Self::cancel_raw(self, Error::DeadlineExceeded, None, None, true, false, true, false) }
     }
 
     pub(super) fn cancel_inner(&self, err: Error, cause: Option<Cause>, own_deadline: bool) -> bool {
         // SAFETY: `self` is valid for the call and `owned` is false, so the
         // node is never released in there.
-        unsafe { Self::cancel_raw(self, err, cause, None, own_deadline, false, false) }
+        unsafe { Self::cancel_raw(self, err, cause, None, own_deadline, false, false, false) }
     }
 
     /// The cancellation, in three phases so that no user code runs while
@@ -64,7 +74,10 @@ impl Node {
     ///
     /// # Safety
     /// `node` is valid; with `owned`, the caller owns a reference to it and
-    /// gives it up; without, the caller keeps `node` alive for the call.
+    /// gives it up (and `node` has its allocation's provenance); without,
+    /// the caller keeps `node` alive for the call. With `full`, `node` has
+    /// its allocation's provenance (see `after_done_ptr`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn cancel_raw(
         node: *const Node,
         err: Error,
@@ -73,6 +86,7 @@ impl Node {
         own_deadline: bool,
         owned: bool,
         hand_off: bool,
+        full: bool,
     ) -> bool {
         // SAFETY: the caller keeps `node` valid until we release it (below,
         // after the last use of `this`).
@@ -113,7 +127,8 @@ impl Node {
             // A leaf nobody waits on (the common case: a request's last
             // step): nothing to propagate, wake or run.
             drop(guard);
-            this.after_done();
+            // SAFETY: valid; `full` as our caller says.
+            unsafe { Self::after_done_ptr(node, full) };
             if owned {
                 // SAFETY: the caller handed us this reference.
                 unsafe { release_node(node) };
@@ -124,7 +139,7 @@ impl Node {
             return true;
         }
         // SAFETY: forwarded from our caller; we hold `this`'s lock.
-        unsafe { Self::propagate(node, guard, displaced, owned, hand_off) };
+        unsafe { Self::propagate(node, guard, displaced, owned, hand_off, full) };
         drop(orphaned);
         true
     }
@@ -232,6 +247,7 @@ impl Node {
         displaced: Option<Cause>,
         owned: bool,
         hand_off: bool,
+        full: bool,
     ) {
         // SAFETY: the caller keeps `node` valid until we release it (below,
         // after the last use of `this`).
@@ -240,7 +256,8 @@ impl Node {
         let mut runs = RunList::new();
         let mut work = WorkList::new();
         let node_left = this.drain(guard, &mut batch, &mut runs, &mut work);
-        this.after_done();
+        // SAFETY: valid; `full` as our caller says.
+        unsafe { Self::after_done_ptr(node, full) };
         // Phase 1: structure, no user code.
         let mut held = Held::new();
         phase_one(&mut work, &mut batch, &mut runs, &mut held);
@@ -520,7 +537,9 @@ pub(super) fn phase_one(work: &mut WorkList, batch: &mut Batch, runs: &mut RunLi
             // SAFETY: we hold the lock and the node is live.
             unsafe { n.set_done_inherited() };
             let left = n.drain(guard, batch, runs, work);
-            n.after_done();
+            // SAFETY: a work-list pointer is a child's allocation pointer
+            // (pushed from a `NodeRef` or an up-pointer: invariant 6).
+            unsafe { Node::after_done_ptr(n_ptr, true) };
             left
         } else {
             drop(guard);

@@ -284,7 +284,8 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         }
         // Last reference: unhook the node from everything that can still
         // reach it by a list pointer (invariant 5), then free it.
-        n.after_done();
+        // SAFETY: `cur` is the allocation's pointer (invariant 21).
+        unsafe { Node::after_done_ptr(cur.as_ptr(), true) };
         let parent = n.parent_ptr();
         // Whether to walk on to the parent, and whether its count is already
         // settled (an orphan whose last kid count this node held).

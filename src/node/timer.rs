@@ -156,7 +156,7 @@ impl TimerFiring {
         // SAFETY: we own a reference (claimed) and hand it over.
         // The reference is released before the context's wakers and
         // after-funcs run, so one may drop it (even a `ScopedContext`).
-        unsafe { Node::cancel_raw(node, Error::DeadlineExceeded, None, None, true, true, hand_off) };
+        unsafe { Node::cancel_raw(node, Error::DeadlineExceeded, None, None, true, true, hand_off, true) };
     }
 }
 
