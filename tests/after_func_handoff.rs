@@ -95,8 +95,8 @@ fn an_installed_spawner_runs_them_and_explicit_cancels_stay_inline() {
     // SAFETY: it never claims an entry, so the entry protocol holds
     // trivially.
     unsafe impl ctxcore::Timer for Frozen {
-        fn arm(&self, _: ctxcore::time::TimerEntry) {}
-        fn disarm(&self, _: &ctxcore::time::TimerEntry) {}
+        unsafe fn arm(&self, _: ctxcore::time::TimerEntry) {}
+        unsafe fn disarm(&self, _: &ctxcore::time::TimerEntry) {}
     }
     static CLOCK: Frozen = Frozen(std::sync::atomic::AtomicU64::new(0));
     let root = Context::with_timer(&CLOCK);

@@ -46,10 +46,10 @@ impl Clock for FrozenClock {
 // entry protocol (serialised claim/disarm, no use after disarm) holds
 // trivially.
 unsafe impl Timer for FrozenClock {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         let _ = entry;
     }
-    fn disarm(&self, _entry: &TimerEntry) {}
+    unsafe fn disarm(&self, _entry: &TimerEntry) {}
 }
 
 #[test]

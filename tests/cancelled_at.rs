@@ -153,10 +153,10 @@ impl Clock for Frozen {
 // SAFETY: `arm` forgets the entry at once and nothing ever claims it, so the
 // entry protocol holds trivially.
 unsafe impl Timer for Frozen {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         let _ = entry;
     }
-    fn disarm(&self, _entry: &TimerEntry) {}
+    unsafe fn disarm(&self, _entry: &TimerEntry) {}
 }
 
 #[test]

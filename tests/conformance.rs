@@ -140,12 +140,12 @@ impl Clock for FrozenClock {
 // entry protocol (serialised claim/disarm, no use after disarm) holds
 // trivially.
 unsafe impl Timer for FrozenClock {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         self.arms.fetch_add(1, Ordering::SeqCst);
         // Forgotten at once: this timer never fires.
         let _ = entry;
     }
-    fn disarm(&self, _entry: &TimerEntry) {}
+    unsafe fn disarm(&self, _entry: &TimerEntry) {}
 }
 
 #[derive(Debug)]
@@ -2523,14 +2523,14 @@ impl Clock for HookTimer {
 
 // SAFETY: entries are only recorded as keys, never claimed or fired.
 unsafe impl Timer for HookTimer {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         let hook = self.hook.lock().unwrap().take();
         if let Some(hook) = hook {
             hook();
         }
         self.armed.lock().unwrap().push(entry.key());
     }
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
         armed.retain(|k| *k != entry.key());
     }

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskCx, Poll, Wake, Waker};
+use std::task::{Context as TaskCx, Wake, Waker};
 use std::time::Duration;
 
 static SERIAL: Mutex<()> = Mutex::new(());

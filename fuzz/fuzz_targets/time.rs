@@ -68,10 +68,10 @@ impl Clock for ResetClock {
 // SAFETY: arm, disarm and claim run under `entries`' mutex; a claimed or
 // disarmed entry leaves the map at once; firings run after the guard drops.
 unsafe impl Timer for ResetClock {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         self.entries.lock().unwrap().insert(entry.key(), entry);
     }
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         self.entries.lock().unwrap().remove(&entry.key());
     }
 }

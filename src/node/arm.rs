@@ -160,10 +160,14 @@ impl Node {
         o.state.store(s | ARMED, Ordering::Relaxed);
         drop(guard);
         // The timer's lock is a leaf, taken with no node lock (invariant 1).
-        t.arm(TimerEntry {
-            node: owner,
-            deadline: o.deadline,
-        });
+        // SAFETY: our entry, of a node that outlives the waited one, which
+        // the caller keeps alive (the `Timer` contract; invariants 4, 7).
+        unsafe {
+            t.arm(TimerEntry {
+                node: owner,
+                deadline: o.deadline,
+            })
+        };
         if o.is_done_flag() {
             // A cancel that set `DONE` after our section may have run its
             // `after_done` before our entry landed: the timer's lock orders

@@ -32,7 +32,12 @@ impl Node {
     /// (a handle's), which lets the std timer release a tailed entry at
     /// once (`after_done_ptr`).
     #[cfg(feature = "alloc")]
-    pub(crate) fn cancel_ref(node: &NodeRef, err: Error, cause: Option<Cause>, at: Option<&'static Location<'static>>) -> bool {
+    pub(crate) fn cancel_ref(
+        node: &NodeRef,
+        err: Error,
+        cause: Option<Cause>,
+        at: Option<&'static Location<'static>>,
+    ) -> bool {
         // SAFETY: the reference keeps the node alive for the call, `owned`
         // is false, and its pointer is the allocation's.
         unsafe { Self::cancel_raw(node.ptr.as_ptr(), err, cause, at, false, false, false, true) }

@@ -834,6 +834,8 @@ impl Node {
             return;
         }
         let Some(t) = n.timer else { return };
+        #[cfg(not(feature = "std"))]
+        let _ = full;
         #[cfg(feature = "std")]
         if !full && has_wheel_tail(s) && ptr::addr_eq(t as *const dyn Timer, crate::time::StdTimer::global()) {
             return;
@@ -843,10 +845,14 @@ impl Node {
         // gets it for a tailed node (above) and other timers do not read
         // through it.
         let node = unsafe { NonNull::new_unchecked(node as *mut Node) };
-        t.disarm(&TimerEntry {
-            node,
-            deadline: n.deadline,
-        });
+        // SAFETY: our entry, of a node valid for the call (the `Timer`
+        // contract; invariant 7).
+        unsafe {
+            t.disarm(&TimerEntry {
+                node,
+                deadline: n.deadline,
+            })
+        };
     }
 }
 

@@ -203,7 +203,7 @@ impl Clock for EmbassyTimer {
 //    which it claims it (so at most one claim per arm), and fires the
 //    returned `TimerFiring`s after the critical section ends.
 unsafe impl Timer for EmbassyTimer {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         let key = entry.key();
         let wake = critical_section::with(|cs| {
             let mut state = self.state.borrow_ref_mut(cs);
@@ -221,7 +221,7 @@ unsafe impl Timer for EmbassyTimer {
         }
     }
 
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         critical_section::with(|cs| {
             self.state.borrow_ref_mut(cs).entries.remove(&entry.key());
         });

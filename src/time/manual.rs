@@ -146,13 +146,13 @@ impl Clock for ManualClock {
 // disarmed entry is removed from the map at once; claimed entries fire after
 // the lock is dropped (the `Timer` contract).
 unsafe impl Timer for ManualClock {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         let _guard = self.lock.lock();
         // SAFETY: we hold `lock`.
         unsafe { (*self.entries.get()).insert(entry.key(), entry) };
     }
 
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         let guard = self.lock.lock();
         // SAFETY: we hold `lock`.
         let _removed = unsafe { (*self.entries.get()).remove(&entry.key()) };

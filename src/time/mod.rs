@@ -235,10 +235,34 @@ pub trait Clock: Send + Sync {
 pub unsafe trait Timer: Clock {
     /// Schedules `entry` to be claimed and fired at (or after)
     /// `entry.deadline()`.
-    fn arm(&self, entry: TimerEntry);
+    ///
+    /// # Safety
+    ///
+    /// `entry` is one that ctxcore handed out and its context is alive: call
+    /// this only as ctxcore does (a timer that forwards to another may pass
+    /// on the entry its own `arm` was given, within that call). A timer may
+    /// read the entry's context through it (the std timer keeps its links
+    /// there), so an entry kept past its context's life is a dangling
+    /// pointer: review 4 found a safe `disarm` of a kept clone reading a
+    /// freed context.
+    unsafe fn arm(&self, entry: TimerEntry);
     /// Forgets `entry` if it is still armed. Must be cheap (it runs whenever a
     /// deadline context is cancelled or freed).
-    fn disarm(&self, entry: &TimerEntry);
+    ///
+    /// # Safety
+    ///
+    /// As for [`arm`](Self::arm): the entry's context is alive (ctxcore
+    /// disarms before it frees; a forwarding timer may pass on the entry
+    /// its own `disarm` was given, within that call).
+    ///
+    #[cfg_attr(feature = "std", doc = "```compile_fail")]
+    #[cfg_attr(not(feature = "std"), doc = "```ignore")]
+    /// fn disarm_a_kept_entry(e: &ctxcore::TimerEntry) {
+    ///     use ctxcore::Timer;
+    ///     ctxcore::StdTimer::global().disarm(e); // error[E0133]: call to unsafe function
+    /// }
+    /// ```
+    unsafe fn disarm(&self, entry: &TimerEntry);
 
     /// Whether the after-funcs of a deadline this timer fires are handed to
     /// the after-func spawner ([`set_after_func_spawner`]: by default a new

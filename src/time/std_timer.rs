@@ -288,12 +288,12 @@ impl Clock for StdTimer {
 // at once; firing happens after the lock is released, one entry at a time
 // (the `Timer` contract).
 unsafe impl Timer for StdTimer {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         let deadline = entry.deadline().as_nanos();
         let shard = &self.shards[shard_of(&entry)];
         let mut state = lock(&shard.state);
-        // SAFETY: the entry is being armed, under its shard's lock: its node
-        // is valid (invariant 7).
+        // SAFETY: the caller passes the entry of a live node (the `Timer`
+        // contract; invariant 7), under its shard's lock.
         match unsafe { entry.wheel_slot() } {
             // SAFETY: the tail of a pinned heap node, not linked (an entry is
             // armed at most once, invariant 7), in this shard's wheel only
@@ -329,14 +329,15 @@ unsafe impl Timer for StdTimer {
         true
     }
 
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         let shard = &self.shards[shard_of(entry)];
         let mut state = lock(&shard.state);
-        // SAFETY: disarm runs before the node goes (invariant 7): valid.
+        // SAFETY: the caller passes the entry of a live node (the `Timer`
+        // contract: ctxcore disarms before the node goes, invariant 7).
         match unsafe { entry.wheel_slot() } {
-            // SAFETY: valid; linked, if at all, only in this shard's wheel
-            // (its address picks the shard: W1).
             Some(slot) => {
+                // SAFETY: valid; linked, if at all, only in this shard's
+                // wheel (its address picks the shard: W1).
                 let _removed = unsafe { state.wheel.remove(slot) };
             }
             None => {

@@ -297,7 +297,7 @@ impl Clock for TokioTimer {
 //    which it claims it (so at most one claim per arm), and fires the
 //    returned `TimerFiring`s only after the guard is dropped.
 unsafe impl Timer for TokioTimer {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         let key = entry.key();
         let mut state = self.shared.lock();
         let earliest = state.entries.first_key_value().is_none_or(|(k, _)| key < *k);
@@ -312,7 +312,7 @@ unsafe impl Timer for TokioTimer {
         }
     }
 
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         self.shared.lock().entries.remove(&entry.key());
     }
 }

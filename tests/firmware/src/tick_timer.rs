@@ -129,7 +129,7 @@ impl Clock for TickTimer {
 // `state`; `disarm` clears the entry's slot; `fire_due` removes an entry in
 // the critical section that claims it and fires after leaving it.
 unsafe impl Timer for TickTimer {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         critical_section::with(|cs| {
             let mut st = self.state.borrow_ref_mut(cs);
             match st.slots.iter_mut().find(|s| s.is_none()) {
@@ -140,7 +140,7 @@ unsafe impl Timer for TickTimer {
         });
     }
 
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         let key = entry.key();
         critical_section::with(|cs| {
             let mut st = self.state.borrow_ref_mut(cs);
