@@ -299,14 +299,18 @@ impl<'p> ScopedContext<'p> {
     /// Cancels the context (first cancellation wins).
     #[track_caller]
     pub fn cancel(&self) {
-        self.node.cancel_at(Error::Canceled, None, Location::caller());
+        if !self.node.deadline_won() {
+            self.node.cancel_at(Error::Canceled, None, Location::caller());
+        }
     }
 
     /// Cancels with a cause.
     #[track_caller]
     pub fn cancel_with(&self, cause: impl Into<Cause>) {
-        self.node
-            .cancel_at(Error::Canceled, Some(cause.into()), Location::caller());
+        if !self.node.deadline_won() {
+            self.node
+                .cancel_at(Error::Canceled, Some(cause.into()), Location::caller());
+        }
     }
 
     /// Whether the context is done.

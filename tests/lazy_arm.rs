@@ -244,3 +244,43 @@ fn std_timer_wakes_a_blocking_wait_on_time() {
     assert!(took < Duration::from_millis(500), "woken late: {took:?}");
     assert_eq!(StdTimer::global().armed(), before);
 }
+
+/// A deadline that passed while nobody waited on it (so no entry was armed
+/// and nothing fired it) still wins against a later cancel of the context's
+/// own handle, by `cancel` or by drop, or of a child under it: the cancel
+/// looks first, as a read does (property 5).
+#[test]
+fn an_unobserved_passed_deadline_wins_against_a_later_own_cancel() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let root = Context::with_timer(&CLOCK);
+    let (a, ha) = root.with_timeout(SEC);
+    let (b, hb) = root.with_timeout_cause(SEC, "too slow");
+    let (c, _hc) = root.with_timeout(SEC);
+    let (c_child, hcc) = c.with_cancel();
+    assert_eq!(CLOCK.armed(), 0);
+    CLOCK.advance(2 * SEC);
+    ha.cancel();
+    assert_eq!(a.err(), Some(Error::DeadlineExceeded));
+    drop(hb);
+    assert_eq!(b.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(b.cause().map(|c| c.to_string()), Some("too slow".to_string()));
+    // A child without a deadline of its own inherits its parent's: its own
+    // handle loses to it too.
+    hcc.cancel();
+    assert_eq!(c_child.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(c.err(), Some(Error::DeadlineExceeded));
+    // Before the deadline, the cancel wins as always.
+    let (d, hd) = root.with_timeout(SEC);
+    hd.cancel();
+    assert_eq!(d.err(), Some(Error::Canceled));
+}
+
+#[test]
+fn an_unobserved_passed_deadline_wins_against_a_scoped_owners_cancel() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let root = Context::with_timer(&CLOCK);
+    let scope = pin!(ScopedContext::with_timeout(root.as_ref(), SEC));
+    CLOCK.advance(2 * SEC);
+    scope.cancel();
+    assert_eq!(scope.as_ref().context().err(), Some(Error::DeadlineExceeded));
+}

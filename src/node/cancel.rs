@@ -38,9 +38,25 @@ impl Node {
         cause: Option<Cause>,
         at: Option<&'static Location<'static>>,
     ) -> bool {
+        if node.node().deadline_won() {
+            drop(cause);
+            return false;
+        }
         // SAFETY: the reference keeps the node alive for the call, `owned`
         // is false, and its pointer is the allocation's.
         unsafe { Self::cancel_raw(node.ptr.as_ptr(), err, cause, at, false, false, false, true) }
+    }
+
+    /// Before a node's own cancel (a handle's, a scoped owner's): whether a
+    /// deadline that passed while nobody waited on it (so no timer entry
+    /// fired it: invariant 20) makes the node done now. It wins against
+    /// the later cancel, as it would have with its entry armed: the cancel
+    /// looks first, as a read does (property 5), and loses. An armed
+    /// owner's timer fires it on time, so the clock is not read for it.
+    #[inline]
+    pub(crate) fn deadline_won(&self) -> bool {
+        let s = self.state.load(Ordering::Relaxed);
+        s & HAS_DEADLINE != 0 && s & (OWNS_DEADLINE | ARMED) != OWNS_DEADLINE | ARMED && self.is_done()
     }
 
     /// A passed deadline noticed by a read (`is_done`, `err`, `cause`, a

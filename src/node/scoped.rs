@@ -138,7 +138,9 @@ impl Node {
             batch: Batch::new(),
         };
         finish.batch.call(|| {
-            self.cancel(Error::Canceled, None);
+            if !self.deadline_won() {
+                self.cancel(Error::Canceled, None);
+            }
         });
         drop(finish);
     }
