@@ -75,7 +75,12 @@ fn report(what: &str, lib: &str, (allocs, bytes): (f64, f64)) {
 fn main() {
     // Start the std timer thread (and any lazily built statics) first, so
     // one-off set-up costs are not charged to the first measured call.
-    drop(Context::background().with_timeout(Duration::from_secs(60)));
+    // (A deadline is armed when first waited on: poll one once.)
+    {
+        let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(60));
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        assert!(pin!(ctx.done()).poll(&mut cx).is_pending());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

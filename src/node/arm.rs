@@ -176,13 +176,15 @@ impl Node {
             // SAFETY: `owner` is an allocation pointer (see
             // `deadline_owner`), valid while the waited node is.
             unsafe { Node::after_done_ptr(owner.as_ptr(), true) };
-        } else if t.now() >= o.deadline {
+        } else if !t.fires_late_arms() && t.now() >= o.deadline {
             // Passed before (or while) we armed: a timer that scanned its
             // due entries just before ours landed (a virtual clock's
             // `advance` on another thread) would not fire it until its next
             // scan. Fire it here, as a read would: waiters woken on this
             // thread, after-funcs handed off (property 7). Its cancel
-            // disarms the entry.
+            // disarms the entry. A timer that fires such an entry by itself
+            // (the std timer: its thread is woken for it) saves the clock
+            // read.
             o.cancel_observed();
         }
     }

@@ -277,6 +277,19 @@ pub unsafe trait Timer: Clock {
     fn hands_off_after_funcs(&self) -> bool {
         false
     }
+
+    /// Whether an entry armed with a deadline that has already passed (or
+    /// passes while `arm` runs) is fired soon by the timer itself, with no
+    /// further call: [`StdTimer`] says `true` (its thread is woken for an
+    /// earlier deadline, past ones included). `false` by default: then
+    /// ctxcore reads the clock once more after arming and fires a passed
+    /// deadline itself, since a timer driven from outside (a virtual clock's
+    /// `advance`) may have scanned its due entries just before the entry
+    /// landed. Either way a waiter is never lost; `true` only saves the
+    /// clock read.
+    fn fires_late_arms(&self) -> bool {
+        false
+    }
 }
 
 /// The entries of a timer backed by an ordered map, keyed by

@@ -323,6 +323,12 @@ unsafe impl Timer for StdTimer {
         });
     }
 
+    fn fires_late_arms(&self) -> bool {
+        // A past deadline goes into the wheel's current slot and lowers its
+        // shard's hint, which wakes the thread (sleeper.rs, S1).
+        true
+    }
+
     fn hands_off_after_funcs(&self) -> bool {
         // The timer thread wakes tasks and moves on: user callbacks run on
         // the after-func spawner (a thread of their own by default).
