@@ -584,6 +584,35 @@ fn per_request(c: &mut Criterion) {
         });
         g.finish();
     }
+    // The same on 2 threads with a parent each (a connection's context, say):
+    // the timer's own scaling, without the shared parent's lock that
+    // `per_request_2t` (and `churn_2t`) contend on.
+    let mut g = c.benchmark_group("per_request_own_parent_2t");
+    g.bench_function("ctxcore", |b| {
+        b.iter_custom(|iters| {
+            parallel(2, iters, &|n| {
+                let (own, _h) = ctx_parent();
+                let mut cx = noop_cx();
+                for _ in 0..n {
+                    ctxcore_op(&own, &mut cx);
+                }
+            })
+        })
+    });
+    g.bench_function("tokio_util", |b| {
+        b.iter_custom(|iters| {
+            parallel(2, iters, &|n| {
+                let _enter = rt.handle().enter();
+                let own = CancellationToken::new();
+                let mut cx = noop_cx();
+                for _ in 0..n {
+                    tokio_op(&own, &mut cx);
+                }
+            })
+        })
+    });
+    g.finish();
+
     // The moonshot: a cancellable deadline that propagates to a whole
     // subtree, against a bare tokio `sleep` timeout (tower's `Timeout`: one
     // sleep polled once, no cancel tree).

@@ -44,6 +44,7 @@ SCENARIOS = [
     ("deadline_create_drop", "create + drop with a deadline (tokio: token + sleep)", None),
     ("per_request_1t", "per-request deadline: 5 s timeout child, one wait, dropped (tokio: token + sleep), 1 thread", 0.5),
     ("per_request_2t", "per-request deadline, 2 threads (ns/op/thread)", 0.5),
+    ("per_request_own_parent_2t", "per-request deadline, 2 threads, a parent each (the timer's scaling alone)", None),
     ("timeout_vs_sleep", "moonshot: ctxcore's per-request deadline vs a bare tokio sleep polled once", None),
 ]
 FLOORS = ["atomic_load", "atomic_rmw", "box_alloc", "clock_now", "std_instant_now", "spin_1t", "spin_2t"]
@@ -130,6 +131,10 @@ def main():
     pr1, pr2 = by["per_request_1t"]["ctxcore_ns"], by["per_request_2t"]["ctxcore_ns"]
     pr_gain = 2 * pr1 * machine / pr2 if pr1 and pr2 else None
     check("per_request ctxcore throughput 2t/1t * machine", pr_gain, pr_gain is not None and pr_gain >= 1.5, ">= 1.5", busy)
+    po2 = by["per_request_own_parent_2t"]["ctxcore_ns"]
+    po_gain = 2 * pr1 * machine / po2 if pr1 and po2 else None
+    results["per_request_own_parent_gain"] = po_gain
+    print(f"report per_request ctxcore throughput 2t/1t * machine, a parent per thread = {fmt(po_gain, 3)}")
     # Issue 15: a with_timeout child costs at most twice an untimed one.
     dl, cc = by["deadline_create_drop"]["ctxcore_ns"], by["child_create_drop"]["ctxcore_ns"]
     dl_ratio = dl / cc if dl and cc else None
