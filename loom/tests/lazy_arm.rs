@@ -28,10 +28,10 @@ impl Clock for LoomTimer {
 // claimed or disarmed entry leaves the list at once; firing happens after
 // the lock is released.
 unsafe impl Timer for LoomTimer {
-    fn arm(&self, entry: TimerEntry) {
+    unsafe fn arm(&self, entry: TimerEntry) {
         self.entries.lock().unwrap().push(entry);
     }
-    fn disarm(&self, entry: &TimerEntry) {
+    unsafe fn disarm(&self, entry: &TimerEntry) {
         self.entries.lock().unwrap().retain(|e| e.key() != entry.key());
     }
 }

@@ -71,6 +71,27 @@ impl NodeRef {
             // (`deadline_parent`): a waiter on this node, or on a
             // descendant, arms it then.
         }
+        if !born_done {
+            // Parents on another timer than the node's: the earliest
+            // deadline is a minimum of instants read on different clocks,
+            // which means nothing, and a waiter's walk (`deadline_parent`)
+            // reaches one of them only. Each other timer's deadline is
+            // armed now, as an `all` node's parents are (invariant 20), so
+            // that it wakes the node's waiters on time (review 5, D1).
+            // After the loop, with no lock held.
+            for l in links.iter() {
+                let p = l.parent.node();
+                let same = match (p.timer, timer) {
+                    (Some(t), Some(u)) => ptr::addr_eq(t as *const dyn Timer, u as *const dyn Timer),
+                    (t, u) => t.is_none() && u.is_none(),
+                };
+                if !same {
+                    // SAFETY: `l.parent` is a reference of ours (invariant
+                    // 4), with the allocation's pointer (invariants 7, 20).
+                    unsafe { Node::arm_for_waiters(l.parent.ptr) };
+                }
+            }
+        }
         if born_done {
             node.node().cancel_inherited();
         }

@@ -55,8 +55,11 @@ impl Node {
     /// owner's timer fires it on time, so the clock is not read for it.
     #[inline]
     pub(crate) fn deadline_won(&self) -> bool {
+        // Armed or not: an armed owner's timer fires it late (the std
+        // timer by up to its thread's wake-up latency), and a cancel in that
+        // window must not win either (property 5; review 5, D3).
         let s = self.state.load(Ordering::Relaxed);
-        s & HAS_DEADLINE != 0 && s & (OWNS_DEADLINE | ARMED) != OWNS_DEADLINE | ARMED && self.is_done()
+        s & HAS_DEADLINE != 0 && self.is_done()
     }
 
     /// A passed deadline noticed by a read (`is_done`, `err`, `cause`, a
