@@ -48,11 +48,11 @@ impl Node {
     }
 
     /// Before a node's own cancel (a handle's, a scoped owner's): whether a
-    /// deadline that passed while nobody waited on it (so no timer entry
-    /// fired it: invariant 20) makes the node done now. It wins against
-    /// the later cancel, as it would have with its entry armed: the cancel
-    /// looks first, as a read does (property 5), and loses. An armed
-    /// owner's timer fires it on time, so the clock is not read for it.
+    /// deadline that has passed makes the node done now — one nobody waited
+    /// on (so no timer entry fires it: invariant 20), or one whose timer is
+    /// a little late. It wins against the later cancel: the cancel looks
+    /// first, as a read does (property 5), and loses. One clock read per
+    /// own cancel of a live node with a deadline.
     #[inline]
     pub(crate) fn deadline_won(&self) -> bool {
         // Armed or not: an armed owner's timer fires it late (the std
