@@ -4,31 +4,16 @@
 
 use ctxcore::time::{Clock, Instant, Timer, TimerEntry};
 use ctxcore::{Context, ContextRef, Error, ManualClock, ScopedContext};
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
-struct Count(AtomicUsize);
-
-impl Wake for Count {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counting() -> (Arc<Count>, Waker) {
-    let c = Arc::new(Count::default());
-    (c.clone(), Waker::from(c))
-}
-
-fn poll<F: std::future::Future>(f: Pin<&mut F>, w: &Waker) -> Poll<F::Output> {
-    f.poll(&mut TaskContext::from_waker(w))
-}
+mod common;
+use common::{counting, poll};
 
 #[test]
 fn creating_and_dropping_a_deadline_context_arms_nothing() {

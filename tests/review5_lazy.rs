@@ -1,31 +1,16 @@
 //! Review 5: lazy arming (invariant 20) under attack.
 
 use ctxcore::{Context, Error, ManualClock};
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::{Poll, Wake, Waker};
 use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
-struct Count(AtomicUsize);
-
-impl Wake for Count {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn counting() -> (Arc<Count>, Waker) {
-    let c = Arc::new(Count::default());
-    (c.clone(), Waker::from(c))
-}
-
-fn poll<F: std::future::Future>(f: Pin<&mut F>, w: &Waker) -> Poll<F::Output> {
-    f.poll(&mut TaskContext::from_waker(w))
-}
+mod common;
+use common::{counting, poll};
 
 /// D1: an `any` over parents on different timers arms only its
 /// `deadline_parent`'s owner (the minimum of instants read on different
@@ -45,7 +30,12 @@ fn any_over_two_timers_wakes_on_the_other_timers_deadline() {
     B.advance(5 * SEC);
     // B's timer had an entry before lazy arming: its advance fired it,
     // which cancelled `any` and woke us.
-    assert_eq!(count.0.load(Ordering::SeqCst), 1, "waiter on any(a, b) not woken by b's deadline (B.armed() = {})", B.armed());
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "waiter on any(a, b) not woken by b's deadline (B.armed() = {})",
+        B.armed()
+    );
     assert_eq!(b.err(), Some(Error::DeadlineExceeded));
 }
 
@@ -62,7 +52,11 @@ fn child_of_any_over_two_timers_wakes_on_the_other_timers_deadline() {
     let mut d = pin!(child.done());
     assert!(poll(d.as_mut(), &w).is_pending());
     B.advance(5 * SEC);
-    assert_eq!(count.0.load(Ordering::SeqCst), 1, "waiter on a child of any(a, b) not woken");
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "waiter on a child of any(a, b) not woken"
+    );
 }
 
 /// D1 through an after-func on the `any` node.
@@ -79,7 +73,11 @@ fn after_func_on_any_over_two_timers_runs_on_the_other_timers_deadline() {
         r.fetch_add(1, Ordering::SeqCst);
     });
     B.advance(5 * SEC);
-    assert_eq!(ran.load(Ordering::SeqCst), 1, "after-func on any(a, b) did not run at b's deadline");
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        1,
+        "after-func on any(a, b) did not run at b's deadline"
+    );
 }
 
 /// D2: a deadline owner whose last reference went while a kid still holds
@@ -101,7 +99,11 @@ fn orphaned_deadline_owner_still_wakes_its_kids_waiter() {
     assert_eq!(CLOCK.armed(), 1);
     CLOCK.advance(10 * SEC);
     assert_eq!(CLOCK.armed(), 0);
-    assert_eq!(count.0.load(Ordering::SeqCst), 1, "waiter on the orphan's kid not woken by its deadline");
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "waiter on the orphan's kid not woken by its deadline"
+    );
     assert_eq!(c.err(), Some(Error::DeadlineExceeded));
 }
 
@@ -119,7 +121,11 @@ fn orphaned_deadline_owner_wakes_wait_blocking_std_timer() {
         let _ = tx.send(e);
     });
     let got = rx.recv_timeout(Duration::from_secs(3));
-    assert_eq!(got, Ok(Error::DeadlineExceeded), "wait_blocking on an orphan's kid not woken");
+    assert_eq!(
+        got,
+        Ok(Error::DeadlineExceeded),
+        "wait_blocking on an orphan's kid not woken"
+    );
     t.join().unwrap();
 }
 
@@ -282,7 +288,10 @@ fn armed_owner_cancelled_after_its_deadline_reports_deadline_exceeded() {
         }
     }
     drop(cw);
-    assert_eq!(canceled, 0, "{canceled}/200 armed owners cancelled after their deadline report Canceled");
+    assert_eq!(
+        canceled, 0,
+        "{canceled}/200 armed owners cancelled after their deadline report Canceled"
+    );
 }
 
 /// A timer that never fires by itself (an executor's timer that has not
@@ -312,6 +321,10 @@ fn any_over_two_timers_read_is_exact() {
     let (b, _hb) = Context::with_timer(&L).with_timeout(5 * SEC);
     let any = Context::any([&a, &b]);
     L.0.fetch_add(5_000_000_000, Ordering::SeqCst);
-    assert_eq!(any.err(), Some(Error::DeadlineExceeded), "any(a, b) live after b's deadline passed");
+    assert_eq!(
+        any.err(),
+        Some(Error::DeadlineExceeded),
+        "any(a, b) live after b's deadline passed"
+    );
     assert_eq!(b.err(), Some(Error::DeadlineExceeded));
 }

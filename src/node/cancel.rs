@@ -32,6 +32,7 @@ impl Node {
     /// (a handle's), which lets the std timer release a tailed entry at
     /// once (`after_done_ptr`).
     #[cfg(feature = "alloc")]
+    #[inline]
     pub(crate) fn cancel_ref(
         node: &NodeRef,
         err: Error,
@@ -59,7 +60,20 @@ impl Node {
         // timer by up to its thread's wake-up latency), and a cancel in that
         // window must not win either (property 5; review 5, D3).
         let s = self.state.load(Ordering::Relaxed);
-        s & HAS_DEADLINE != 0 && self.is_done()
+        if s & HAS_DEADLINE == 0 || s & DONE != 0 {
+            // No deadline, or done already: the cancel loses or wins by
+            // itself.
+            return false;
+        }
+        // The deadline fires as its timer would have fired it: after-funcs
+        // handed off if the timer does so (the std timer), else run here,
+        // where the cancel runs its own (not a read: property 7 allows it).
+        let hand_off = self.timer.is_some_and(|t| t.hands_off_after_funcs());
+        #[cfg(feature = "alloc")]
+        if s & ALL != 0 {
+            return self.all_observed().is_some();
+        }
+        self.fire_passed_deadline(true, hand_off)
     }
 
     /// A passed deadline noticed by a read (`is_done`, `err`, `cause`, a

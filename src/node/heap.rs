@@ -195,25 +195,32 @@ impl NodeRef {
         }
     }
 
+    /// A node without a wheel tail (every node but a heap child that owns
+    /// its deadline: `new_child` picks `alloc_timed` for those).
+    #[inline(always)]
     pub(super) fn alloc(node: Node) -> NodeRef {
         #[cfg(feature = "std")]
-        if has_wheel_tail(node.state.load(Ordering::Relaxed)) {
-            // A heap node that owns a deadline carries the std timer's
-            // wheel links in the same allocation (invariant 21).
-            // The pointer keeps the provenance of the whole allocation (not
-            // a reference to the `node` field, which would cover its bytes
-            // only): `wheel_slot` reaches the tail through it and
-            // `free_node` frees the `TimedNode` through it.
-            let timed = NonNull::from(Box::leak(Box::new(TimedNode {
-                node,
-                slot: crate::time::wheel::WheelSlot::new(),
-            })));
-            return NodeRef {
-                ptr: timed.cast::<Node>(),
-            };
-        }
+        debug_assert!(!has_wheel_tail(node.state.load(Ordering::Relaxed)));
         NodeRef {
             ptr: NonNull::from(Box::leak(Box::new(node))),
+        }
+    }
+
+    /// A heap node that owns a deadline carries the std timer's wheel links
+    /// in the same allocation (invariant 21). The pointer keeps the
+    /// provenance of the whole allocation (not a reference to the `node`
+    /// field, which would cover its bytes only): `wheel_slot` reaches the
+    /// tail through it and `free_node` frees the `TimedNode` through it.
+    /// Out of line: the untimed path stays as small as it was.
+    #[cfg(feature = "std")]
+    #[inline(never)]
+    fn alloc_timed(node: Node) -> NodeRef {
+        let timed = NonNull::from(Box::leak(Box::new(TimedNode {
+            node,
+            slot: crate::time::wheel::WheelSlot::new(),
+        })));
+        NodeRef {
+            ptr: timed.cast::<Node>(),
         }
     }
 
@@ -287,7 +294,17 @@ impl NodeRef {
             }
             None => ptr::null(),
         };
-        let child = Self::alloc(Node::new_at(parent_ptr, flags | HEAP, eff, cause, site, timer));
+        let node = Node::new_at(parent_ptr, flags | HEAP, eff, cause, site, timer);
+        // `HEAP | OWNS_DEADLINE` with `std`: a `TimedNode` (invariant 21),
+        // decided by the flag the caller computed, not by reading it back.
+        #[cfg(feature = "std")]
+        let child = if owns {
+            Self::alloc_timed(node)
+        } else {
+            Self::alloc(node)
+        };
+        #[cfg(not(feature = "std"))]
+        let child = Self::alloc(node);
         // Not shared yet (not linked, not armed): a plain store is enough.
         // Every reference counted here is handed out by the caller.
         child.node().refs.store(refs, Ordering::Relaxed);

@@ -778,6 +778,14 @@ impl Node {
     /// `all_observed` instead, which calls this without: at most two
     /// levels, no recursion.
     fn check_deadline_tree(&self, poll_all: bool) -> bool {
+        self.fire_passed_deadline(poll_all, true)
+    }
+
+    /// [`check_deadline_tree`](Self::check_deadline_tree), with the owner's
+    /// after-funcs handed off (`hand_off`, a read's way) or run here (an own
+    /// cancel's way, for a timer that runs them where it fires:
+    /// `deadline_won`).
+    pub(super) fn fire_passed_deadline(&self, poll_all: bool, hand_off: bool) -> bool {
         let _ = poll_all;
         let Some(timer) = self.timer else { return false };
         if timer.now() < self.deadline {
@@ -800,7 +808,11 @@ impl Node {
             }
             owner = p;
         }
-        owner.cancel_observed();
+        if hand_off {
+            owner.cancel_observed();
+        } else {
+            owner.cancel_inner(Error::DeadlineExceeded, None, true);
+        }
         true
     }
 

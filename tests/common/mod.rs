@@ -1,4 +1,6 @@
 //! Helpers shared by the integration tests (`mod common;` in each).
+// Each test crate uses some of them.
+#![allow(dead_code)]
 
 use core::pin::Pin;
 use std::sync::Mutex;
@@ -18,4 +20,25 @@ pub fn leak<T>(b: Pin<Box<T>>) {
     let p = &*b as *const T as *const ();
     core::mem::forget(b);
     LEAKED.lock().unwrap_or_else(|e| e.into_inner()).push(Leaked(p));
+}
+
+/// A waker that counts its wake-ups.
+#[derive(Default)]
+pub struct Count(pub std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Count {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A counting waker and its counter.
+pub fn counting() -> (std::sync::Arc<Count>, std::task::Waker) {
+    let c = std::sync::Arc::new(Count::default());
+    (c.clone(), std::task::Waker::from(c))
+}
+
+/// Polls `f` once with `w`.
+pub fn poll<F: std::future::Future>(f: Pin<&mut F>, w: &std::task::Waker) -> std::task::Poll<F::Output> {
+    f.poll(&mut std::task::Context::from_waker(w))
 }
