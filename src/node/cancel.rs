@@ -65,6 +65,13 @@ impl Node {
             // itself.
             return false;
         }
+        self.deadline_won_slow(s)
+    }
+
+    /// [`deadline_won`](Self::deadline_won) for a live node with a
+    /// deadline: out of line, one copy for every caller (firmware flash).
+    #[inline(never)]
+    fn deadline_won_slow(&self, s: u32) -> bool {
         // The deadline fires as its timer would have fired it: after-funcs
         // handed off if the timer does so (the std timer), else run here,
         // where the cancel runs its own (not a read: property 7 allows it).

@@ -318,7 +318,8 @@ async fn deadlines() {
         t0,
         t1
     );
-    check!(TICKS.armed() == 1);
+    // Armed when first waited on (the `await` below), not when made.
+    check!(TICKS.armed() == 0);
     let fired = TICKS.fired();
     check!(s.done().await == Error::DeadlineExceeded);
     check!(TICKS.fired() == fired + 1, "the SysTick handler fired it");
@@ -338,6 +339,8 @@ async fn deadlines() {
     let e = pin!(ScopedContext::with_timeout(d, Duration::from_secs(3600)));
     let e = e.as_ref().context();
     check!(e.deadline() == d.deadline() && d.deadline().is_some());
+    check!(TICKS.armed() == 0, "armed when waited on: {}", TICKS.armed());
+    arm(e);
     check!(TICKS.armed() == 1, "armed: {}", TICKS.armed());
     check!(e.done().await == Error::DeadlineExceeded);
     check!(cause_str(e) == Some("sensor too slow") && cause_str(d) == Some("sensor too slow"));
@@ -348,6 +351,7 @@ async fn deadlines() {
     {
         let g = pin!(ScopedContext::with_timeout(TIMED.as_ref(), Duration::from_secs(3600)));
         let gc = g.as_ref().context();
+        arm(gc);
         check!(TICKS.armed() == 1);
         g.cancel();
         check!(TICKS.armed() == 0, "cancel disarms");
@@ -355,11 +359,19 @@ async fn deadlines() {
     }
     for i in 0..1000u32 {
         let h = pin!(ScopedContext::with_timeout(TIMED.as_ref(), Duration::from_secs(3600)));
-        let _ = h.as_ref().context();
+        arm(h.as_ref().context());
         check!(TICKS.armed() == 1, "round {}", i);
     }
     check!(TICKS.armed() == 0 && TICKS.refused() == 0, "drop disarms");
     hprintln!("ok: cancel disarms; 1000 deadline children dropped before their deadline left no entry armed");
+}
+
+/// Arms `c`'s deadline the way a task does: one poll of `done()` (a deadline
+/// is armed when first waited on, node invariant 20).
+fn arm(c: ContextRef<'_>) {
+    use core::future::Future as _;
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    let _ = pin!(c.done()).poll(&mut cx);
 }
 
 /// A full timer: one more deadline than `SLOTS`.
@@ -373,8 +385,12 @@ async fn timer_full() {
     }));
     let all = all.as_ref();
     let fired = TICKS.fired();
-    // Linking arms, in index order: the last one finds every slot taken.
+    // A first wait arms, in index order: the last one finds every slot
+    // taken.
     let ctxs: [ContextRef<'_>; N] = core::array::from_fn(|i| nth(all, i).context());
+    for c in ctxs {
+        arm(c);
+    }
     check!(
         TICKS.armed() == SLOTS && TICKS.refused() == 1,
         "armed {} refused {}",
