@@ -815,57 +815,6 @@ impl Node {
         }
         true
     }
-
-    /// Gives up the node's timer entry once it is done (or freed). A node
-    /// never armed (no `ARMED`: nobody waited on its deadline) has none, and
-    /// the timer's lock is not taken; the flag read is final here
-    /// (invariant 20). Through a pointer derived from `&self`: see
-    /// [`after_done_ptr`](Self::after_done_ptr).
-    fn after_done(&self) {
-        // SAFETY: `self` is valid for the call; `full` is false.
-        unsafe { Self::after_done_ptr(self, false) }
-    }
-
-    /// [`after_done`](Self::after_done) through `node`. With `full`, `node`
-    /// has the provenance of its whole allocation (a `NodeRef`'s pointer, an
-    /// up-pointer, a work-list or timer entry), which the std timer needs
-    /// to reach the wheel links in a `TimedNode`'s tail (invariant 21).
-    /// Without it (a pointer derived from a `&Node`, which covers the node
-    /// alone), a tailed entry on the std timer stays armed: it is removed
-    /// when the node is freed (always through its allocation's pointer, so
-    /// before the memory goes: invariant 7) or fired first (a done node's
-    /// firing loses at once, a no-op).
-    ///
-    /// # Safety
-    /// `node` is valid for the call; with `full`, as said above.
-    pub(super) unsafe fn after_done_ptr(node: *const Node, full: bool) {
-        // SAFETY: valid for the call (caller).
-        let n = unsafe { &*node };
-        let s = n.state.load(Ordering::Relaxed);
-        if s & ARMED == 0 {
-            return;
-        }
-        let Some(t) = n.timer else { return };
-        #[cfg(not(feature = "std"))]
-        let _ = full;
-        #[cfg(feature = "std")]
-        if !full && has_wheel_tail(s) && ptr::addr_eq(t as *const dyn Timer, crate::time::StdTimer::global()) {
-            return;
-        }
-        // SAFETY: valid (caller); with `full`, a pointer the timer may use
-        // to reach the tail (invariant 21); without, the std timer never
-        // gets it for a tailed node (above) and other timers do not read
-        // through it.
-        let node = unsafe { NonNull::new_unchecked(node as *mut Node) };
-        // SAFETY: our entry, of a node valid for the call (the `Timer`
-        // contract; invariant 7).
-        unsafe {
-            t.disarm(&TimerEntry {
-                node,
-                deadline: n.deadline,
-            })
-        };
-    }
 }
 
 impl core::fmt::Debug for Node {

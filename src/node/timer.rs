@@ -1,8 +1,11 @@
 //! Timer entries: what a [`Timer`] keeps, claims and fires.
 //!
 //! Maintains: 7 (a claimed entry's node is held by a reference; `claim` is
-//! `unsafe` with the `Timer` contract as its safety section). Relies on: 5
-//! (`try_retain`), 9 (firing hands the reference over before user code).
+//! `unsafe` with the `Timer` contract as its safety section; `after_done`
+//! disarms an armed node before it is freed), 21 (a `TimedNode`'s tail is
+//! reached only through its allocation's pointer). Relies on: 5
+//! (`try_retain`), 9 (firing hands the reference over before user code),
+//! 20 (only `ARMED` nodes have an entry).
 
 use super::*;
 #[cfg(feature = "std")]
@@ -30,9 +33,9 @@ pub(super) fn has_wheel_tail(flags: u32) -> bool {
 #[cfg(feature = "std")]
 pub(crate) struct NodeDeadline;
 
-// SAFETY: a linked slot is the tail of a live `TimedNode` (invariants 7,
-// 20), whose `deadline` is immutable.
 #[cfg(feature = "std")]
+// SAFETY: a linked slot is the tail of a live `TimedNode` (invariants 7,
+// 21), whose `deadline` is immutable.
 unsafe impl SlotDeadline for NodeDeadline {
     unsafe fn deadline(slot: NonNull<WheelSlot>) -> u64 {
         // SAFETY: the caller passes a linked slot: the tail of a live
@@ -164,5 +167,58 @@ impl Drop for TimerFiring {
     fn drop(&mut self) {
         // SAFETY: we own one reference (claimed).
         unsafe { release_node(self.node.as_ptr()) }
+    }
+}
+
+impl Node {
+    /// Gives up the node's timer entry once it is done (or freed). A node
+    /// never armed (no `ARMED`: nobody waited on its deadline) has none, and
+    /// the timer's lock is not taken; the flag read is final here
+    /// (invariant 20). Through a pointer derived from `&self`: see
+    /// [`after_done_ptr`](Self::after_done_ptr).
+    pub(super) fn after_done(&self) {
+        // SAFETY: `self` is valid for the call; `full` is false.
+        unsafe { Self::after_done_ptr(self, false) }
+    }
+
+    /// [`after_done`](Self::after_done) through `node`. With `full`, `node`
+    /// has the provenance of its whole allocation (a `NodeRef`'s pointer, an
+    /// up-pointer, a work-list or timer entry), which the std timer needs
+    /// to reach the wheel links in a `TimedNode`'s tail (invariant 21).
+    /// Without it (a pointer derived from a `&Node`, which covers the node
+    /// alone), a tailed entry on the std timer stays armed: it is removed
+    /// when the node is freed (always through its allocation's pointer, so
+    /// before the memory goes: invariant 7) or fired first (a done node's
+    /// firing loses at once, a no-op).
+    ///
+    /// # Safety
+    /// `node` is valid for the call; with `full`, as said above.
+    pub(super) unsafe fn after_done_ptr(node: *const Node, full: bool) {
+        // SAFETY: valid for the call (caller).
+        let n = unsafe { &*node };
+        let s = n.state.load(Ordering::Relaxed);
+        if s & ARMED == 0 {
+            return;
+        }
+        let Some(t) = n.timer else { return };
+        #[cfg(not(feature = "std"))]
+        let _ = full;
+        #[cfg(feature = "std")]
+        if !full && has_wheel_tail(s) && ptr::addr_eq(t as *const dyn Timer, crate::time::StdTimer::global()) {
+            return;
+        }
+        // SAFETY: valid (caller); with `full`, a pointer the timer may use
+        // to reach the tail (invariant 21); without, the std timer never
+        // gets it for a tailed node (above) and other timers do not read
+        // through it.
+        let node = unsafe { NonNull::new_unchecked(node as *mut Node) };
+        // SAFETY: our entry, of a node valid for the call (the `Timer`
+        // contract; invariant 7).
+        unsafe {
+            t.disarm(&TimerEntry {
+                node,
+                deadline: n.deadline,
+            })
+        };
     }
 }
