@@ -3229,6 +3229,9 @@ fn warm_up() {
         // The manual clock's map keeps its (empty) root node once used.
         let root = Context::with_timer(&CLOCK);
         let (_c, _h) = root.with_timeout(Duration::from_secs(1));
+        // Armed by a first wait (node invariant 20).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::pin::pin!(_c.done()).poll(&mut cx).is_pending());
         assert_eq!(CLOCK.armed(), 1);
         drop((_c, _h));
         // The blocking wait's thread handle; the std timer's clock.

@@ -425,7 +425,7 @@ impl Node {
     ///
     /// # Safety
     /// The lock is held and the node is live.
-    pub(super) unsafe fn set_done_inherited(&self) {
+    pub(super) unsafe fn set_done_inherited(&self, propagating: bool) {
         // SAFETY: the caller holds the lock (invariant 1).
         let holds_cause = self.cause.with(|p| unsafe { (*p).has_cause() });
         // One scan of the sources: the error, cause and location all come
@@ -433,6 +433,21 @@ impl Node {
         // where it is kept: nothing is dropped under the lock.
         let source = self.inherit_source();
         let err = source.map_or(Error::Canceled, Node::err_of_done);
+        if propagating && err == Error::DeadlineExceeded && self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+            // An ancestor's deadline fired, and this node's own deadline is
+            // earlier (it owns it): it has passed too, and fires as its own,
+            // with its own cause and site, as its timer would have fired it
+            // first had it been armed (lazy arming leaves it to be noticed:
+            // invariant 20). No clock read: phase 1 runs no user code.
+            // SAFETY: the caller holds the lock (invariant 1).
+            let own_site = self.cause.with(|p| unsafe { (*p).location() });
+            // SAFETY: forwarded from the caller; no cause given, the slot
+            // keeps its own: nothing displaced.
+            let none = unsafe { self.set_done_with(err, None, own_site, true, 0) };
+            debug_assert!(none.is_none());
+            core::mem::forget(none);
+            return;
+        }
         let site = source.and_then(Node::done_site);
         if holds_cause {
             // SAFETY: forwarded from the caller; no cause, nothing displaced.
@@ -580,7 +595,7 @@ pub(super) fn phase_one(work: &mut WorkList, batch: &mut Batch, runs: &mut RunLi
         let guard = n.lock.lock();
         let left = if !n.is_done_flag() {
             // SAFETY: we hold the lock and the node is live.
-            unsafe { n.set_done_inherited() };
+            unsafe { n.set_done_inherited(true) };
             let left = n.drain(guard, batch, runs, work);
             // SAFETY: a work-list pointer is a child's allocation pointer
             // (pushed from a `NodeRef` or an up-pointer: invariant 6).

@@ -323,7 +323,7 @@ impl NodeRef {
                 // cause is kept, not displaced (`CAUSE_UP`, invariant 2):
                 // dropping it here would run user code while the caller's
                 // second reference is not handed out yet.
-                unsafe { child.node().set_done_inherited() };
+                unsafe { child.node().set_done_inherited(false) };
                 return child;
             }
             // SAFETY: we hold the parent's lock; the child is not shared.
