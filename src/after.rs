@@ -328,9 +328,10 @@ impl Running {
     fn is(entry: *const ()) -> bool {
         let mut cur = CURRENT.try_with(|c| c.get()).unwrap_or(core::ptr::null());
         while !cur.is_null() {
-            // SAFETY: every `Running` in the chain lives in a frame of
+            // Every `Running` in the chain lives in a frame of
             // `within` below ours on this thread's stack, and unlinks itself
             // (through `Restore`) before that frame ends.
+            // SAFETY: as argued above.
             let r = unsafe { &*cur };
             if core::ptr::eq(r.entry, entry) {
                 return true;

@@ -166,11 +166,12 @@ impl<F: Future> Future for CancelOnDrop<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
-        // SAFETY: `fut` is structurally pinned and the other fields are not:
+        // `fut` is structurally pinned and the other fields are not:
         // `fut` is never moved out of `self` (not here, not in `Drop::drop`,
         // which only touches `handle` and `cause`); it is dropped in place by
         // the drop glue; `CancelOnDrop<F>` is `Unpin` only when `F` is (the
         // auto trait); the struct is not `repr(packed)`.
+        // SAFETY: as argued above.
         let this = unsafe { self.get_unchecked_mut() };
         if this.handle.is_none() {
             // Completed before: behave as a fused future.

@@ -130,10 +130,11 @@ struct ErrorSlot<E> {
     value: UnsafeCell<Option<E>>,
 }
 
-// SAFETY: (invariant G1) `value` is only accessed with `lock` held, so the
+// (Invariant G1) `value` is only accessed with `lock` held, so the
 // slot never gives out a reference to an `E`: sharing it between threads
 // only moves an `E` from the thread that puts it to the thread that takes it,
 // which `E: Send` allows.
+// SAFETY: as argued above.
 unsafe impl<E: Send> Sync for ErrorSlot<E> {}
 
 impl<E> ErrorSlot<E> {
@@ -154,9 +155,10 @@ impl<E> ErrorSlot<E> {
     /// dropped by the caller once the lock is released.
     fn put(&self, err: E) -> Result<(), E> {
         let _locked = self.lock.lock();
-        // SAFETY: (G1) the lock is held; the reference ends within it, and
+        // (G1) the lock is held; the reference ends within it, and
         // nothing dropped inside it is user data (the slot is empty when
         // written).
+        // SAFETY: as argued above (invariant G1).
         self.value.with_mut(|v| unsafe {
             match &mut *v {
                 Some(_) => Err(err),

@@ -321,9 +321,10 @@ impl<'p> ScopedContext<'p> {
 
 impl Drop for ScopedContext<'_> {
     fn drop(&mut self) {
-        // SAFETY: this is the owner's one, last call: no `ContextRef` or
+        // This is the owner's one, last call: no `ContextRef` or
         // waiting future can still borrow us (they borrow `self`); an
         // attached node was pinned, and drop ends its pinning.
+        // SAFETY: as argued above.
         unsafe { self.node.detach_scoped() };
     }
 }

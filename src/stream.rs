@@ -138,9 +138,10 @@ impl<'a, S> RunStream<'a, S> {
     where
         S: Stream,
     {
-        // SAFETY: structural pinning of `waiter` and `stream`: neither is
+        // Structural pinning of `waiter` and `stream`: neither is
         // moved out; both are only dropped in place (by assignment, which
         // runs their drop where they are, as `Pin::set` does).
+        // SAFETY: as argued above.
         let this = unsafe { self.get_unchecked_mut() };
         let Some(stream) = this.stream.as_mut() else {
             return Poll::Ready(None);
@@ -165,13 +166,14 @@ impl<'a, S> RunStream<'a, S> {
         let Some(n) = node else { return Poll::Pending };
         // SAFETY: `waiter` is pinned because `self` is.
         let waiter = unsafe { Pin::new_unchecked(&mut this.waiter) };
-        // SAFETY: `source` keeps `n` alive until the waiter is dropped: it is
+        // `source` keeps `n` alive until the waiter is dropped: it is
         // declared after `waiter` (dropped after it), `end` resets the waiter
         // before it lets go of the source, and a borrowed node outlives the
         // stream (the `Drop` impl above). Every call passes the same node:
         // `source` only changes in `end`, after which nothing polls the
         // waiter again (`stream` is `None`). The waiter unlinks itself under
         // the node's lock when dropped (invariant 8).
+        // SAFETY: as argued above (invariant 8).
         match unsafe { waiter.poll_wait(n, cx) } {
             Poll::Ready(()) => {
                 let err = with_cause.then(|| error_of(n.get()));

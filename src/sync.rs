@@ -127,9 +127,10 @@ impl RawLock {
     #[cfg_attr(not(feature = "alloc"), inline(never))]
     pub(crate) fn lock(&self) -> LockGuard<'_> {
         #[cfg(feature = "critical-section")]
-        // SAFETY: acquire/release are paired and nested: the matching
+        // Acquire/release are paired and nested: the matching
         // `release` runs in `LockGuard::drop`, with the state returned here,
         // in LIFO order (guards are scoped, never leaked).
+        // SAFETY: as argued above.
         let restore = unsafe { critical_section::acquire() };
         let mut spins = 0u32;
         loop {

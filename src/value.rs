@@ -111,13 +111,14 @@ pub(crate) fn push<T: Send + Sync + 'static>(parent: Option<&Values>, key: &'sta
     {
         let sized: *const ValueNode<T> = Arc::into_raw(Arc::new(node));
         let unsized_: *const ValueNode<dyn Any + Send + Sync> = sized;
-        // SAFETY: `from_raw`'s contract: the pointer came from
+        // `from_raw`'s contract: the pointer came from
         // `Arc::<U>::into_raw` with `U = ValueNode<T>` sized and of the same
         // size and alignment as the pointee — a coercion keeps the address
         // and the new vtable is `ValueNode<T>`'s own, so `from_raw` finds the
         // same `ArcInner` and the last drop frees it with the layout it was
         // allocated with. The one reference `into_raw` gave up is taken back
         // once.
+        // SAFETY: as argued above.
         unsafe { Arc::from_raw(unsized_) }
     }
 }

@@ -90,13 +90,14 @@ impl AfterFuncInner {
             n.add_callbacks(1);
         }
         drop(guard);
-        // SAFETY: we hold a reference to the node (`node`, invariant 5),
+        // We hold a reference to the node (`node`, invariant 5),
         // whose pointer is the allocation's (invariants 7, 20).
         // The deadline that will run `f` on time is armed now (invariant
         // 20); if it has passed, it fires here with the after-funcs handed
         // off, `f` among them: like a read, an `after_func` call never runs
         // a callback other than its own, and runs its own only if the
         // context was done before it was linked.
+        // SAFETY: as argued above (invariants 5, 7, 20).
         unsafe { Node::arm_for_waiters(node.ptr) };
         Some(inner)
     }
@@ -111,10 +112,11 @@ impl AfterFuncInner {
     pub(crate) fn stop(this: &Arc<AfterFuncInner>) -> u8 {
         let n = this.node.node();
         let guard = n.lock.lock();
-        // SAFETY: we hold the lock (invariant 1), which guards the link,
+        // We hold the lock (invariant 1), which guards the link,
         // the func slot of a linked entry and `status`.
         // A linked entry has not been taken by a canceller: unlinking it
         // makes its func and the list's reference ours (invariant 8).
+        // SAFETY: as argued above (invariants 1, 8).
         let (found, taken) = unsafe {
             let status = this.status.with_mut(|p| &mut *p);
             if this.entry.link.is_linked() {

@@ -137,10 +137,11 @@ impl Node {
         // after the last use of `this`).
         let this = unsafe { &*node };
         if this.is_done_flag() {
-            // SAFETY: forwarded from our caller; no lock is held.
+            // Forwarded from our caller; no lock is held.
             // Already done (`DONE` is final, invariant 2): this call loses
             // without taking a lock. The common case is a handle dropped
             // after an explicit `cancel`.
+            // SAFETY: as argued above (invariant 2).
             return unsafe { Self::lose(node, cause, owned) };
         }
         // With its parent an orphan whose last kid count this cancel gave up:
@@ -509,9 +510,10 @@ impl Node {
         own_deadline: bool,
         extra: u32,
     ) -> Option<Cause> {
-        // SAFETY: the caller holds the lock and the node is live (invariant
+        // The caller holds the lock and the node is live (invariant
         // 1). The location is written with the cause, before `DONE`
         // (invariant 18).
+        // SAFETY: as argued above (invariant 18).
         let displaced = self.cause.with_mut(|p| unsafe {
             let slot = &mut *p;
             if own_deadline && cause.is_none() {
@@ -560,9 +562,10 @@ impl Node {
             None => true,
             Some(t) => default_timer().is_some_and(|d| ptr::addr_eq(t as *const dyn Timer, d as *const dyn Timer)),
         };
-        // SAFETY: the caller observed `DONE` with Acquire, so `cause` is
+        // The caller observed `DONE` with Acquire, so `cause` is
         // immutable and its write visible (invariant 2).
         // The location is matched by `immortal_for` (invariant 15).
+        // SAFETY: as argued above (invariants 2, 15).
         timer_ok && self.cause.with(|p| unsafe { !(*p).has_cause() })
     }
 }
@@ -609,9 +612,10 @@ pub(super) fn phase_one(work: &mut WorkList, batch: &mut Batch, runs: &mut RunLi
         if !n.counted() {
             held.scoped.push(n_ptr);
         } else {
-            // SAFETY: we own the hold `push_popped` took, if any.
+            // We own the hold `push_popped` took, if any.
             // A counted node's parent is counted too, or a `static` (never
             // freed): its parent hold can go now.
+            // SAFETY: as argued above.
             unsafe { release_parent_hold(n) };
             if left {
                 held.later.push(n_ptr);

@@ -74,10 +74,11 @@ impl Node {
             if c.is_null() {
                 break;
             }
-            // SAFETY: a child popped under its parent's still-held lock is
+            // A child popped under its parent's still-held lock is
             // valid (invariants 5 and 12).
             // A reference of any lifetime is fine: it is used only while the
             // parent's lock holds (or, once we descend, while invariant 13 does).
+            // SAFETY: as argued above (invariants 5, 12, 13).
             let child: &Node = unsafe { &*c };
             if child.state.load(Ordering::Relaxed) & OWNS_DEADLINE == 0 {
                 if let Some(child_guard) = child.lock.try_lock() {
@@ -104,9 +105,10 @@ impl Node {
                         let (err, cause) = self.done_with();
                         (err, cause, self.done_site())
                     });
-                    // SAFETY: we hold the child's lock and it is live (inv. 1).
+                    // We hold the child's lock and it is live (inv. 1).
                     // Without a deadline of its own its cause slot is empty, so
                     // nothing is displaced (invariant 12).
+                    // SAFETY: as argued above (invariants 1, 12).
                     let displaced = unsafe { child.set_done(*err, cause.clone(), *site, false) };
                     debug_assert!(displaced.is_none());
                     core::mem::forget(displaced);
@@ -243,9 +245,10 @@ pub(super) unsafe fn release_parent_hold(node: &Node) {
     // SAFETY: the hold (or `node`, invariant 4) keeps the parent valid.
     if let Some(p) = unsafe { p.as_ref() } {
         if !p.counted() {
-            // SAFETY: we own the hold.
+            // We own the hold.
             // A scoped or static node is never freed by its count (its
             // owner holds one and waits for the rest, invariant 10).
+            // SAFETY: as argued above (invariant 10).
             unsafe { release_node(p) };
         }
     }

@@ -317,12 +317,13 @@ impl NodeRef {
                     // Never linked: it holds its parent by a reference.
                     core::mem::forget(p.clone());
                 }
-                // SAFETY: not linked, not armed: only this thread can touch
+                // Not linked, not armed: only this thread can touch
                 // the child, the exclusivity the lock gives (invariant 1).
                 // Born done: no propagation machinery is needed. A deadline
                 // cause is kept, not displaced (`CAUSE_UP`, invariant 2):
                 // dropping it here would run user code while the caller's
                 // second reference is not handed out yet.
+                // SAFETY: as argued above (invariants 1, 2).
                 unsafe { child.node().set_done_inherited(false) };
                 return child;
             }

@@ -498,9 +498,10 @@ pub(crate) struct Node {
     timer: Option<&'static dyn Timer>,
 }
 
-// SAFETY: every mutable field is atomic or guarded by `lock` (invariant 1) or
+// Every mutable field is atomic or guarded by `lock` (invariant 1) or
 // immutable after publication; raw pointers point at nodes kept alive by
 // invariant 4.
+// SAFETY: as argued above (invariants 1, 4).
 unsafe impl Send for Node {}
 
 // SAFETY: as for `Send`.

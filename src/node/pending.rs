@@ -170,9 +170,10 @@ impl PendingList {
     /// static node not in the list, and it just set its `PENDING` bit.
     pub(super) unsafe fn push(&self, node: &Node, tag: u32) {
         let g = self.lock.lock();
-        // SAFETY: we hold the list's lock, which guards the head, and the
+        // We hold the list's lock, which guards the head, and the
         // node's spare head and `kids` while it is in the list; its
         // `children` list is empty for good (invariant 3).
+        // SAFETY: as argued above (invariant 3).
         unsafe {
             node.kids.with_mut(|k| *k = tag);
             node.children.set_spare(self.head.with(|h| *h) as *const ());

@@ -264,9 +264,10 @@ pub(super) unsafe fn release_last(node: NonNull<Node>) {
         // SAFETY: we own a reference (or the last one, just dropped), so the
         // node is valid.
         let n = unsafe { cur.as_ref() };
-        // SAFETY: we own that reference.
+        // We own that reference.
         // A reference taken over from the walk (a parent's, an `any`
         // link's) is given up here; the first node's count is already zero.
+        // SAFETY: as argued above.
         if !core::mem::replace(&mut zeroed, false) && unsafe { !release_walked(cur) } {
             continue;
         }

@@ -178,9 +178,10 @@ impl Node {
         // SAFETY: the parent outlives us (invariant 4).
         if let Some(p) = unsafe { parent.as_ref() } {
             if p.counted() {
-                // SAFETY: we own it and use the parent no more.
+                // We own it and use the parent no more.
                 // The reference `attach_scoped` took (invariant 10); a last
                 // release frees, which drops a cause: user code.
+                // SAFETY: as argued above (invariant 10).
                 batch.call(|| unsafe { release_node(parent) });
             }
         }

@@ -125,9 +125,10 @@ impl TimerEntry {
     /// }
     /// ```
     pub unsafe fn claim(&self) -> Option<TimerFiring> {
-        // SAFETY: the caller guarantees the entry is armed and we are under
+        // The caller guarantees the entry is armed and we are under
         // the timer's lock, where an armed entry's node is valid: it disarms
         // under the same lock before it is freed (invariant 7).
+        // SAFETY: as argued above (invariant 7).
         let node = unsafe { self.node.as_ref() };
         node.try_retain().then_some(TimerFiring { node: self.node })
     }
@@ -152,13 +153,15 @@ impl TimerFiring {
     pub fn fire(self) {
         let node = self.node.as_ptr() as *const Node;
         core::mem::forget(self);
-        // SAFETY: the node is valid while we own the reference.
+        // The node is valid while we own the reference.
         // A timer that keeps user code off its own thread
         // (`Timer::hands_off_after_funcs`) hands the after-funcs off.
+        // SAFETY: as argued above.
         let hand_off = unsafe { (*node).timer }.is_some_and(|t| t.hands_off_after_funcs());
-        // SAFETY: we own a reference (claimed) and hand it over.
+        // We own a reference (claimed) and hand it over.
         // The reference is released before the context's wakers and
         // after-funcs run, so one may drop it (even a `ScopedContext`).
+        // SAFETY: as argued above.
         unsafe { Node::cancel_raw(node, Error::DeadlineExceeded, None, None, true, true, hand_off, true) };
     }
 }
@@ -207,10 +210,11 @@ impl Node {
         if !full && has_wheel_tail(s) && ptr::addr_eq(t as *const dyn Timer, crate::time::StdTimer::global()) {
             return;
         }
-        // SAFETY: valid (caller); with `full`, a pointer the timer may use
+        // Valid (caller); with `full`, a pointer the timer may use
         // to reach the tail (invariant 21); without, the std timer never
         // gets it for a tailed node (above) and other timers do not read
         // through it.
+        // SAFETY: as argued above (invariant 21).
         let node = unsafe { NonNull::new_unchecked(node as *mut Node) };
         // SAFETY: our entry, of a node valid for the call (the `Timer`
         // contract; invariant 7).

@@ -94,7 +94,7 @@ impl Waiter {
         drop(guard);
         drop(old);
         if pushed {
-            // SAFETY: `at` is valid (our caller) and keeps the allocation's
+            // `at` is valid (our caller) and keeps the allocation's
             // provenance (`NodePtr`, invariants 7 and 20).
             // Linked first, armed second, no lock held (the timer's is a
             // leaf, invariant 1): a deadline that passed since the check
@@ -102,6 +102,7 @@ impl Waiter {
             // after arming), and its canceller wakes us, once, like any
             // other (invariant 20). So we stay `Pending` even then: a
             // `Ready` while linked would earn a second, spurious wake-up.
+            // SAFETY: as argued above (invariants 7, 20, 1).
             unsafe { Node::arm_for_waiters(at.as_ptr()) };
         }
         Poll::Pending

@@ -65,9 +65,10 @@ impl Batch {
 
     /// Takes the initialised tasks out, leaving the batch empty.
     pub(super) fn take(&mut self, i: usize) -> Task {
-        // SAFETY: callers read each of the first `len` slots exactly once,
+        // Callers read each of the first `len` slots exactly once,
         // after setting `len` to zero, so every slot read is initialised and
         // never read again.
+        // SAFETY: as argued above.
         unsafe { self.tasks[i].assume_init_read() }
     }
 
@@ -219,9 +220,10 @@ pub struct AfterFuncs {
 }
 
 #[cfg(feature = "alloc")]
-// SAFETY: the list holds `Arc` references to after-func entries, which are
+// The list holds `Arc` references to after-func entries, which are
 // `Send + Sync` (their callbacks are `Send`), and nothing else (invariant 8:
 // the entries are unlinked and their free links belong to this list).
+// SAFETY: as argued above (invariant 8).
 unsafe impl Send for AfterFuncs {}
 
 #[cfg(feature = "alloc")]

@@ -192,7 +192,7 @@ impl Clock for EmbassyTimer {
     }
 }
 
-// SAFETY: the `Timer` contract (src/time/mod.rs) is upheld as follows.
+// The `Timer` contract (src/time/mod.rs) is upheld as follows.
 // 1. `arm`, `disarm` and the driver's `claim` calls all run inside a
 //    critical section holding `state` (a `critical_section::Mutex`), the one
 //    lock of this timer.
@@ -202,6 +202,7 @@ impl Clock for EmbassyTimer {
 // 3. The driver removes an entry from the map in the same critical section in
 //    which it claims it (so at most one claim per arm), and fires the
 //    returned `TimerFiring`s after the critical section ends.
+// SAFETY: as argued above (the `Timer` contract).
 unsafe impl Timer for EmbassyTimer {
     unsafe fn arm(&self, entry: TimerEntry) {
         let key = entry.key();

@@ -142,9 +142,10 @@ impl Clock for ManualClock {
     }
 }
 
-// SAFETY: `arm`, `disarm` and `claim` all run under `lock`; a claimed or
+// `arm`, `disarm` and `claim` all run under `lock`; a claimed or
 // disarmed entry is removed from the map at once; claimed entries fire after
 // the lock is dropped (the `Timer` contract).
+// SAFETY: as argued above (the `Timer` contract).
 unsafe impl Timer for ManualClock {
     unsafe fn arm(&self, entry: TimerEntry) {
         let _guard = self.lock.lock();

@@ -239,9 +239,10 @@ impl StdTimer {
         loop {
             match state.take_due(self.now()) {
                 Ok(entry) => {
-                    // SAFETY: under the shard's lock, the entry is armed and
+                    // Under the shard's lock, the entry is armed and
                     // leaves the timer here: claimed once (the `Timer`
                     // contract).
+                    // SAFETY: as argued above (the `Timer` contract).
                     let firing = unsafe { entry.claim() };
                     drop(state);
                     if let Some(f) = firing {
@@ -283,10 +284,11 @@ impl Clock for StdTimer {
     }
 }
 
-// SAFETY: `arm`, `disarm` and `claim` of one entry all run under the lock of
+// `arm`, `disarm` and `claim` of one entry all run under the lock of
 // the shard its address picks; claimed and disarmed entries leave the shard
 // at once; firing happens after the lock is released, one entry at a time
 // (the `Timer` contract).
+// SAFETY: as argued above (the `Timer` contract).
 unsafe impl Timer for StdTimer {
     unsafe fn arm(&self, entry: TimerEntry) {
         let deadline = entry.deadline().as_nanos();
@@ -295,10 +297,11 @@ unsafe impl Timer for StdTimer {
         // SAFETY: the caller passes the entry of a live node (the `Timer`
         // contract; invariant 7), under its shard's lock.
         match unsafe { entry.wheel_slot() } {
-            // SAFETY: the tail of a pinned heap node, not linked (an entry is
+            // The tail of a pinned heap node, not linked (an entry is
             // armed at most once, invariant 7), in this shard's wheel only
             // (its address picks the shard); it is removed by `disarm`
             // before the node goes (invariants 7, 21; W4).
+            // SAFETY: as argued above (invariants 7, 21).
             Some(slot) => unsafe { state.wheel.insert(slot, deadline) },
             None => {
                 let _replaced = state.others.insert(entry.key(), entry);
@@ -398,9 +401,10 @@ mod fork {
     pub(super) fn watch() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            // SAFETY: registers a handler that only touches a static atomic;
+            // Registers a handler that only touches a static atomic;
             // the function pointer is valid for the life of the program. A
             // failure (ENOMEM) only loses fork detection.
+            // SAFETY: as argued above.
             let _failed = unsafe { pthread_atfork(None, None, Some(in_child)) };
         });
     }

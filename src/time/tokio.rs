@@ -287,7 +287,7 @@ impl Clock for TokioTimer {
     }
 }
 
-// SAFETY: the `Timer` contract (src/time/mod.rs) is upheld as follows.
+// The `Timer` contract (src/time/mod.rs) is upheld as follows.
 // 1. `arm`, `disarm` and the driver's `claim` calls all run while holding
 //    `shared.state`'s mutex, the one lock of this timer.
 // 2. `disarm` removes the entry with that key from the map under the mutex;
@@ -296,6 +296,7 @@ impl Clock for TokioTimer {
 // 3. The driver removes an entry from the map in the same lock section in
 //    which it claims it (so at most one claim per arm), and fires the
 //    returned `TimerFiring`s only after the guard is dropped.
+// SAFETY: as argued above (the `Timer` contract).
 unsafe impl Timer for TokioTimer {
     unsafe fn arm(&self, entry: TimerEntry) {
         let key = entry.key();
