@@ -308,6 +308,15 @@ impl Context {
     /// deadline is the earliest of the parents'; its values are the first
     /// parent's. With no parent that can be done, it is never done.
     ///
+    /// Parents may run on different timers (say a `ManualClock` tree and
+    /// the std timer's): the deadline it reports and hands to its children
+    /// is then one parent's, but reads of the `any` context itself stay
+    /// exact on every parent's own clock — [`is_done`](Self::is_done) and
+    /// [`err`](Self::err) fire a parent whose deadline passed, and the
+    /// context is done with that parent's error. Its children follow when
+    /// that cancellation arrives: when a timer fires it, or when the `any`
+    /// context or that parent is read.
+    ///
     /// ```
     /// use ctxcore::{Context, Error};
     ///

@@ -313,7 +313,6 @@ unsafe impl ctxcore::time::Timer for Lazy {
 /// reports live after another parent's deadline passed on that parent's
 /// clock, while that parent itself reads done (property 5).
 #[test]
-#[ignore = "review 5 D5: open (pre-existing), run with --ignored"]
 fn any_over_two_timers_read_is_exact() {
     static A: ManualClock = ManualClock::new();
     static L: Lazy = Lazy(std::sync::atomic::AtomicU64::new(1_000_000_000_000));
@@ -327,4 +326,52 @@ fn any_over_two_timers_read_is_exact() {
         "any(a, b) live after b's deadline passed"
     );
     assert_eq!(b.err(), Some(Error::DeadlineExceeded));
+}
+
+/// D5, the fix's edges: every read (`is_done`, `err`, `cause`,
+/// `cancelled_at`) of the `any` node fires the passed parent, whichever
+/// position it has; the node then is done by that parent's cancellation
+/// (not merely reported so), and a child made afterwards is born done.
+#[test]
+fn any_over_two_timers_every_read_fires_the_passed_parent() {
+    static A: ManualClock = ManualClock::new();
+    static L: Lazy = Lazy(std::sync::atomic::AtomicU64::new(2_000_000_000_000));
+    for first_is_lazy in [false, true] {
+        let (a, _ha) = Context::with_timer(&A).with_timeout(10 * SEC);
+        let (b, _hb) = Context::with_timer(&L).with_timeout(5 * SEC);
+        let any = if first_is_lazy {
+            Context::any([&b, &a])
+        } else {
+            Context::any([&a, &b])
+        };
+        let (child, _hc) = any.with_cancel();
+        assert!(!any.is_done(), "live before either deadline");
+        assert_eq!(any.err(), None);
+        L.0.fetch_add(5 * 1_000_000_000, Ordering::SeqCst);
+        assert!(any.is_done(), "is_done reads b's clock ({first_is_lazy})");
+        // Fired by the read: b itself is done with its deadline, and the
+        // cancellation reached the `any` node and its child.
+        assert_eq!(b.err(), Some(Error::DeadlineExceeded));
+        assert_eq!(any.err(), Some(Error::DeadlineExceeded));
+        assert!(any.cause().is_some());
+        assert_eq!(any.cancelled_at(), b.cancelled_at());
+        assert_eq!(child.err(), Some(Error::DeadlineExceeded));
+        assert_eq!(a.err(), None, "a's clock did not move");
+        let (late, _hl) = any.with_cancel();
+        assert_eq!(late.err(), Some(Error::DeadlineExceeded));
+    }
+}
+
+/// D5: an `any` node whose parents share one timer keeps the one-clock
+/// read (no `POLLS`): a cancel of the later parent still reaches it.
+#[test]
+fn any_over_one_timer_still_reads_its_earliest_deadline() {
+    static A: ManualClock = ManualClock::new();
+    let (a, _ha) = Context::with_timer(&A).with_timeout(10 * SEC);
+    let (b, hb) = Context::with_timer(&A).with_timeout(5 * SEC);
+    let any = Context::any([&a, &b]);
+    assert_eq!(any.deadline(), b.deadline());
+    hb.cancel();
+    assert_eq!(any.err(), Some(Error::Canceled));
+    assert_eq!(a.err(), None);
 }

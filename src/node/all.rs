@@ -26,11 +26,8 @@ impl NodeRef {
         // different clocks means nothing, so the node has no deadline (reads
         // still poll the parents, each on its own clock: `POLLS` below), and
         // its children inherit none.
-        let same_timer = |p: &&NodeRef| match (p.node().timer, parents.first().and_then(|f| f.node().timer)) {
-            (Some(t), Some(u)) => core::ptr::addr_eq(t as *const dyn Timer, u as *const dyn Timer),
-            (t, u) => t.is_none() && u.is_none(),
-        };
-        if !parents.iter().all(same_timer) {
+        let first = parents.first().and_then(|f| f.node().timer);
+        if !parents.iter().all(|p| same_timer(p.node().timer, first)) {
             deadline = Instant::MAX;
         }
         let timer = match dl_parent {

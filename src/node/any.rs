@@ -27,6 +27,16 @@ impl NodeRef {
         if parents.iter().all(|p| p.node().never_done()) {
             flags |= NEVER_DONE;
         }
+        if parents
+            .iter()
+            .any(|p| p.node().state.load(Ordering::Relaxed) & HAS_DEADLINE != 0 && !same_timer(p.node().timer, timer))
+        {
+            // A parent's deadline on another clock than the node's may pass
+            // while the node's own clock says nothing: reads check every
+            // parent, each on its own clock (`POLLS`, `any_observed`;
+            // property 5, review 5 D5).
+            flags |= POLLS;
+        }
         let node = Self::alloc(Node::new(ptr::null(), flags, deadline, None, timer));
         let mut links = Vec::with_capacity(parents.len());
         for p in parents {
@@ -80,12 +90,7 @@ impl NodeRef {
             // that it wakes the node's waiters on time (review 5, D1).
             // After the loop, with no lock held.
             for l in links.iter() {
-                let p = l.parent.node();
-                let same = match (p.timer, timer) {
-                    (Some(t), Some(u)) => ptr::addr_eq(t as *const dyn Timer, u as *const dyn Timer),
-                    (t, u) => t.is_none() && u.is_none(),
-                };
-                if !same {
+                if !same_timer(l.parent.node().timer, timer) {
                     // SAFETY: `l.parent` is a reference of ours (invariant
                     // 4), with the allocation's pointer (invariants 7, 20).
                     unsafe { Node::arm_for_waiters(l.parent.ptr) };
@@ -96,6 +101,49 @@ impl NodeRef {
             node.node().cancel_inherited();
         }
         node
+    }
+}
+
+/// Whether two nodes run on the same timer (or both on none).
+#[cfg(feature = "alloc")]
+pub(super) fn same_timer(a: Option<&'static dyn Timer>, b: Option<&'static dyn Timer>) -> bool {
+    match (a, b) {
+        (Some(t), Some(u)) => ptr::addr_eq(t as *const dyn Timer, u as *const dyn Timer),
+        (t, u) => t.is_none() && u.is_none(),
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Node {
+    /// A read of a live `any` node whose parents run on different timers
+    /// (`POLLS`): fires each parent's passed deadline on that parent's own
+    /// clock, and reports the node done if one parent is. The node then is
+    /// too, or is about to be: a parent's cancellation reaches it through
+    /// its link (synchronously here, when this read fired it); until then
+    /// the nearest done node above that parent is reported, as a deadline
+    /// read does. Each parent's own check (`check_deadline_tree(false)`)
+    /// never comes back here: one level, no recursion.
+    pub(super) fn any_observed(&self) -> Option<&Node> {
+        let links = self.any()?;
+        // SAFETY: immutable after construction and freed only with the node;
+        // the parents are retained (invariant 4).
+        let links = unsafe { links.as_ref() };
+        let fired = links.links.iter().map(|l| l.parent.node()).find(|p| {
+            p.is_done_flag() || p.state.load(Ordering::Relaxed) & HAS_DEADLINE != 0 && p.check_deadline_tree(false)
+        })?;
+        if self.is_done_flag() {
+            return Some(self);
+        }
+        let mut n: &Node = fired;
+        loop {
+            if n.is_done_flag() {
+                return Some(n);
+            }
+            match n.deadline_parent() {
+                Some(p) => n = p,
+                None => return Some(n),
+            }
+        }
     }
 }
 

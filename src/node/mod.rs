@@ -438,8 +438,10 @@ pub(crate) const PENDING: u32 = 1 << 13;
 /// is (its links count down, invariant 19).
 pub(crate) const ALL: u32 = 1 << 14;
 
-/// Immutable: an `all` node with a parent that has a deadline: a read of it
-/// while live checks its parents (property 5), deadline of its own or not.
+/// Immutable: an `all` node with a parent that has a deadline, or an `any`
+/// node with a parent whose deadline runs on another timer than the node's:
+/// a read of it while live checks its parents (property 5), deadline of its
+/// own or not.
 pub(crate) const POLLS: u32 = 1 << 15;
 
 /// Set once, under the node's lock and while it is live, on a node with
@@ -732,6 +734,10 @@ impl Node {
         if s & ALL != 0 {
             return self.all_observed();
         }
+        #[cfg(feature = "alloc")]
+        if s & POLLS != 0 {
+            return self.any_observed();
+        }
         if !self.check_deadline() {
             return None;
         }
@@ -766,8 +772,14 @@ impl Node {
     #[cold]
     fn check_deadline(&self) -> bool {
         #[cfg(feature = "alloc")]
-        if self.state.load(Ordering::Relaxed) & ALL != 0 {
-            return self.all_observed().is_some();
+        {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & ALL != 0 {
+                return self.all_observed().is_some();
+            }
+            if s & POLLS != 0 {
+                return self.any_observed().is_some();
+            }
         }
         self.check_deadline_tree(true)
     }
