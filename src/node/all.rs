@@ -183,15 +183,6 @@ impl Node {
             return Some(self);
         }
         // The deadline's owner, fired above, is on the way up.
-        let mut n: &Node = latest?;
-        loop {
-            if n.is_done_flag() {
-                return Some(n);
-            }
-            match n.deadline_parent() {
-                Some(p) => n = p,
-                None => return Some(n),
-            }
-        }
+        Some(latest?.nearest_done_up())
     }
 }

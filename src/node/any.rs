@@ -134,16 +134,7 @@ impl Node {
         if self.is_done_flag() {
             return Some(self);
         }
-        let mut n: &Node = fired;
-        loop {
-            if n.is_done_flag() {
-                return Some(n);
-            }
-            match n.deadline_parent() {
-                Some(p) => n = p,
-                None => return Some(n),
-            }
-        }
+        Some(fired.nearest_done_up())
     }
 }
 

@@ -742,15 +742,23 @@ impl Node {
             return None;
         }
         // The deadline owner is done now; its cancellation may still be on
-        // its way down to us. Report the nearest done node on the way up.
+        // its way down to us.
+        Some(self.nearest_done_up())
+    }
+
+    /// The nearest node flagged done on the way up from this one by
+    /// deadline parents (the topmost if none is yet): where a read that
+    /// fired, or found fired, a deadline above it takes its error and
+    /// cause from while that cancellation is on its way down.
+    pub(super) fn nearest_done_up(&self) -> &Node {
         let mut n: &Node = self;
         loop {
             if n.is_done_flag() {
-                return Some(n);
+                return n;
             }
             match n.deadline_parent() {
                 Some(p) => n = p,
-                None => return Some(n),
+                None => return n,
             }
         }
     }
