@@ -47,7 +47,16 @@ command -v qemu-system-riscv32 >/dev/null || missing+=(qemu-system-misc)
 if [ "${#missing[@]}" -ne 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  pkgs=("${missing[@]}")
+  # Some images ship a backported `qemu-utils` (10.x) whose `Breaks:`
+  # refuses the distribution's `qemu-system-*` (7.2), and apt would then
+  # remove it: keep it, at the emulators' own version (seen on this
+  # project's machines in December 2026; nothing here uses it).
+  if dpkg-query -W -f='${Status}' qemu-utils 2>/dev/null | grep -q 'ok installed'; then
+    pkgs+=("qemu-utils=$(apt-cache policy qemu-system-arm | awk '/Candidate:/ { print $2 }')")
+  fi
+  $sudo apt-get install -y -qq --no-install-recommends --allow-downgrades "${pkgs[@]}" >/dev/null
 fi
 rustup target add thumbv7m-none-eabi thumbv6m-none-eabi \
   riscv32imc-unknown-none-elf riscv32imac-unknown-none-elf >/dev/null
