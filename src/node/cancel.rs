@@ -530,7 +530,8 @@ impl Node {
                 Error::DeadlineExceeded => DONE | DEADLINE_ERR,
             };
         let s = self.state.load(Ordering::Relaxed);
-        if s & ANY == 0 {
+        // No `any` nodes without `alloc` (a constant there: firmware flash).
+        if !cfg!(feature = "alloc") || s & ANY == 0 {
             // Nobody else writes this word now (invariant 11): a plain store
             // publishes `DONE`, one atomic read-modify-write fewer per node.
             self.state.store(s | bits, Ordering::Release);

@@ -640,7 +640,8 @@ impl Node {
     /// The tree parent, or null (a root or an `any` node).
     #[inline]
     fn parent_ptr(&self) -> *const Node {
-        if self.state.load(Ordering::Relaxed) & ANY != 0 {
+        // No `any` nodes without `alloc` (a constant there: firmware flash).
+        if cfg!(feature = "alloc") && self.state.load(Ordering::Relaxed) & ANY != 0 {
             ptr::null()
         } else {
             self.up as *const Node

@@ -196,6 +196,10 @@ impl Node {
     ///
     /// # Safety
     /// `node` is valid for the call; with `full`, as said above.
+    // Out of line without `alloc`: one copy instead of one per cancel path
+    // (firmware flash); with it, left to the compiler as before (the host's
+    // hot paths).
+    #[cfg_attr(not(feature = "alloc"), inline(never))]
     pub(super) unsafe fn after_done_ptr(node: *const Node, full: bool) {
         // SAFETY: valid for the call (caller).
         let n = unsafe { &*node };
