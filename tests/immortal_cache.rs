@@ -1,0 +1,252 @@
+//! Children of a done parent (invariant 15): the immortal node a plainly
+//! cancelled parent's children get is looked up once and cached in the
+//! parent's `state`. Each test attacks that cache: every child, the first
+//! (which looks up) and the later ones (which read the cache), must be done
+//! at once with the parent's error, cause and location, keep its values,
+//! and outlive the parent; concurrent children, cancels and other writers
+//! of the parent's `state` must not break it.
+
+use core::panic::Location;
+use core::time::Duration;
+use ctxcore::{Context, Error, Key, StaticContext};
+use std::future::Future;
+use std::sync::{Arc, Barrier};
+use std::task::{Context as TaskContext, Waker};
+
+/// Asserts that `child` is done exactly as `parent` is.
+#[track_caller]
+fn same_as(child: &Context, parent: &Context) {
+    assert!(child.is_done());
+    assert_eq!(child.err(), parent.err());
+    assert_eq!(
+        child.cause().map(|c| c.to_string()),
+        parent.cause().map(|c| c.to_string())
+    );
+    assert_eq!(
+        child.cause().and_then(|c| c.as_error()),
+        parent.cause().and_then(|c| c.as_error())
+    );
+    let (at, pat) = (child.cancelled_at(), parent.cancelled_at());
+    assert!(pat.is_some());
+    assert!(at.is_some_and(|a| core::ptr::eq(a, pat.unwrap()) || a == pat.unwrap()));
+    assert_eq!(child.deadline(), None);
+}
+
+#[test]
+fn every_child_of_a_done_parent_keeps_every_semantic() {
+    static KEY: Key<u32> = Key::new("n");
+    let (p, h) = Context::background().with_value(&KEY, 7).with_cancel();
+    let line = line!() + 1;
+    h.cancel();
+    let mut kids = Vec::new();
+    for _ in 0..4 {
+        // The first looks the immortal node up, the others read the cache.
+        let (c, hc) = p.with_cancel();
+        same_as(&c, &p);
+        assert_eq!(c.cancelled_at().unwrap().line(), line);
+        assert_eq!(c.value(&KEY), Some(&7));
+        assert_eq!(c.err(), Some(Error::Canceled));
+        hc.cancel_with("too late");
+        assert_eq!(c.cause().unwrap().as_error(), Some(Error::Canceled));
+        let (g, _hg) = c.with_cancel();
+        same_as(&g, &p);
+        assert_eq!(g.value(&KEY), Some(&7));
+        kids.push((c, g));
+    }
+    // Leaked children: nothing counted, nothing to leak.
+    std::mem::forget(p.with_cancel());
+    std::mem::forget(kids[0].0.clone());
+    // The parent goes (freed): its children were never its.
+    let parent_at = p.cancelled_at().unwrap();
+    drop((p, h));
+    for (c, g) in &kids {
+        assert_eq!(c.cancelled_at(), Some(parent_at));
+        assert_eq!(g.cancelled_at(), Some(parent_at));
+        assert!(c.is_done() && g.is_done());
+    }
+    // A deadline child of a cached parent still gets a node of its own.
+    let (d, _hd) = kids[0].0.with_timeout(Duration::from_secs(60));
+    assert_eq!(d.cancelled_at(), Some(parent_at));
+    assert!(d.deadline().is_some());
+}
+
+/// Parents cancelled at more call sites than there are immortal nodes:
+/// those whose site collides get no immortal node (their children share
+/// them); every child, first or later, reports its own parent's site.
+#[test]
+fn more_cancel_sites_than_immortal_nodes() {
+    macro_rules! cancelled {
+        () => {{
+            let (p, h) = Context::background().with_cancel();
+            h.cancel();
+            p
+        }};
+    }
+    let parents = [
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+        cancelled!(),
+    ];
+    let sites: Vec<&'static Location<'static>> = parents.iter().map(|p| p.cancelled_at().unwrap()).collect();
+    for (i, a) in sites.iter().enumerate() {
+        for b in &sites[..i] {
+            assert_ne!(a.line(), b.line(), "distinct sites");
+        }
+    }
+    for _ in 0..3 {
+        for p in &parents {
+            let (c, _) = p.with_cancel();
+            same_as(&c, p);
+            let (g, _) = c.with_cancel();
+            same_as(&g, p);
+        }
+    }
+}
+
+/// Threads making the first children of a freshly cancelled parent at
+/// once: several may look up and cache (the same bits); each child reports
+/// the cancel.
+#[test]
+fn concurrent_first_children() {
+    let rounds = if cfg!(miri) { 3 } else { 300 };
+    for _ in 0..rounds {
+        let (p, h) = Context::background().with_cancel();
+        h.cancel();
+        let b = Arc::new(Barrier::new(2));
+        let (p2, b2) = (p.clone(), b.clone());
+        let t = std::thread::spawn(move || {
+            b2.wait();
+            let kids: Vec<_> = (0..3).map(|_| p2.with_cancel().0).collect();
+            for c in &kids {
+                same_as(c, &p2);
+            }
+            kids
+        });
+        b.wait();
+        let mine: Vec<_> = (0..3).map(|_| p.with_cancel().0).collect();
+        let theirs = t.join().unwrap();
+        drop(p);
+        for c in mine.iter().chain(&theirs) {
+            assert_eq!(c.cancelled_at(), theirs[0].cancelled_at());
+            assert_eq!(c.err(), Some(Error::Canceled));
+        }
+    }
+}
+
+/// A cancel racing child creation: a child made before it is a live node
+/// that the cancel reaches, one made after is born done; both report the
+/// cancel's site.
+#[test]
+fn cancel_racing_child_creation() {
+    let rounds = if cfg!(miri) { 3 } else { 300 };
+    for _ in 0..rounds {
+        let (p, h) = Context::background().with_cancel();
+        let b = Arc::new(Barrier::new(2));
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || {
+            b2.wait();
+            let line = line!() + 1;
+            h.cancel();
+            line
+        });
+        b.wait();
+        let kids: Vec<_> = (0..4).map(|_| p.with_cancel()).collect();
+        let line = t.join().unwrap();
+        for (c, _) in &kids {
+            assert_eq!(c.cancelled_at().unwrap().line(), line);
+            same_as(c, &p);
+        }
+        for _ in 0..3 {
+            let (late, _) = p.with_cancel();
+            same_as(&late, &p);
+        }
+    }
+}
+
+/// An `any` node's `state` is also written without its lock (`QUEUED`, by
+/// its other parents' cancellers): the cache write must not lose that bit
+/// (a lost `QUEUED` would let two cancellers queue the node).
+#[test]
+fn any_node_cache_vs_other_parents_cancel() {
+    let rounds = if cfg!(miri) { 3 } else { 300 };
+    for _ in 0..rounds {
+        let (p1, h1) = Context::background().with_cancel();
+        let (p2, h2) = Context::background().with_cancel();
+        let (p3, h3) = Context::background().with_cancel();
+        let any = Context::any([&p1, &p2, &p3]);
+        let line = line!() + 1;
+        h1.cancel();
+        let b = Arc::new(Barrier::new(2));
+        let (any2, b2) = (any.clone(), b.clone());
+        let t = std::thread::spawn(move || {
+            b2.wait();
+            (0..4).map(|_| any2.with_cancel().0).collect::<Vec<_>>()
+        });
+        b.wait();
+        h2.cancel_with("second");
+        h3.cancel();
+        let kids = t.join().unwrap();
+        assert_eq!(any.cancelled_at().unwrap().line(), line);
+        for c in &kids {
+            same_as(c, &any);
+        }
+        drop((any, p1, p2, p3));
+        for c in &kids {
+            assert_eq!(c.cancelled_at().unwrap().line(), line);
+        }
+    }
+}
+
+/// A static root's `state` is also written after it is done (`PENDING`,
+/// when its wakers do not fit in one batch): children made meanwhile, and
+/// after, are right.
+#[test]
+fn static_parent_with_pending_wakers() {
+    static ROOT: StaticContext = StaticContext::new();
+    let root = ROOT.context();
+    let n = if cfg!(miri) { 20 } else { 100 };
+    let mut futs: Vec<_> = (0..n).map(|_| Box::pin(root.done_owned())).collect();
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    for f in &mut futs {
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+    }
+    let b = Arc::new(Barrier::new(2));
+    let b2 = b.clone();
+    let t = std::thread::spawn(move || {
+        b2.wait();
+        let line = line!() + 1;
+        ROOT.cancel();
+        line
+    });
+    b.wait();
+    let early: Vec<_> = (0..8).map(|_| root.with_cancel()).collect();
+    let line = t.join().unwrap();
+    for f in &mut futs {
+        assert!(f.as_mut().poll(&mut cx).is_ready());
+    }
+    for (c, _) in &early {
+        assert_eq!(c.cancelled_at().unwrap().line(), line);
+        same_as(c, &root);
+    }
+    for _ in 0..3 {
+        let (late, _) = root.with_cancel();
+        same_as(&late, &root);
+    }
+}
