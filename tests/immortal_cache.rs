@@ -29,7 +29,7 @@ fn same_as(child: &Context, parent: &Context) {
     let (at, pat) = (child.cancelled_at(), parent.cancelled_at());
     assert!(pat.is_some());
     assert!(at.is_some_and(|a| core::ptr::eq(a, pat.unwrap()) || a == pat.unwrap()));
-    assert_eq!(child.deadline(), None);
+    assert_eq!(child.deadline(), parent.deadline());
 }
 
 #[test]
@@ -254,4 +254,67 @@ fn static_parent_with_pending_wakers() {
         let (late, _) = root.with_cancel();
         same_as(&late, &root);
     }
+}
+
+/// Children made from inside the cancellation that makes their parent
+/// done: an after-func and a waker (user code runs with no node lock held,
+/// invariant 9, so the first child may take the parent's lock to cache).
+#[test]
+fn children_made_by_the_parents_own_after_func_and_waker() {
+    use std::sync::Mutex;
+    use std::task::Wake;
+
+    struct MakeChildren(Context, Mutex<Vec<Context>>);
+    impl Wake for MakeChildren {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let kids = (0..3).map(|_| self.0.with_cancel().0);
+            self.1.lock().unwrap().extend(kids);
+        }
+    }
+
+    let (p, h) = Context::background().with_cancel();
+    let made = Arc::new(Mutex::new(Vec::new()));
+    let (p2, made2) = (p.clone(), made.clone());
+    let _af = p.after_func(move || {
+        let kids = (0..3).map(|_| p2.with_cancel().0);
+        made2.lock().unwrap().extend(kids);
+    });
+    let waker_state = Arc::new(MakeChildren(p.clone(), Mutex::new(Vec::new())));
+    let waker = Waker::from(waker_state.clone());
+    let mut fut = Box::pin(p.done_owned());
+    assert!(fut.as_mut().poll(&mut TaskContext::from_waker(&waker)).is_pending());
+    let line = line!() + 1;
+    h.cancel();
+    let from_af = std::mem::take(&mut *made.lock().unwrap());
+    let from_waker = std::mem::take(&mut *waker_state.1.lock().unwrap());
+    assert_eq!((from_af.len(), from_waker.len()), (3, 3));
+    for c in from_af.iter().chain(&from_waker) {
+        assert_eq!(c.cancelled_at().unwrap().line(), line);
+        same_as(c, &p);
+    }
+}
+
+/// A parent on a timer other than the default one, or cancelled by its
+/// deadline, or with a cause: its children share it (nothing cached), and
+/// every one of them, first or later, reports it.
+#[test]
+fn parents_that_get_no_immortal_node() {
+    use ctxcore::{Instant, ManualClock};
+    static CLOCK: ManualClock = ManualClock::new();
+    let (on_clock, h) = Context::with_timer(&CLOCK).with_cancel();
+    h.cancel();
+    let (expired, _he) = Context::with_timer(&CLOCK).with_deadline(Instant::ZERO);
+    let (with_cause, hc) = Context::background().with_cancel();
+    hc.cancel_with("why");
+    for p in [&on_clock, &expired, &with_cause] {
+        for _ in 0..3 {
+            let (c, _) = p.with_cancel();
+            same_as(&c, p);
+        }
+    }
+    assert_eq!(expired.with_cancel().0.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(with_cause.with_cancel().0.cause().unwrap().as_str(), Some("why"));
 }
