@@ -461,10 +461,11 @@ pub(crate) const POLLS: u32 = 1 << 15;
 /// (invariant 20). Never cleared.
 pub(crate) const ARMED: u32 = 1 << 16;
 
-/// Set once on a done node, under its lock: which immortal node its
-/// children get, as its index in the immortals plus one (zero: not looked
-/// up yet, or none to be had); a cache, a pure function of what is
-/// immutable once the node is done (invariant 15).
+/// Set on a done node, under its lock, never cleared: which immortal node
+/// its children get, as its index in the immortals plus one (zero: not
+/// looked up yet, or none to be had); a cache, a pure function of what is
+/// immutable once the node is done, so whoever sets it sets the same bits
+/// (invariant 15).
 #[cfg(not(loom))]
 pub(crate) const IMMORTAL_CACHE: u32 = 0xf << IMMORTAL_SHIFT;
 
