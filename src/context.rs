@@ -150,14 +150,14 @@ impl Context {
     ) -> (Context, CancelHandle) {
         if deadline.is_none() {
             if let Some(parent) = &self.node {
-                if parent.node().is_done_flag() {
+                if let Some(node) = parent.child_if_done(default_timer) {
                     // A child of a done parent is done at birth with the
                     // parent's error and cause, and nothing can ever change
                     // it: it needs no node of its own (no allocation; the
                     // shared immortal one if the parent was plainly
                     // cancelled), and its handle has nothing left to cancel.
                     let ctx = Context {
-                        node: Some(parent.done_child(default_timer)),
+                        node: Some(node),
                         values: self.values.clone(),
                     };
                     return (ctx, CancelHandle { node: None });

@@ -1,10 +1,12 @@
 //! Heap nodes (feature `alloc`): [`NodeRef`], an owning counted reference,
 //! and the constructors of tree children.
 //!
-//! Maintains: 15 (the immortal node), 16 (a child without a deadline of a
-//! plain heap node is a kid: its parent's count raised in the section that
-//! links it). Relies on: 1, 3, 5, 20 (a deadline child is armed lazily, by
-//! its first waiter, not here).
+//! Maintains: 15 (the immortal node, and the cache of it in a done node's
+//! `state`, written under that node's lock: 11), 16 (a child without a
+//! deadline of a plain heap node is a kid: its parent's count raised in the
+//! section that links it). Relies on: 1, 2 (a done node's cause and
+//! location are immutable, so the cache never goes stale), 3, 5, 20 (a
+//! deadline child is armed lazily, by its first waiter, not here).
 
 use super::*;
 
@@ -105,6 +107,17 @@ fn claim_immortal(i: usize, at: &'static Location<'static>) -> Option<&'static N
     (s == READY && node.done_site().is_some_and(|l| ptr::eq(l, at))).then_some(node)
 }
 
+/// The immortal node that a done node's `state` names in its
+/// `IMMORTAL_CACHE` bits (index plus one; none if zero), for its children
+/// (invariant 15).
+#[cfg(all(feature = "alloc", not(loom)))]
+#[inline(always)]
+pub(super) fn cached_immortal(state: u32) -> Option<&'static Node> {
+    // One compare covers both "none" (0 wraps to `usize::MAX`) and the
+    // bound.
+    IMMORTALS.get((((state & IMMORTAL_CACHE) >> IMMORTAL_SHIFT) as usize).wrapping_sub(1))
+}
+
 /// Whether `ptr` is an immortal node: a range check on the statics'
 /// addresses, no load (invariant 15).
 #[cfg(feature = "alloc")]
@@ -161,18 +174,41 @@ impl NodeRef {
         ptr
     }
 
-    /// The node for a child, without a deadline of its own, of this node
-    /// that the caller saw done: such a child is done at birth with this
-    /// node's error and cause and nothing can change that, so it needs no
-    /// node of its own. A plainly cancelled node's child gets an immortal
-    /// node with the same location (invariant 15: no reference count at
-    /// all), if one is to be had; any other shares this node.
+    /// If this node is done (`DONE` read with Acquire), the node for a
+    /// child of it without a deadline of its own: such a child is done at
+    /// birth with this node's error, cause and location, and nothing can
+    /// change that, so it needs no node of its own. A plainly cancelled
+    /// node's child gets an immortal node with the same location (invariant
+    /// 15: no reference count at all), if one is to be had; any other
+    /// shares this node. The immortal node is looked up once per done node
+    /// and cached in its `state` (`IMMORTAL_CACHE`): later children cost
+    /// the one load that tells them the node is done.
     #[inline]
-    pub(crate) fn done_child(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> NodeRef {
+    pub(crate) fn child_if_done(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> Option<NodeRef> {
+        let s = self.node().state.load(Ordering::Acquire);
+        if s & DONE == 0 {
+            return None;
+        }
+        // Cached by a thread whose release of this node's lock (or whose
+        // Release store of the bits under it) our Acquire load follows: the
+        // cached node's location is written for good (invariant 15).
+        #[cfg(not(loom))]
+        if let Some(n) = cached_immortal(s) {
+            return Some(NodeRef { ptr: NonNull::from(n) });
+        }
+        Some(self.done_child(default_timer))
+    }
+
+    /// [`child_if_done`](Self::child_if_done) without a cached immortal
+    /// node: looks it up and caches it. Out of line: once per done node (or
+    /// per child of a node whose children share it).
+    #[inline(never)]
+    fn done_child(&self, default_timer: impl FnOnce() -> Option<&'static dyn Timer>) -> NodeRef {
         #[cfg(not(loom))]
         if self.node().plainly_canceled(default_timer) {
             // The caller saw `DONE` (Acquire): the slot is immutable.
             if let Some(n) = immortal_for(self.node().done_site()) {
+                self.node().cache_immortal(n);
                 return NodeRef { ptr: NonNull::from(n) };
             }
         }
@@ -341,6 +377,27 @@ impl NodeRef {
         // first waits on it (invariant 20). Until then a read fires it
         // (property 5).
         child
+    }
+}
+
+#[cfg(all(feature = "alloc", not(loom)))]
+impl Node {
+    /// Records in this done node's `state` that its children get the
+    /// immortal node `n` (invariant 15). Written under the lock, as every
+    /// write of a tree node's `state` is (invariant 11), with a
+    /// read-modify-write, as an `any` node's `QUEUED` may be set without
+    /// the lock; the bits are a pure function of what is immutable once
+    /// the node is done, so a second writer writes the same ones.
+    #[cold]
+    fn cache_immortal(&self, n: &'static Node) {
+        const _: () = assert!(1 + LOCATED < 1 << (32 - IMMORTAL_SHIFT));
+        let i = (n as *const Node).addr().wrapping_sub(IMMORTALS.as_ptr().addr()) / core::mem::size_of::<Node>();
+        debug_assert!(ptr::eq(n, &IMMORTALS[i]));
+        let _guard = self.lock.lock();
+        // Release, under the lock: a reader that sees the bits with Acquire
+        // reads the immortal node's location after it was written.
+        self.state
+            .fetch_or(((i + 1) as u32) << IMMORTAL_SHIFT, Ordering::Release);
     }
 }
 

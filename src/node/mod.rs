@@ -118,7 +118,9 @@
 //!     plain Release store. An `any` node's `QUEUED` is set by cancellers of
 //!     its parents without its lock, so its `DONE` is set with a
 //!     read-modify-write. (A node born done is written once more, without
-//!     the lock, before anyone else can see it.)
+//!     the lock, before anyone else can see it.) A done node's
+//!     `IMMORTAL_CACHE` bits are written under its lock with a
+//!     read-modify-write too, for that `QUEUED` (invariant 15).
 //! 12. **Finishing a child under its parent's lock.** A canceller that pops a
 //!     child from a done parent's `children` may, still holding the parent's
 //!     lock, *try* the child's lock (never wait for it) and, if it gets it,
@@ -184,7 +186,18 @@
 //!     during the write, and it is never written again. A location that
 //!     hashes to an entry holding another gets no immortal node (the child
 //!     shares its parent's). `is_immortal` is a range check on the statics'
-//!     addresses: still no load.
+//!     addresses: still no load. The look-up is made once per done node:
+//!     its result is cached in the node's `state` (`IMMORTAL_CACHE`, above
+//!     every flag: the entry's index plus one), written after `DONE` under
+//!     the node's lock (invariant 11) by a Release `fetch_or` (an `any`
+//!     node's `QUEUED` is set without its lock), so a later child reads it
+//!     from the Acquire load that tells it the node is done, and reads the
+//!     entry's location after it was written (the cacher read `READY` with
+//!     Acquire, or wrote it, before its Release). The bits are a pure
+//!     function of what is immutable once the node is done (flags, timer,
+//!     cause, location, the default timer, a `READY` entry): racing cachers
+//!     write the same ones; none are written if the entry holds another
+//!     location.
 //! 16. **Kids and orphans.** A child without a deadline (`HAS_DEADLINE`
 //!     unset) of a plain heap node (`HEAP`, not `ANY`) holds its parent not
 //!     by a reference but by the parent's `kids` count, raised under the
@@ -449,6 +462,20 @@ pub(crate) const POLLS: u32 = 1 << 15;
 /// pushed onto the waiters of a node whose deadline it owns arms it
 /// (invariant 20). Never cleared.
 pub(crate) const ARMED: u32 = 1 << 16;
+
+/// Set on a done node, under its lock, never cleared: which immortal node
+/// its children get, as its index in the immortals plus one (zero: not
+/// looked up yet, or none to be had); a cache, a pure function of what is
+/// immutable once the node is done, so whoever sets it sets the same bits
+/// (invariant 15).
+#[cfg(not(loom))]
+pub(crate) const IMMORTAL_CACHE: u32 = 0xf << IMMORTAL_SHIFT;
+
+/// The lowest bit of `IMMORTAL_CACHE`, above every flag.
+#[cfg(not(loom))]
+pub(crate) const IMMORTAL_SHIFT: u32 = 28;
+#[cfg(not(loom))]
+const _: () = assert!(ARMED < 1 << IMMORTAL_SHIFT);
 
 /// One context node.
 #[repr(C)]

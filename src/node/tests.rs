@@ -256,15 +256,58 @@ pub(super) fn children_of_plainly_cancelled_nodes_share_the_uncounted_immortal_n
     assert!(ptr::eq(imm, of_any.node_ref().unwrap()));
     assert_eq!(of_any.cancelled_at(), parent.cancelled_at());
     assert!(parent.cancelled_at().is_some());
-    drop((child, hc, grandchild, dl, any, of_any));
-    // Never counted: other tests running meanwhile cannot move it either.
+    // Looked up once, then cached in the done parent's state (and in the
+    // immortal node's own, for the grandchild): the next child is the same
+    // node, found by the cache alone.
+    let cached = |n: &Node| n.state.load(Ordering::Acquire) & IMMORTAL_CACHE;
+    assert_ne!(cached(parent.node_ref().unwrap()), 0);
+    assert_eq!(
+        cached_immortal(cached(parent.node_ref().unwrap())).map(ptr::from_ref),
+        Some(ptr::from_ref(imm))
+    );
+    assert_eq!(
+        cached_immortal(cached(imm)).map(ptr::from_ref),
+        Some(ptr::from_ref(imm))
+    );
+    let (again, _) = parent.with_cancel();
+    assert!(ptr::eq(imm, again.node_ref().unwrap()));
+    drop((child, hc, grandchild, dl, any, of_any, again));
+    // Never counted: other tests running meanwhile cannot move it either
+    // (its cache bits may be set, by any test: the same ones).
     assert_eq!(CANCELED.refs.load(Ordering::Relaxed), 1);
-    assert_eq!(CANCELED.state.load(Ordering::Relaxed), DONE);
+    assert_eq!(CANCELED.state.load(Ordering::Relaxed) & !IMMORTAL_CACHE, DONE);
     assert_eq!(imm.refs.load(Ordering::Relaxed), 1);
-    assert_eq!(imm.state.load(Ordering::Relaxed), DONE);
+    assert_eq!(imm.state.load(Ordering::Relaxed) & !IMMORTAL_CACHE, DONE);
     let (p2, h2) = crate::Context::background().with_cancel();
     h2.cancel_with("why");
     assert!(!is_canceled(&p2.with_cancel().0), "a cause needs the parent's node");
+    assert!(!is_canceled(&p2.with_cancel().0), "and nothing was cached");
+    assert_eq!(cached(p2.node_ref().unwrap()), 0);
+}
+
+#[test]
+pub(super) fn the_immortal_cache_bits_sit_above_every_flag_and_name_every_immortal() {
+    for flag in [
+        DONE,
+        DEADLINE_ERR,
+        HAS_DEADLINE,
+        OWNS_DEADLINE,
+        QUEUED,
+        ANY,
+        ATTACHED,
+        NEVER_DONE,
+    ]
+    .into_iter()
+    .chain([UNLINKED, HEAP, KID, HAD_KIDS, CAUSE_UP, PENDING, ALL, POLLS, ARMED])
+    {
+        assert_eq!(flag & IMMORTAL_CACHE, 0);
+        assert!(cached_immortal(flag | DONE).is_none());
+    }
+    assert!(
+        cached_immortal(IMMORTAL_CACHE).is_none(),
+        "an index past the last is none"
+    );
+    assert!(ptr::eq(cached_immortal(1 << IMMORTAL_SHIFT).unwrap(), CANCELED));
 }
 
 /// Review reproducer (defect 5, simulated): reference-count saturation
