@@ -198,8 +198,9 @@ fn children_made_after_the_cancel() {
     is_here(d.cancelled_at(), line);
     assert_eq!(d.cause().unwrap().as_str(), Some("gone"));
 
-    // Without a cause too (it shares the parent's node: the immortal node
-    // has no location).
+    // Without a cause too (an immortal node located at the cancel, or the
+    // parent's own node where that location's entry is taken: invariant
+    // 15).
     let (p, h) = Context::background().with_cancel();
     let line = line!() + 1;
     h.cancel();
