@@ -466,3 +466,31 @@ fn polls_any_read_with_panicking_waker() {
     assert!(poll(f1.as_mut(), noop).is_ready());
     assert!(poll(f2.as_mut(), noop).is_ready());
 }
+
+/// Waiting reads: a `done()` future polled, and `wait_blocking_timeout`,
+/// on a `POLLS` `any` node after the other-timer parent's deadline passed
+/// (nothing will ever fire it: a waiter that did not read first would
+/// sleep for good).
+#[test]
+fn polls_any_waits_read_first() {
+    static A: ManualClock = ManualClock::new();
+    static L: Lazy = Lazy::new();
+    let (a, _ha) = Context::with_timer(&A).with_timeout(1000 * SEC);
+    let (b, _hb) = Context::with_timer(&L).with_timeout(5 * SEC);
+    let any = Context::any([&a, &b]);
+    L.advance(5);
+    let mut f = Box::pin(any.done());
+    assert!(poll(f.as_mut(), Waker::noop()).is_ready(), "done() pending after b's deadline passed");
+    let (a, _ha) = Context::with_timer(&A).with_timeout(1000 * SEC);
+    let (b, _hb) = Context::with_timer(&L).with_timeout(5 * SEC);
+    let any = Context::any([&b, &a]);
+    L.advance(5);
+    if !cfg!(miri) {
+        assert_eq!(
+            any.wait_blocking_timeout(Duration::from_millis(200)),
+            Some(Error::DeadlineExceeded)
+        );
+    }
+    let mut s = Box::pin(any.done_owned());
+    assert!(poll(s.as_mut(), Waker::noop()).is_ready());
+}
