@@ -282,8 +282,8 @@ fn polls_any_waker_reenters_the_read() {
             }
         }
     }
-    let (a, ha) = Context::with_timer(&A).with_timeout(1000 * SEC);
-    let (b, hb) = Context::with_timer(&L).with_timeout(5 * SEC);
+    let (a, _ha) = Context::with_timer(&A).with_timeout(1000 * SEC);
+    let (b, _hb) = Context::with_timer(&L).with_timeout(5 * SEC);
     let any = Context::any([&a, &b]);
     let w = Arc::new(Reenter {
         any: std::sync::Mutex::new(Some((any.clone(), a.clone(), b.clone()))),
