@@ -279,3 +279,42 @@ fn leaked_children_of_a_cached_parent() {
     }
     drop(p);
 }
+
+/// fork(): a forked child makes children of parents cancelled before the
+/// fork, one whose cache was written before (the bits are inherited with
+/// the memory) and one whose cache it writes itself (it takes the parent's
+/// lock, free: no other thread held it at the fork). Both report the
+/// parent's site.
+#[cfg(all(target_os = "linux", not(miri)))]
+#[test]
+fn forked_child_reads_and_writes_the_cache() {
+    extern "C" {
+        fn fork() -> i32;
+        fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+        fn _exit(code: i32) -> !;
+    }
+    let (cached, h1) = Context::background().with_cancel();
+    let l1 = line!() + 1;
+    h1.cancel();
+    let _ = cached.with_cancel();
+    let (fresh, h2) = Context::background().with_cancel();
+    let l2 = line!() + 1;
+    h2.cancel();
+    // SAFETY: the child touches only this test's nodes (`fresh`'s lock,
+    // which no other thread ever takes) and the allocator (fork-safe in
+    // glibc), then leaves with `_exit`.
+    let pid = unsafe { fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let ok = (0..3).all(|_| {
+            cached.with_cancel().0.cancelled_at().map(|l| l.line()) == Some(l1)
+                && fresh.with_cancel().0.cancelled_at().map(|l| l.line()) == Some(l2)
+        });
+        // SAFETY: leave the child without running the harness.
+        unsafe { _exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: plain waitpid on our child.
+    unsafe { waitpid(pid, &mut status, 0) };
+    assert_eq!((status >> 8) & 0xff, 0, "the forked child's children report the wrong site");
+}
