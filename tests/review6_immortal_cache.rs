@@ -300,9 +300,9 @@ fn forked_child_reads_and_writes_the_cache() {
     let (fresh, h2) = Context::background().with_cancel();
     let l2 = line!() + 1;
     h2.cancel();
-    // SAFETY: the child touches only this test's nodes (`fresh`'s lock,
-    // which no other thread ever takes) and the allocator (fork-safe in
-    // glibc), then leaves with `_exit`.
+    // The child touches only this test's nodes (`fresh`'s lock, which no
+    // other thread ever takes) and the allocator (fork-safe in glibc).
+    // SAFETY: as argued above; the child leaves with `_exit`.
     let pid = unsafe { fork() };
     assert!(pid >= 0);
     if pid == 0 {
