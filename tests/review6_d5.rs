@@ -14,8 +14,13 @@
 //!   `POLLS` `any` node reads live while that parent, read, is done: the
 //!   parent is checked by `check_deadline_tree`, its own deadline chain
 //!   only, so design.md's "exact reads hold for the node itself" fails one
-//!   level up), `polls_any_over_all_cause_is_stable` (a `POLLS` `any` node
-//!   over an `all` node reports one cause, then another);
+//!   level up), `polls_any_over_all_cause_is_stable` and
+//!   `polls_any_over_child_of_all_cause_is_stable` (a `POLLS` `any` node
+//!   over an `all` node, or over a child of one, reports one cause, then
+//!   another: `any_observed` checks each parent without `poll_all`; the
+//!   one-timer control `one_timer_any_over_all_cause_is_stable` holds, so
+//!   the flip comes with D5), and `polls_any_read_vs_cancel_stress` (the
+//!   race of loom/tests/review6_d5.rs, which predates D5);
 //! - documented caveat (design.md invariant 19: descendants follow the
 //!   other parents' cancellations when they arrive), kept as reproducers:
 //!   the `child_*` tests;
@@ -532,4 +537,58 @@ fn polls_any_read_vs_cancel_stress() {
         drop((a, b));
     }
     assert_eq!(flipped, 0, "{flipped}/20000 reads reported a result the node did not end with");
+}
+
+/// The same flip one level further: the `POLLS` `any` node's parent is a
+/// child of an `all` node (it inherits the `all` node's deadline). The
+/// parent's check (`check_deadline_tree(false)`) walks through the `all`
+/// node to its latest parent without polling the others: the `any` node
+/// reports the latest parent's cause while its own parent is still live,
+/// then ends done with the cause of the `all` node's last-counted parent.
+#[test]
+#[ignore = "defect: a POLLS any over a child of an all node reports one cause, then another"]
+fn polls_any_over_child_of_all_cause_is_stable() {
+    static L: Lazy = Lazy::new();
+    static M: ManualClock = ManualClock::new();
+    let root = Context::with_timer(&L);
+    let (q1, _h1) = root.with_deadline_cause(root.now() + 5 * SEC, "q1");
+    let (q2, _h2) = root.with_deadline_cause(root.now() + 10 * SEC, "q2");
+    let all = Context::all([&q1, &q2]);
+    let (p, _hp) = all.with_cancel();
+    let (c, _hc) = Context::with_timer(&M).with_timeout(100 * SEC);
+    let any = Context::any([&p, &c]);
+    L.advance(10);
+    assert!(any.is_done());
+    let first = any.cause().map(|c| c.to_string());
+    // A read of its parent polls the `all` node (q1 fires now, last).
+    assert!(p.is_done());
+    let second = any.cause().map(|c| c.to_string());
+    assert_eq!(first, second, "the any node's cause changed after it read done");
+}
+
+/// Control for the two flips above: the same shapes on one timer (no
+/// `POLLS`): the read walks with `poll_all` and polls the `all` node, so
+/// the cause is stable (holds). The flips come with `any_observed`.
+#[test]
+fn one_timer_any_over_all_cause_is_stable() {
+    static L: Lazy = Lazy::new();
+    let root = Context::with_timer(&L);
+    for via_child in [false, true] {
+        let (q1, _h1) = root.with_deadline_cause(root.now() + 5 * SEC, "q1");
+        let (q2, _h2) = root.with_deadline_cause(root.now() + 10 * SEC, "q2");
+        let all = Context::all([&q1, &q2]);
+        let (p, _hp) = all.with_cancel();
+        let (c, _hc) = root.with_timeout(100 * SEC);
+        let any = if via_child {
+            Context::any([&p, &c])
+        } else {
+            Context::any([&all, &c])
+        };
+        L.advance(10);
+        assert!(any.is_done());
+        let first = any.cause().map(|c| c.to_string());
+        assert!(all.is_done() && p.is_done());
+        assert_eq!(first, any.cause().map(|c| c.to_string()));
+        assert_eq!(first, all.cause().map(|c| c.to_string()));
+    }
 }
