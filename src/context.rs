@@ -315,7 +315,9 @@ impl Context {
     /// [`err`](Self::err) fire a parent whose deadline passed, and the
     /// context is done with that parent's error. Its children follow when
     /// that cancellation arrives: when a timer fires it, or when the `any`
-    /// context or that parent is read.
+    /// context or that parent is read. A parent that is itself such an
+    /// `any` context is read by its own deadline only (one level: nested
+    /// contexts over different clocks follow when read or fired).
     ///
     /// ```
     /// use ctxcore::{Context, Error};

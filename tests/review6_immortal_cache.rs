@@ -37,7 +37,11 @@ fn children_of_a_cancelled_parent_on_another_timer_keep_its_clock() {
     for _ in 0..3 {
         let (c, _) = p.with_cancel();
         same_as(&c, &p);
-        assert_eq!(c.now(), CLOCK.now(), "a child of a ManualClock parent reads another clock");
+        assert_eq!(
+            c.now(),
+            CLOCK.now(),
+            "a child of a ManualClock parent reads another clock"
+        );
         let (g, _) = c.with_cancel();
         assert_eq!(g.now(), CLOCK.now());
         let (d, _) = g.with_timeout(Duration::from_secs(1));
@@ -316,5 +320,9 @@ fn forked_child_reads_and_writes_the_cache() {
     let mut status = 0;
     // SAFETY: plain waitpid on our child.
     unsafe { waitpid(pid, &mut status, 0) };
-    assert_eq!((status >> 8) & 0xff, 0, "the forked child's children report the wrong site");
+    assert_eq!(
+        (status >> 8) & 0xff,
+        0,
+        "the forked child's children report the wrong site"
+    );
 }

@@ -59,7 +59,11 @@ fn polls_any_read_vs_other_parents_cancel() {
         let (err, cause) = t.join().unwrap();
         let fin = (any.err(), any.cause().map(|c| c.as_str().map(str::to_owned)));
         assert!(err.is_some(), "b's deadline had passed: the read reports done");
-        assert_eq!((err, cause), fin, "a read reported one result, the node ended with another");
+        assert_eq!(
+            (err, cause),
+            fin,
+            "a read reported one result, the node ended with another"
+        );
         assert!(matches!(fin.0, Some(Error::Canceled) | Some(Error::DeadlineExceeded)));
     });
 }
@@ -86,6 +90,10 @@ fn one_timer_any_read_vs_other_parents_cancel() {
         let (err, cause) = t.join().unwrap();
         let fin = (any.err(), any.cause().map(|c| c.as_str().map(str::to_owned)));
         assert!(err.is_some());
-        assert_eq!((err, cause), fin, "a read reported one result, the node ended with another");
+        assert_eq!(
+            (err, cause),
+            fin,
+            "a read reported one result, the node ended with another"
+        );
     });
 }

@@ -35,7 +35,10 @@ fn timer_thread(s: &Sleeper, hint: &AtomicU64, first: u64, want: u64) {
         }
         next = next.min(h);
         // Never `Idle` under loom (no timeouts).
-        assert_eq!(s.sleep(next, Duration::from_secs(2), || hint.load(SeqCst)), Slept::Again);
+        assert_eq!(
+            s.sleep(next, Duration::from_secs(2), || hint.load(SeqCst)),
+            Slept::Again
+        );
     }
 }
 
@@ -92,7 +95,11 @@ fn idle_exit_against_arm() {
             true
         });
         let stayed = t.join().unwrap();
-        assert!(stayed ^ spawned.load(SeqCst), "stayed {stayed}, spawned {}", spawned.load(SeqCst));
+        assert!(
+            stayed ^ spawned.load(SeqCst),
+            "stayed {stayed}, spawned {}",
+            spawned.load(SeqCst)
+        );
     });
 }
 

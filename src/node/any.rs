@@ -121,15 +121,32 @@ impl Node {
     /// too, or is about to be: a parent's cancellation reaches it through
     /// its link (synchronously here, when this read fired it); until then
     /// the nearest done node above that parent is reported, as a deadline
-    /// read does. Each parent's own check (`check_deadline_tree(false)`)
-    /// never comes back here: one level, no recursion.
+    /// read does. A parent's own check never comes back here: an `all`
+    /// parent (or one met on a parent's way up) has its parents read by
+    /// their deadlines alone (`all_observed`), so at most three levels, no
+    /// recursion; a parent that is itself such an `any` node is read by its
+    /// own deadline only (the documented caveat of nested mixed timers).
     pub(super) fn any_observed(&self) -> Option<&Node> {
         let links = self.any()?;
         // SAFETY: immutable after construction and freed only with the node;
         // the parents are retained (invariant 4).
         let links = unsafe { links.as_ref() };
         let fired = links.links.iter().map(|l| l.parent.node()).find(|p| {
-            p.is_done_flag() || p.state.load(Ordering::Relaxed) & HAS_DEADLINE != 0 && p.check_deadline_tree(false)
+            if p.is_done_flag() {
+                return true;
+            }
+            let s = p.state.load(Ordering::Relaxed);
+            if s & ALL != 0 {
+                // An `all` parent is done once its own parents are: read
+                // them (`all_observed` reads each by its deadline alone),
+                // as a read of the `all` node would, not through its latest
+                // parent only (review 6: that read reported one cause, the
+                // next read another).
+                s & POLLS != 0 && p.all_observed().is_some()
+            } else {
+                // An `all` node met on the way up is read the same way.
+                s & HAS_DEADLINE != 0 && p.check_deadline_tree(true)
+            }
         })?;
         if self.is_done_flag() {
             return Some(self);
