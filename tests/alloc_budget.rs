@@ -445,6 +445,26 @@ fn churn_of_std_timer_deadline_children_leaves_nothing_armed() {
     let _af = dl_parent.after_func(|| {});
     churn(n, |_| drop(dl_parent.with_cancel()));
     assert_eq!(StdTimer::global().armed(), armed + 1);
+    drop(_af);
+
+    // A per-request deadline child of a plain parent is a kid (node/mod.rs
+    // invariant 16): waited on (armed), under a connection context that is
+    // dropped first, so the deadline child alone holds the orphan; its
+    // drop disarms it and frees the orphan.
+    let per = churn(n, |_| {
+        let (conn, hc) = parent.with_cancel();
+        hc.detach();
+        let (req, hr) = conn.with_timeout(hour);
+        drop(conn);
+        {
+            let noop = futures::task::noop_waker();
+            let mut d = pin!(req.done());
+            assert!(d.as_mut().poll(&mut TaskContext::from_waker(&noop)).is_pending());
+        }
+        drop((req, hr));
+    });
+    assert!(per <= 2.0, "deadline kid of an orphan: {per}");
+    assert_eq!(StdTimer::global().armed(), armed + 1);
 }
 
 #[test]
@@ -472,6 +492,25 @@ fn churn_of_manual_clock_deadline_children_leaves_nothing_armed() {
         let (c, _h) = parent.with_timeout(Duration::from_nanos(1));
         CLOCK.advance(Duration::from_nanos(1));
         assert_eq!(c.err(), Some(Error::DeadlineExceeded));
+    });
+    assert_eq!(CLOCK.armed(), 0);
+
+    // A deadline kid (node/mod.rs invariant 16), armed by a waiter, fired
+    // by the timer while it alone holds its orphaned parent: its deadline
+    // cancel frees the orphan; its grandchild follows.
+    let noop = futures::task::noop_waker();
+    churn(n / 10, |_| {
+        let (conn, hc) = parent.with_cancel();
+        hc.detach();
+        let (req, _hr) = conn.with_timeout(Duration::from_nanos(1));
+        let (step, _hs) = req.with_cancel();
+        drop(conn);
+        let mut d = pin!(step.done());
+        assert!(d.as_mut().poll(&mut TaskContext::from_waker(&noop)).is_pending());
+        assert_eq!(CLOCK.armed(), 1);
+        CLOCK.advance(Duration::from_nanos(1));
+        assert!(d.as_mut().poll(&mut TaskContext::from_waker(&noop)).is_ready());
+        assert_eq!(step.err(), Some(Error::DeadlineExceeded));
     });
     assert_eq!(CLOCK.armed(), 0);
 }

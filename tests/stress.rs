@@ -806,3 +806,87 @@ fn scoped_children_race_cancel() {
     }
     assert_eq!(Arc::strong_count(&token), 1, "contexts leaked");
 }
+
+/// Node.rs invariant 16 for deadline kids: per-request timeouts under
+/// connection contexts that are dropped at once (orphans held only by
+/// their deadline kids), racing their own std-timer firing, their
+/// handles' cancels from other threads and the root's cancel. Every
+/// request ends done with a consistent error and cause; every waiter
+/// wakes; nothing is left armed.
+#[test]
+fn deadline_kids_of_orphans_race_timer_and_root() {
+    let _g = serial();
+    let armed = StdTimer::global().armed();
+    for round in 0..scaled(400) {
+        let (root, rh) = Context::background().with_cancel();
+        let mut reqs = Vec::new();
+        let mut handles = Vec::new();
+        let mut rng = Rng::new(round as u64 + 7);
+        for _ in 0..4 {
+            let (conn, ch) = root.with_cancel();
+            ch.detach();
+            for _ in 0..6 {
+                let timeout = Duration::from_micros(rng.below(300) as u64);
+                let (req, h) = conn.with_timeout(timeout);
+                let (step, sh) = req.with_cancel();
+                sh.detach();
+                reqs.push((req, step));
+                handles.push(h);
+            }
+            drop(conn);
+        }
+        let mut waits = Vec::new();
+        for (_, step) in &reqs {
+            let (count, waker) = counting_waker();
+            let mut fut = Box::pin(step.done_owned());
+            if fut.as_mut().poll(&mut TaskContext::from_waker(&waker)).is_pending() {
+                waits.push((fut, count));
+            }
+        }
+        let start = Arc::new(Barrier::new(3));
+        let cancel_some = {
+            let start = start.clone();
+            let mut rng = Rng::new(round as u64 + 11);
+            thread::spawn(move || {
+                start.wait();
+                for h in handles {
+                    if rng.below(2) == 0 {
+                        h.cancel_with("req");
+                    } else {
+                        drop(h);
+                    }
+                }
+            })
+        };
+        let cancel_root = {
+            let start = start.clone();
+            thread::spawn(move || {
+                start.wait();
+                thread::sleep(Duration::from_micros(50));
+                rh.cancel_with("root");
+            })
+        };
+        start.wait();
+        cancel_some.join().unwrap();
+        cancel_root.join().unwrap();
+        for (req, step) in &reqs {
+            let err = req.err().expect("every request ends done");
+            let cause = req.cause().expect("a done context has a cause");
+            match err {
+                Error::DeadlineExceeded => assert_eq!(cause.as_str(), None),
+                Error::Canceled => assert!(matches!(cause.as_str(), Some("req") | Some("root") | None)),
+            }
+            assert_eq!(step.err(), Some(err), "a child agrees with its parent");
+        }
+        for (fut, count) in waits {
+            // Every registered waiter was woken once by whichever won.
+            while count.0.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            assert_eq!(count.0.load(Ordering::SeqCst), 1);
+            drop(fut);
+        }
+        drop(reqs);
+    }
+    assert_eq!(StdTimer::global().armed(), armed, "nothing left armed");
+}

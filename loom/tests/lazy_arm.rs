@@ -159,3 +159,88 @@ fn waiter_arming_vs_last_release() {
         assert_eq!(timer.armed(), 0, "a freed node left its entry armed");
     });
 }
+
+/// Node invariant 16 with a deadline kid (a timed child of a plain heap
+/// node holds it by its kid count): the kid alone holds an orphaned
+/// parent, and its timer fires while the grandparent's canceller walks
+/// through the orphan. The orphan is freed once, by whoever gives up its
+/// last count; the kid ends done either way; no entry is left armed.
+#[test]
+fn deadline_kid_firing_vs_cancel_through_its_orphan() {
+    loom::model(|| {
+        let timer = LoomTimer::leaked();
+        let root = Context::with_timer(timer);
+        let (conn, ch) = root.with_cancel();
+        let (mid, mh) = conn.with_cancel();
+        mh.detach();
+        let (req, _rh) = mid.with_deadline(Instant::from_nanos(10));
+        drop(mid);
+        let mut d = Box::pin(req.done());
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        assert!(core::future::Future::poll(d.as_mut(), &mut cx).is_pending());
+        assert_eq!(timer.armed(), 1);
+        let t = thread::spawn(move || timer.advance_to(10));
+        ch.cancel_with("conn");
+        t.join().unwrap();
+        assert!(req.is_done());
+        match req.err() {
+            Some(Error::DeadlineExceeded) => assert_eq!(req.cause().unwrap().as_str(), None),
+            Some(Error::Canceled) => assert_eq!(req.cause().unwrap().as_str(), Some("conn")),
+            None => unreachable!(),
+        }
+        drop(d);
+        assert_eq!(timer.armed(), 0);
+    });
+}
+
+/// A deadline kid's handle cancel (its own cancel: own lock, then the
+/// orphaned parent's, where it gives up the last kid count) racing its
+/// timer's firing: one wins, the orphan is freed once, nothing stays armed.
+#[test]
+fn deadline_kid_handle_cancel_vs_firing() {
+    loom::model(|| {
+        let timer = LoomTimer::leaked();
+        let root = Context::with_timer(timer);
+        let (conn, _ch) = root.with_cancel();
+        let (mid, mh) = conn.with_cancel();
+        mh.detach();
+        let (req, rh) = mid.with_deadline(Instant::from_nanos(10));
+        drop(mid);
+        let r2 = req.clone();
+        let t = thread::spawn(move || loom::future::block_on(r2.done()));
+        timer.advance_to(10);
+        rh.cancel();
+        let err = t.join().unwrap();
+        assert_eq!(req.err(), Some(err));
+        assert_eq!(err, Error::DeadlineExceeded, "the deadline had passed: it wins (property 5)");
+        drop(req);
+        assert_eq!(timer.armed(), 0);
+        assert!(!conn.is_done());
+    });
+}
+
+/// A deadline kid's last release (disarming its entry, giving up its kid
+/// count) racing its parent's last reference: whichever is last frees the
+/// parent; the kid's entry is disarmed.
+#[test]
+fn deadline_kid_last_release_vs_parent_last_release() {
+    loom::model(|| {
+        let timer = LoomTimer::leaked();
+        let root = Context::with_timer(timer);
+        let (conn, _ch) = root.with_cancel();
+        let (mid, mh) = conn.with_cancel();
+        mh.detach();
+        let (req, rh) = mid.with_deadline(Instant::from_nanos(10));
+        rh.detach();
+        let mut d = Box::pin(req.done());
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        assert!(core::future::Future::poll(d.as_mut(), &mut cx).is_pending());
+        drop(d);
+        let t = thread::spawn(move || drop(mid));
+        drop(req);
+        t.join().unwrap();
+        assert_eq!(timer.armed(), 0, "a freed deadline kid left its entry armed");
+        let (late, _lh) = conn.with_cancel();
+        assert!(!late.is_done());
+    });
+}

@@ -311,11 +311,14 @@ impl NodeRef {
             drop(deadline_cause);
             None
         };
-        // A child without a deadline of a plain heap node holds its parent
+        // A child of a plain heap node without a deadline holds its parent
         // by the parent's kid count, under the lock it takes anyway to link
-        // itself, instead of by an atomic reference (invariant 16).
-        let kid_capable = flags & HAS_DEADLINE == 0
-            && parent.is_some_and(|p| p.node().state.load(Ordering::Relaxed) & (HEAP | ANY) == HEAP);
+        // itself, instead of by an atomic reference (invariant 16). The
+        // child may have a deadline of its own (a per-request timeout under
+        // a connection's context); a node with a deadline never has kids,
+        // so an orphan never has a deadline or a timer entry.
+        let kid_capable =
+            parent.is_some_and(|p| p.node().state.load(Ordering::Relaxed) & (HEAP | ANY | HAS_DEADLINE) == HEAP);
         // The up-pointer comes from the parent's own allocation pointer (not
         // a shared reference): the last release may free through it.
         let parent_ptr = match parent {

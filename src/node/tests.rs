@@ -8,7 +8,9 @@ use super::*;
 /// the parent's cancel. Either way the parent's list is empty.
 #[test]
 pub(super) fn a_cancelled_child_leaves_its_parent_at_once() {
-    let parent = NodeRef::new_child(None, None, None, None);
+    // A parent with a deadline: its children hold it by reference
+    // (invariant 16: a node with a deadline has no kids).
+    let parent = NodeRef::new_child(None, None, Some(Instant::from_nanos(u64::MAX / 2 + 1)), None);
     let children_empty = |p: &NodeRef| {
         let n = p.node();
         let g = n.lock.lock();
@@ -17,7 +19,7 @@ pub(super) fn a_cancelled_child_leaves_its_parent_at_once() {
         drop(g);
         empty
     };
-    // Deadline children hold their parent by reference (invariant 16),
+    // Children of a deadline parent hold it by reference (invariant 16),
     // so they leave its list when cancelled (invariant 14).
     let far = Some(Instant::from_nanos(u64::MAX / 2));
     let a = NodeRef::new_child(Some(&parent), None, far, None);
@@ -117,6 +119,50 @@ pub(super) fn an_orphan_lives_while_kids_hold_it() {
     drop(leaf2);
     assert_eq!(kid_count(&root), 0, "the last kid freed the orphan");
     drop(root);
+}
+
+/// A child with a deadline of its own under a plain parent is a kid too
+/// (a per-request timeout under a connection's context); its children are
+/// not (a node with a deadline has no kids, so an orphan never has a
+/// deadline or a timer entry). Its deadline cancel takes it out of the
+/// list and gives the count up, freeing an orphaned parent (invariant 16).
+#[test]
+pub(super) fn a_deadline_child_of_a_plain_parent_is_a_kid() {
+    let far = Some(Instant::from_nanos(u64::MAX / 2));
+    let root = NodeRef::new_child(None, None, None, None);
+    let mid = NodeRef::new_child(Some(&root), None, None, None);
+    let timed = NodeRef::new_child(Some(&mid), None, far, None);
+    assert_ne!(timed.node().state.load(Ordering::Relaxed) & KID, 0);
+    assert_eq!(kid_count(&mid), 1);
+    let below = NodeRef::new_child(Some(&timed), None, None, None);
+    let below_timed = NodeRef::new_child(Some(&timed), None, Some(Instant::from_nanos(1)), None);
+    for n in [&below, &below_timed] {
+        assert_eq!(n.node().state.load(Ordering::Relaxed) & KID, 0);
+    }
+    assert_eq!(kid_count(&timed), 0);
+    assert_eq!(timed.node().state.load(Ordering::Relaxed) & HAD_KIDS, 0);
+    // The middle node becomes an orphan held by its deadline kid.
+    drop(mid);
+    assert_eq!(kid_count(&root), 1);
+    // The deadline fires: the kid leaves the orphan's list, gives up its
+    // last count and frees it; the subtree below follows.
+    assert!(timed.node().cancel(Error::DeadlineExceeded, None));
+    assert_ne!(timed.node().state.load(Ordering::Relaxed) & UNLINKED, 0);
+    assert_eq!(kid_count(&root), 0, "the orphan was freed");
+    assert_eq!(below.node().err(), Some(Error::DeadlineExceeded));
+    assert!(below_timed.node().is_done_flag());
+    drop((below, below_timed, timed));
+    // Dropped live, a deadline kid gives its count up in its release.
+    let t = NodeRef::new_child(Some(&root), None, far, None);
+    assert_eq!(kid_count(&root), 1);
+    drop(t);
+    assert_eq!(kid_count(&root), 0);
+    // Under a parent with a deadline, a child holds it by reference.
+    let p = NodeRef::new_child(Some(&root), None, far, None);
+    let c = NodeRef::new_child(Some(&p), None, Some(Instant::from_nanos(2)), None);
+    assert_eq!(c.node().state.load(Ordering::Relaxed) & KID, 0);
+    assert_eq!(kid_count(&p), 0);
+    drop((c, p, root));
 }
 
 /// A kid's own cancel gives up its orphaned parent's last kid count and
