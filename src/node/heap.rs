@@ -2,9 +2,9 @@
 //! and the constructors of tree children.
 //!
 //! Maintains: 15 (the immortal node, and the cache of it in a done node's
-//! `state`, written under that node's lock: 11), 16 (a child without a
-//! deadline of a plain heap node is a kid: its parent's count raised in the
-//! section that links it). Relies on: 1, 2 (a done node's cause and
+//! `state`, written under that node's lock: 11), 16 (a child of a plain
+//! heap node without a deadline is a kid, with or without a deadline of its
+//! own: its parent's count raised in the section that links it). Relies on: 1, 2 (a done node's cause and
 //! location are immutable, so the cache never goes stale), 3, 5, 20 (a
 //! deadline child is armed lazily, by its first waiter, not here).
 
