@@ -531,6 +531,24 @@ fn small_churn_leaves_nothing_behind() {
         drop(c);
         drop(h);
     });
+    // Deadline kids of orphans (node/mod.rs invariant 16): fired by the
+    // clock, freeing the orphan; or dropped, freeing it and disarming.
+    let noop = futures::task::noop_waker();
+    churn(10, |i| {
+        let (conn, hc) = parent.with_cancel();
+        hc.detach();
+        let (req, hr) = conn.with_timeout(Duration::from_nanos(1));
+        drop(conn);
+        {
+            let mut d = pin!(req.done());
+            assert!(d.as_mut().poll(&mut TaskContext::from_waker(&noop)).is_pending());
+        }
+        if i % 2 == 0 {
+            CLOCK.advance(Duration::from_nanos(1));
+            assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+        }
+        drop((req, hr));
+    });
     hp.cancel();
     assert_eq!(CLOCK.armed(), 0);
 }
