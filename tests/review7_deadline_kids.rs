@@ -1,0 +1,292 @@
+//! Review 7: deadline kids (commit 39e0d56). A child with a deadline of its
+//! own under a plain heap parent without one holds that parent by its kid
+//! count (node invariant 16), which its own cancel gives up. These tests
+//! attack every walk up from such a kid (or from below it) that may run
+//! after that count is gone, and the timer, release and canceller races
+//! around it. Public API only.
+//!
+//! The single-threaded tests are small enough for Miri
+//! (`cargo +nightly miri test --test review7_deadline_kids`). Natively a
+//! use-after-free write is caught by the quarantine allocator below: while
+//! a test holds `Quarantine`, freed blocks are zeroed and never reused, and
+//! a byte written into one afterwards fails the test.
+
+use ctxcore::time::{Clock, Instant, Timer, TimerEntry};
+use ctxcore::{Context, Error, ManualClock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+#[allow(unused_imports)]
+use common::{counting, poll};
+
+// ---------------------------------------------------------------------------
+// Quarantine allocator (native only: under Miri, frees must be real so that
+// Miri reports the use after them).
+
+#[cfg(not(miri))]
+mod quarantine {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    pub(crate) struct QuarantineAlloc;
+
+    /// Set while a quarantining test runs (tests of this binary that use it
+    /// take `GATE`, so at most one at a time).
+    static ON: AtomicBool = AtomicBool::new(false);
+    const CAP: usize = 4096;
+    static BLOCKS: [(AtomicUsize, AtomicUsize); CAP] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; CAP];
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static GATE: Mutex<()> = Mutex::new(());
+
+    // SAFETY: forwards to `System`; a quarantined block is never handed out
+    // again (it leaks), so no two live allocations overlap.
+    unsafe impl GlobalAlloc for QuarantineAlloc {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            if ON.load(Ordering::SeqCst) {
+                // SAFETY: the block is ours until freed, and it never is.
+                unsafe { ptr.write_bytes(0, layout.size()) };
+                let i = NEXT.fetch_add(1, Ordering::SeqCst);
+                if i < CAP {
+                    BLOCKS[i].1.store(layout.size(), Ordering::SeqCst);
+                    BLOCKS[i].0.store(ptr as usize, Ordering::SeqCst);
+                }
+                return;
+            }
+            // SAFETY: forwarded.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    /// Quarantines frees until dropped, then checks that no quarantined
+    /// block was written after it was freed.
+    pub(crate) struct Quarantine {
+        _g: std::sync::MutexGuard<'static, ()>,
+    }
+
+    impl Quarantine {
+        pub(crate) fn start() -> Self {
+            let g = GATE.lock().unwrap_or_else(|e| e.into_inner());
+            NEXT.store(0, Ordering::SeqCst);
+            ON.store(true, Ordering::SeqCst);
+            Quarantine { _g: g }
+        }
+
+        /// Stops quarantining; panics if a freed block was written.
+        pub(crate) fn check(self) {
+            ON.store(false, Ordering::SeqCst);
+            let n = NEXT.load(Ordering::SeqCst).min(CAP);
+            for (p, len) in BLOCKS.iter().take(n) {
+                let p = p.load(Ordering::SeqCst) as *const u8;
+                let len = len.load(Ordering::SeqCst);
+                if p.is_null() {
+                    continue;
+                }
+                // SAFETY: a quarantined block is never freed nor reused.
+                let bytes = unsafe { std::slice::from_raw_parts(p, len) };
+                assert!(
+                    bytes.iter().all(|&b| b == 0),
+                    "a freed block ({len} bytes) was written after it was freed: use after free"
+                );
+            }
+        }
+    }
+
+    impl Drop for Quarantine {
+        fn drop(&mut self) {
+            ON.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(not(miri))]
+#[global_allocator]
+static ALLOC: quarantine::QuarantineAlloc = quarantine::QuarantineAlloc;
+
+#[cfg(not(miri))]
+use quarantine::Quarantine;
+
+/// Under Miri there is no quarantine: Miri itself reports the use after
+/// free.
+#[cfg(miri)]
+struct Quarantine;
+
+#[cfg(miri)]
+impl Quarantine {
+    fn start() -> Self {
+        Quarantine
+    }
+    fn check(self) {}
+}
+
+// ---------------------------------------------------------------------------
+// A clock whose `now` runs a hook once: user code at the exact point where a
+// deadline read has read the clock and is about to walk up from the node.
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+struct HookClock {
+    now: AtomicU64,
+    hook: Mutex<Option<Hook>>,
+    armed: Mutex<Vec<(Instant, usize)>>,
+}
+
+impl HookClock {
+    const fn new() -> Self {
+        HookClock {
+            now: AtomicU64::new(0),
+            hook: Mutex::new(None),
+            armed: Mutex::new(Vec::new()),
+        }
+    }
+    fn set_hook(&self, f: impl FnOnce() + Send + 'static) {
+        *self.hook.lock().unwrap() = Some(Box::new(f));
+    }
+    fn set(&self, nanos: u64) {
+        self.now.store(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Clock for HookClock {
+    fn now(&self) -> Instant {
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(f) = hook {
+            f();
+        }
+        Instant::from_nanos(self.now.load(Ordering::SeqCst))
+    }
+}
+
+// SAFETY: arm and disarm run under one mutex; entries are never claimed.
+unsafe impl Timer for HookClock {
+    unsafe fn arm(&self, entry: TimerEntry) {
+        self.armed.lock().unwrap().push(entry.key());
+    }
+    unsafe fn disarm(&self, entry: &TimerEntry) {
+        self.armed.lock().unwrap().retain(|k| *k != entry.key());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Attack 1: the deadline walk (`fire_passed_deadline`) reads the deadline
+// kid's parent after the kid's own cancel (on another path) gave its kid
+// count up and the parent was freed.
+
+/// The connection context is an orphan held only by its per-request
+/// timeout's kid count. A read of the request finds its deadline passed;
+/// while it reads the clock, the request is cancelled (here by a re-entrant
+/// clock, in real life by another thread: its handle, its timer, another
+/// read), which frees the orphan. The read then walks up from the request
+/// to find the deadline's owner and must not touch the freed connection.
+#[test]
+fn a_deadline_read_does_not_walk_into_a_parent_freed_by_the_kids_own_cancel() {
+    static CLOCK: HookClock = HookClock::new();
+    let q = Quarantine::start();
+    let root = Context::with_timer(&CLOCK);
+    let (conn, conn_h) = root.with_cancel();
+    drop(root);
+    conn_h.detach();
+    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
+    // The connection is an orphan now, held by the request's kid count.
+    drop(conn);
+    CLOCK.set(10);
+    CLOCK.set_hook(move || {
+        // Fires the request's passed deadline first and frees the orphan.
+        req_h.cancel();
+    });
+    assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+    drop(req);
+    q.check();
+}
+
+/// The same walk from a grandchild (a child of the deadline kid, which
+/// holds the kid by a reference): the walk passes the kid, the owner, and
+/// reads the kid's parent. Here the parent is not an orphan: its last
+/// reference is dropped right after the kid left it.
+#[test]
+fn a_deadline_read_below_the_kid_does_not_walk_into_a_freed_parent() {
+    static CLOCK: HookClock = HookClock::new();
+    let q = Quarantine::start();
+    let root = Context::with_timer(&CLOCK);
+    let (conn, conn_h) = root.with_cancel();
+    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
+    let (step, _step_h) = req.with_cancel();
+    drop(req);
+    CLOCK.set(10);
+    CLOCK.set_hook(move || {
+        // The request's own cancel gives its kid count up...
+        req_h.cancel();
+        // ...and the connection goes (cancelled, then freed: no kid holds
+        // it any more).
+        drop(conn_h);
+        drop(conn);
+        drop(root);
+    });
+    // The step's deadline is the request's: the walk goes up to it.
+    assert_eq!(step.err(), Some(Error::DeadlineExceeded));
+    drop(step);
+    q.check();
+}
+
+/// The own-cancel path's clock read (`deadline_won`, property 5) walks the
+/// same way: a second handle cancel of a shared request context.
+#[test]
+fn an_own_cancel_does_not_walk_into_a_parent_freed_by_a_concurrent_cancel() {
+    static CLOCK: HookClock = HookClock::new();
+    let q = Quarantine::start();
+    let root = Context::with_timer(&CLOCK);
+    let (conn, conn_h) = root.with_cancel();
+    drop(root);
+    conn_h.detach();
+    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
+    drop(conn);
+    let req_h = Arc::new(req_h);
+    CLOCK.set(10);
+    let inner = Arc::clone(&req_h);
+    CLOCK.set_hook(move || {
+        inner.cancel();
+    });
+    req_h.cancel();
+    assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+    drop(req);
+    q.check();
+}
+
+/// The same race with two threads and no re-entrancy: a reader of the
+/// request is between its clock read and its walk up (held there by the
+/// clock) while the request's handle, on another thread, fires the passed
+/// deadline and frees the orphaned connection.
+#[test]
+fn a_deadline_read_racing_the_kids_own_cancel_on_another_thread() {
+    use std::sync::mpsc::channel;
+    static CLOCK: HookClock = HookClock::new();
+    let q = Quarantine::start();
+    let root = Context::with_timer(&CLOCK);
+    let (conn, conn_h) = root.with_cancel();
+    drop(root);
+    conn_h.detach();
+    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
+    drop(conn);
+    CLOCK.set(10);
+    let (in_now_tx, in_now_rx) = channel::<()>();
+    let (done_tx, done_rx) = channel::<()>();
+    CLOCK.set_hook(move || {
+        in_now_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let canceller = std::thread::spawn(move || {
+        in_now_rx.recv().unwrap();
+        req_h.cancel();
+        done_tx.send(()).unwrap();
+    });
+    assert!(req.is_done());
+    canceller.join().unwrap();
+    drop(req);
+    q.check();
+}
