@@ -13,7 +13,7 @@
 
 use ctxcore::time::{Clock, Instant, Timer, TimerEntry};
 use ctxcore::{Context, Error, ManualClock};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -289,4 +289,221 @@ fn a_deadline_read_racing_the_kids_own_cancel_on_another_thread() {
     canceller.join().unwrap();
     drop(req);
     q.check();
+}
+
+/// An `any` context over a deadline kid: its read walks to the kid (the
+/// owner of its deadline) and must stop there, even when the kid's own
+/// cancel freed the kid's parent in between.
+#[test]
+fn an_any_read_over_a_deadline_kid_stops_at_the_kid() {
+    static CLOCK: HookClock = HookClock::new();
+    let q = Quarantine::start();
+    let root = Context::with_timer(&CLOCK);
+    let (conn, conn_h) = root.with_cancel();
+    drop(root);
+    conn_h.detach();
+    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
+    drop(conn);
+    let either = Context::any([&req]);
+    CLOCK.set(10);
+    CLOCK.set_hook(move || req_h.cancel());
+    assert_eq!(either.err(), Some(Error::DeadlineExceeded));
+    drop((either, req));
+    q.check();
+}
+
+/// Every read of a deadline kid after its own cancel freed its parent:
+/// error, cause, site, deadline, clock, time left, values (which live in
+/// the context, not the node: nothing walks up).
+#[test]
+fn reads_of_a_cancelled_deadline_kid_whose_parent_is_gone() {
+    static CLOCK: ManualClock = ManualClock::new();
+    static K: ctxcore::Key<u32> = ctxcore::Key::new("k");
+    let root = Context::with_timer(&CLOCK).with_value(&K, 7);
+    let (conn, conn_h) = root.with_cancel();
+    drop(root);
+    conn_h.detach();
+    let (req, req_h) = conn
+        .with_value(&K, 8)
+        .with_timeout_cause(Duration::from_secs(1), "slow");
+    drop(conn);
+    CLOCK.advance(Duration::from_secs(1));
+    drop(req_h); // the deadline wins over the dropped handle (property 5)
+    assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(req.cause().unwrap().as_str(), Some("slow"));
+    assert!(req.cancelled_at().is_some());
+    assert_eq!(req.value(&K), Some(&8));
+    assert_eq!(req.time_left(), Some(Duration::ZERO));
+    assert!(req.deadline().is_some());
+    assert_eq!(req.now(), CLOCK.now());
+    let (child, _h) = req.with_timeout(Duration::from_secs(5));
+    assert_eq!(child.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(child.cause().unwrap().as_str(), Some("slow"));
+    assert_eq!(child.value(&K), Some(&8));
+}
+
+/// Leaked `done()` futures on the orphan and on its deadline kid: the
+/// timer fires the kid (armed by a waiter), which frees the orphan; the
+/// leaked waiters stay in lists nobody reads again. Then the same with the
+/// grandparent's cancel walking through the orphan first.
+#[test]
+fn leaked_waiters_on_the_orphan_and_on_its_deadline_kid() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let (count, w) = counting();
+    for grandparent_first in [false, true] {
+        let (root, root_h) = Context::with_timer(&CLOCK).with_cancel();
+        let (conn, conn_h) = root.with_cancel();
+        conn_h.detach();
+        let (req, _req_h) = conn.with_timeout(Duration::from_nanos(1));
+        let mut on_conn = Box::pin(conn.done_owned());
+        assert!(poll(on_conn.as_mut(), &w).is_pending());
+        common::leak(on_conn);
+        let mut on_req = Box::pin(req.done_owned());
+        assert!(poll(on_req.as_mut(), &w).is_pending());
+        common::leak(on_req);
+        let mut d = Box::pin(req.done());
+        assert!(poll(d.as_mut(), &w).is_pending());
+        drop(conn);
+        if grandparent_first {
+            root_h.cancel();
+            assert_eq!(req.err(), Some(Error::Canceled));
+        } else {
+            CLOCK.advance(Duration::from_nanos(1));
+            assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+            drop(root_h);
+        }
+        assert!(poll(d.as_mut(), &w).is_ready());
+        drop(d);
+        drop((req, root));
+        assert_eq!(CLOCK.armed(), 0);
+    }
+    assert!(count.0.load(Ordering::SeqCst) >= 4);
+}
+
+/// An after-func on a deadline kid that drops the last context of the
+/// kid's parent (making it an orphan mid-cancellation) and cancels the
+/// root; another that panics. The timer fires the kid.
+#[test]
+fn after_funcs_on_a_deadline_kid_drop_its_parent_and_panic() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let (root, root_h) = Context::with_timer(&CLOCK).with_cancel();
+    let (conn, conn_h) = root.with_cancel();
+    conn_h.detach();
+    let (req, _req_h) = conn.with_timeout(Duration::from_nanos(1));
+    let (step, _step_h) = req.with_cancel();
+    let slot = Arc::new(Mutex::new(Some((conn, root_h))));
+    let s2 = Arc::clone(&slot);
+    let _af = req.after_func(move || {
+        let (conn, root_h) = s2.lock().unwrap().take().unwrap();
+        drop(conn);
+        root_h.cancel();
+    });
+    let _boom = step.after_func(|| panic!("after-func panics"));
+    let r = std::panic::catch_unwind(|| CLOCK.advance(Duration::from_nanos(1)));
+    assert!(r.is_err(), "the panic is re-raised once the cancellation is complete");
+    assert!(slot.lock().unwrap().is_none(), "the after-func ran");
+    assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(step.err(), Some(Error::DeadlineExceeded));
+    assert!(root.is_done());
+    assert_eq!(CLOCK.armed(), 0);
+}
+
+/// A deadline cause whose `Drop` re-enters: it drops the kid's parent's
+/// last context and cancels the grandparent, while the kid is freed.
+#[test]
+fn a_deadline_cause_whose_drop_drops_the_parent() {
+    #[derive(Debug)]
+    struct Reentrant(Mutex<Option<(Context, ctxcore::CancelHandle)>>);
+    impl std::fmt::Display for Reentrant {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("reentrant")
+        }
+    }
+    impl std::error::Error for Reentrant {}
+    impl Drop for Reentrant {
+        fn drop(&mut self) {
+            if let Some((conn, root_h)) = self.0.lock().unwrap().take() {
+                drop(conn);
+                root_h.cancel();
+            }
+        }
+    }
+    static CLOCK: ManualClock = ManualClock::new();
+    for own_cancel in [false, true] {
+        let (root, root_h) = Context::with_timer(&CLOCK).with_cancel();
+        let (conn, conn_h) = root.with_cancel();
+        conn_h.detach();
+        let conn2 = conn.clone();
+        let cause = Reentrant(Mutex::new(Some((conn2, root_h))));
+        let (req, req_h) = conn.with_timeout_cause(Duration::from_secs(1), cause);
+        drop(conn);
+        if own_cancel {
+            req_h.cancel();
+        } else {
+            req_h.detach();
+        }
+        drop(req);
+        assert!(root.is_done());
+    }
+}
+
+/// A `without_cancel` root on a non-default timer is a plain heap node:
+/// its deadline children are kids too. Dropped first, it is an orphan
+/// freed by its kid's timer firing or release, on a ManualClock.
+#[test]
+fn deadline_kids_of_a_without_cancel_root() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let (count, w) = counting();
+    let base = Context::with_timer(&CLOCK);
+    for i in 0..4 {
+        let detached = base.without_cancel();
+        let (req, req_h) = detached.with_timeout(Duration::from_nanos(1));
+        drop(detached);
+        let mut d = Box::pin(req.done());
+        assert!(poll(d.as_mut(), &w).is_pending());
+        match i {
+            0 => CLOCK.advance(Duration::from_nanos(1)),
+            1 => req_h.cancel(),
+            _ => {}
+        }
+        drop(d);
+        drop((req, req_h));
+    }
+    assert_eq!(CLOCK.armed(), 0);
+    assert!(count.0.load(Ordering::SeqCst) >= 1);
+}
+
+/// Scoped contexts with deadlines under a plain heap parent (they hold it
+/// by a reference, never as kids) next to a heap deadline kid, all fired
+/// by the clock.
+#[test]
+fn scoped_deadline_children_next_to_a_deadline_kid() {
+    use ctxcore::ScopedContext;
+    use std::pin::pin;
+    static CLOCK: ManualClock = ManualClock::new();
+    let (count, w) = counting();
+    let root = Context::with_timer(&CLOCK);
+    let (conn, conn_h) = root.with_cancel();
+    conn_h.detach();
+    let (req, _req_h) = conn.with_timeout(Duration::from_nanos(2));
+    {
+        let scoped = pin!(ScopedContext::with_timeout(conn.as_ref(), Duration::from_nanos(1)));
+        let under_kid = pin!(ScopedContext::new(req.as_ref()));
+        let mut d1 = pin!(scoped.as_ref().context().done());
+        let mut d2 = pin!(under_kid.as_ref().context().done());
+        assert!(poll(d1.as_mut(), &w).is_pending());
+        assert!(poll(d2.as_mut(), &w).is_pending());
+        CLOCK.advance(Duration::from_nanos(1));
+        assert!(poll(d1.as_mut(), &w).is_ready());
+        assert!(poll(d2.as_mut(), &w).is_pending());
+        CLOCK.advance(Duration::from_nanos(1));
+        assert!(poll(d2.as_mut(), &w).is_ready());
+    }
+    assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+    // The parent outlived its scoped children (they borrow it); now the
+    // kid, done, holds it alone... until its release frees it.
+    drop(conn);
+    drop((req, root));
+    assert!(count.0.load(Ordering::SeqCst) >= 2);
+    assert_eq!(CLOCK.armed(), 0);
 }
