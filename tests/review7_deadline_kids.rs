@@ -507,3 +507,33 @@ fn scoped_deadline_children_next_to_a_deadline_kid() {
     assert!(count.0.load(Ordering::SeqCst) >= 2);
     assert_eq!(CLOCK.armed(), 0);
 }
+
+/// A plain parent with no deadline of its own can still be done with
+/// `DeadlineExceeded`: a child of an `all` context over parents on
+/// different clocks (no effective deadline, only `POLLS`). Its deadline
+/// kid, whose own deadline is far away, must then inherit that error and
+/// cause, not report its own deadline's cause as if it had fired.
+#[test]
+fn a_deadline_kid_under_a_mixed_clock_all_inherits_the_parents_cause() {
+    static A: ManualClock = ManualClock::new();
+    static B: ManualClock = ManualClock::new();
+    let (a, _ha) = Context::with_timer(&A).with_timeout_cause(Duration::from_secs(1), "a");
+    let (b, _hb) = Context::with_timer(&B).with_timeout_cause(Duration::from_secs(1), "b");
+    let both = Context::all([&a, &b]);
+    assert_eq!(both.deadline(), None, "no deadline across clocks");
+    let (conn, _hc) = both.with_cancel();
+    let (req, _hr) = conn.with_timeout_cause(Duration::from_secs(3600), "request timeout");
+    A.advance(Duration::from_secs(1));
+    B.advance(Duration::from_secs(1));
+    assert_eq!(both.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(conn.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+    let parent_cause = conn.cause().unwrap();
+    assert!(matches!(parent_cause.as_str(), Some("a") | Some("b")));
+    assert_eq!(
+        req.cause().unwrap().as_str(),
+        parent_cause.as_str(),
+        "the kid's hour-long deadline did not pass: it reports its parent's cause"
+    );
+    assert_eq!(req.cancelled_at(), conn.cancelled_at());
+}
