@@ -537,3 +537,41 @@ fn a_deadline_kid_under_a_mixed_clock_all_inherits_the_parents_cause() {
     );
     assert_eq!(req.cancelled_at(), conn.cancelled_at());
 }
+
+/// The realistic form of the walk race, with real threads and no hooks: a
+/// reader polls a request (and a step below it) while another thread's
+/// `advance` fires the armed deadline, which frees the orphaned
+/// connection. Natively this only documents the race (the window is a few
+/// instructions; run under ASan or Miri to check it); the hook tests above
+/// pin it down.
+#[test]
+fn readers_race_the_timer_firing_a_deadline_kid_of_an_orphan() {
+    use std::sync::Barrier;
+    static CLOCK: ManualClock = ManualClock::new();
+    let rounds = if cfg!(miri) { 3 } else { 2000 };
+    let noop = std::task::Waker::noop();
+    for _ in 0..rounds {
+        let root = Context::with_timer(&CLOCK);
+        let (conn, conn_h) = root.with_cancel();
+        drop(root);
+        conn_h.detach();
+        let (req, req_h) = conn.with_timeout(Duration::from_nanos(1));
+        let (step, _sh) = req.with_cancel();
+        drop(conn);
+        let mut d = Box::pin(req.done_owned());
+        assert!(poll(d.as_mut(), noop).is_pending());
+        let start = Arc::new(Barrier::new(2));
+        let s2 = Arc::clone(&start);
+        let firer = std::thread::spawn(move || {
+            s2.wait();
+            CLOCK.advance(Duration::from_nanos(1));
+            drop(req_h);
+        });
+        start.wait();
+        while !step.is_done() || !req.is_done() {}
+        firer.join().unwrap();
+        assert_eq!(step.err(), Some(Error::DeadlineExceeded));
+        assert!(poll(d.as_mut(), noop).is_ready());
+    }
+    assert_eq!(CLOCK.armed(), 0);
+}
