@@ -434,7 +434,15 @@ impl Node {
         // where it is kept: nothing is dropped under the lock.
         let source = self.inherit_source();
         let err = source.map_or(Error::Canceled, Node::err_of_done);
-        if propagating && err == Error::DeadlineExceeded && self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0 {
+        // Only if the source has a deadline: one with none (a child of an
+        // `all` node over parents on different clocks) may be done with
+        // `DeadlineExceeded` from deadlines unrelated to ours, which then
+        // need not have passed (review 7).
+        if propagating
+            && err == Error::DeadlineExceeded
+            && self.state.load(Ordering::Relaxed) & OWNS_DEADLINE != 0
+            && source.is_some_and(|p| p.state.load(Ordering::Relaxed) & HAS_DEADLINE != 0)
+        {
             // An ancestor's deadline fired, and this node's own deadline is
             // earlier (it owns it): it has passed too, and fires as its own,
             // with its own cause and site, as its timer would have fired it

@@ -198,9 +198,9 @@
 //!     cause, location, the default timer, a `READY` entry): racing cachers
 //!     write the same ones; none are written if the entry holds another
 //!     location.
-//! 16. **Kids and orphans.** A child of a plain heap node without a
-//!     deadline (`HEAP`; not `ANY`, `HAS_DEADLINE` unset) — the child may
-//!     have a deadline of its own — holds its parent not
+//! 16. **Kids and orphans.** A child of a plain heap node (`HEAP`, not
+//!     `ANY`) without a deadline (`HAS_DEADLINE` unset on the parent; the
+//!     child may have one of its own) holds its parent not
 //!     by a reference but by the parent's `kids` count, raised under the
 //!     parent's lock in the section that links the child (flag `KID` on the
 //!     child, `HAD_KIDS` on the parent): no atomic read-modify-write on the
@@ -213,10 +213,12 @@
 //!     the same kid (through a shared handle) then sees `DONE` and never
 //!     touches the parent, whose count the first one may have given up and
 //!     which may be gone. A kid popped by its parent's canceller keeps its
-//!     count until its release. Nothing else walks up from a kid: its
-//!     parent has no deadline, so a deadline walk ends at the kid (it owns
-//!     its deadline, if it has one), and a canceller that inherits through
-//!     it holds the kid, which holds the parent. When a
+//!     count until its release. Nothing else walks up from a kid: a
+//!     deadline kid owns its deadline (its parent has none), and deadline
+//!     walks stop at the owner without reading its parent (`deadline_owner`,
+//!     `fire_passed_deadline`: a read racing the kid's own cancel would
+//!     otherwise read a freed parent, review 7), and a canceller that
+//!     inherits through it holds the kid, which holds the parent. When a
 //!     node's reference count reaches zero while kids hold it, its last
 //!     release marks it an *orphan* (`ORPHAN` in `kids`, under its lock) and
 //!     stops; it stays linked under its own parent, and whoever gives up its

@@ -134,7 +134,14 @@ impl Node {
             return false;
         }
         let mut owner: &Node = self;
-        while let Some(p) = owner.deadline_parent() {
+        // The walk stops at the node that owns the deadline without reading
+        // its parent (whose deadline is later: `child_layout`): a deadline
+        // kid whose own cancel (a handle, its timer, another read) gave its
+        // kid count up no longer holds its parent, which may be gone
+        // (invariant 16; review 7). Below the owner every node holds the
+        // next by a reference (a node with a deadline has no kids).
+        while owner.state.load(Ordering::Relaxed) & OWNS_DEADLINE == 0 {
+            let Some(p) = owner.deadline_parent() else { break };
             if p.deadline > owner.deadline {
                 break;
             }
