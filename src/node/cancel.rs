@@ -164,7 +164,16 @@ impl Node {
                     unsafe { (*p).location() }
                 })
             })
-            .or_else(|| this.inherit_source().and_then(Node::done_site));
+            .or_else(|| {
+                // A kid that just left its parent's list gave its kid count
+                // up with it: the parent may be gone, and is not read
+                // (invariant 16). Every public heap node has a site of its
+                // own, so only nodes made without one get here at all.
+                if cfg!(feature = "alloc") && unlinked && this.state.load(Ordering::Relaxed) & KID != 0 {
+                    return None;
+                }
+                this.inherit_source().and_then(Node::done_site)
+            });
         let unlinked_flag = if unlinked { UNLINKED } else { 0 };
         // SAFETY: we hold the lock and the node is live (invariant 1).
         let displaced = unsafe { this.set_done_with(err, cause, site, own_deadline, unlinked_flag) };
