@@ -20,7 +20,9 @@
 //!   another: `any_observed` checks each parent without `poll_all`; the
 //!   one-timer control `one_timer_any_over_all_cause_is_stable` holds, so
 //!   the flip comes with D5), and `polls_any_read_vs_cancel_stress` (the
-//!   race of loom/tests/review6_d5.rs, which predates D5);
+//!   race of loom/tests/review6_d5.rs, which predates D5; fixed in session
+//!   8: a read that finds a parent done makes the `any` node done itself,
+//!   `settle_observed`, and the test runs);
 //! - documented caveat (design.md invariant 19: descendants follow the
 //!   other parents' cancellations when they arrive), kept as reproducers:
 //!   the `child_*` tests;
@@ -514,12 +516,11 @@ fn polls_any_waits_read_first() {
 /// an `any` node that fires a passed parent (here with `POLLS`) races
 /// another parent's cancel; the reader's first answer must be the node's
 /// final one. Counts the rounds where it is not. The window is a few
-/// instructions wide: 20,000 rounds hit it 0 times in release, 1 to 3
-/// times in debug (x86-64); loom does at once. Ignored: it fails only
-/// sometimes, and the suite must stay green.
+/// instructions wide: before the fix 20,000 rounds hit it 0 times in
+/// release, 1 to 3 times in debug (x86-64); loom did at once. Fixed by the
+/// read settling the node itself (`settle_observed`, session 8).
 #[test]
 #[cfg_attr(miri, ignore = "threads, many rounds")]
-#[ignore = "defect (loom model loom/tests/review6_d5.rs; predates D5): an any node's firing read may report the fired parent's result while another parent's cancel wins the node"]
 fn polls_any_read_vs_cancel_stress() {
     use std::sync::Barrier;
     static A: Lazy = Lazy::new();

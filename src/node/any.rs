@@ -148,10 +148,33 @@ impl Node {
                 s & HAS_DEADLINE != 0 && p.check_deadline_tree(true)
             }
         })?;
+        self.settle_observed();
         if self.is_done_flag() {
             return Some(self);
         }
         Some(fired.nearest_done_up())
+    }
+
+    /// After a read of this live `any` node found one of its parents done
+    /// (it may have fired it): makes the node done itself, with what it
+    /// inherits, unless a cancellation got there first. A racing canceller
+    /// of another parent that won the node's `QUEUED` may not have set
+    /// `DONE` yet; reporting the fired parent's result meanwhile let the
+    /// next read report the winner's (review 6: `err()` and `cause()`
+    /// disagreed). Whichever cancel takes the node's lock first sets `DONE`
+    /// (invariant 2), the other loses, and a queued entry of a node already
+    /// done is only released (phase 1), so every read agrees with what the
+    /// node ends with. Its after-funcs are handed off (property 7). A parent
+    /// only observed done (an `all` parent whose parents passed their
+    /// deadlines, not flagged yet) leaves the node as it is.
+    pub(super) fn settle_observed(&self) {
+        if self.is_done_flag() || self.inherit_source().is_none() {
+            return;
+        }
+        let (err, cause, site) = self.inherited_with_site();
+        // SAFETY: `self` is valid for the call and `owned` is false, so the
+        // node is never released in there (as `cancel_observed`).
+        unsafe { Self::cancel_raw(self, err, cause, site, false, false, true, false) };
     }
 }
 

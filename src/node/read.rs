@@ -62,6 +62,15 @@ impl Node {
         if !self.check_deadline() {
             return None;
         }
+        #[cfg(feature = "alloc")]
+        if s & ANY != 0 {
+            // Its deadline parent is done: so is the node, now, with what
+            // it inherits, or with a racing cancel's (review 6).
+            self.settle_observed();
+            if self.is_done_flag() {
+                return Some(self);
+            }
+        }
         // The deadline owner is done now; its cancellation may still be on
         // its way down to us.
         Some(self.nearest_done_up())
