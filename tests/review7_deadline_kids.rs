@@ -12,7 +12,7 @@
 //! a byte written into one afterwards fails the test.
 
 use ctxcore::time::{Clock, Instant, Timer, TimerEntry};
-use ctxcore::{Context, Error, ManualClock};
+use ctxcore::{CancelHandle, Context, Error, ManualClock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -178,6 +178,17 @@ unsafe impl Timer for HookClock {
 // kid's parent after the kid's own cancel (on another path) gave its kid
 // count up and the parent was freed.
 
+/// A deadline kid (deadline at 10 ns on `clock`) that alone holds its
+/// orphaned parent: the connection's handle is detached and its last
+/// context dropped.
+fn orphaned_request(clock: &'static HookClock) -> (Context, CancelHandle) {
+    let root = Context::with_timer(clock);
+    let (conn, conn_h) = root.with_cancel();
+    drop(root);
+    conn_h.detach();
+    conn.with_deadline(Instant::from_nanos(10))
+}
+
 /// The connection context is an orphan held only by its per-request
 /// timeout's kid count. A read of the request finds its deadline passed;
 /// while it reads the clock, the request is cancelled (here by a re-entrant
@@ -240,12 +251,7 @@ fn a_deadline_read_below_the_kid_does_not_walk_into_a_freed_parent() {
 fn an_own_cancel_does_not_walk_into_a_parent_freed_by_a_concurrent_cancel() {
     static CLOCK: HookClock = HookClock::new();
     let q = Quarantine::start();
-    let root = Context::with_timer(&CLOCK);
-    let (conn, conn_h) = root.with_cancel();
-    drop(root);
-    conn_h.detach();
-    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
-    drop(conn);
+    let (req, req_h) = orphaned_request(&CLOCK);
     let req_h = Arc::new(req_h);
     CLOCK.set(10);
     let inner = Arc::clone(&req_h);
@@ -267,12 +273,7 @@ fn a_deadline_read_racing_the_kids_own_cancel_on_another_thread() {
     use std::sync::mpsc::channel;
     static CLOCK: HookClock = HookClock::new();
     let q = Quarantine::start();
-    let root = Context::with_timer(&CLOCK);
-    let (conn, conn_h) = root.with_cancel();
-    drop(root);
-    conn_h.detach();
-    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
-    drop(conn);
+    let (req, req_h) = orphaned_request(&CLOCK);
     CLOCK.set(10);
     let (in_now_tx, in_now_rx) = channel::<()>();
     let (done_tx, done_rx) = channel::<()>();
@@ -298,12 +299,7 @@ fn a_deadline_read_racing_the_kids_own_cancel_on_another_thread() {
 fn an_any_read_over_a_deadline_kid_stops_at_the_kid() {
     static CLOCK: HookClock = HookClock::new();
     let q = Quarantine::start();
-    let root = Context::with_timer(&CLOCK);
-    let (conn, conn_h) = root.with_cancel();
-    drop(root);
-    conn_h.detach();
-    let (req, req_h) = conn.with_deadline(Instant::from_nanos(10));
-    drop(conn);
+    let (req, req_h) = orphaned_request(&CLOCK);
     let either = Context::any([&req]);
     CLOCK.set(10);
     CLOCK.set_hook(move || req_h.cancel());
