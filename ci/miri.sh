@@ -9,7 +9,7 @@ cargo +nightly miri setup >/dev/null 2>&1 || cargo +nightly miri setup
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/miri"
 # Tests that need real time or many threads are #[cfg_attr(miri, ignore)].
 TESTS=(--lib)
-for t in conformance core_api alloc_budget scoped virtual_time stress lazy_arm review4_timer review5_lazy review2_done_dropck review_leak_scoped review_orphan_waiter review_panic_cause review_waker_drop review_api_holes adversary_pending_race adversary_scoped_mix adversary_detach_panic cancelled_at immortal_cache review6_immortal_cache review6_d5 review7_deadline_kids stream; do
+for t in conformance core_api alloc_budget scoped virtual_time stress lazy_arm review4_timer review5_lazy review2_done_dropck review_leak_scoped review_orphan_waiter review_panic_cause review_waker_drop review_api_holes adversary_pending_race adversary_scoped_mix adversary_detach_panic cancelled_at immortal_cache review6_immortal_cache review6_d5 review7_deadline_kids review8_settle stream; do
   [ -f "tests/$t.rs" ] && TESTS+=(--test "$t")
 done
 base="-Zmiri-strict-provenance -Zmiri-symbolic-alignment-check"
