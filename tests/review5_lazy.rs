@@ -10,7 +10,7 @@ use std::time::Duration;
 const SEC: Duration = Duration::from_secs(1);
 
 mod common;
-use common::{counting, poll};
+use common::{counting, poll, Lazy};
 
 /// D1: an `any` over parents on different timers arms only its
 /// `deadline_parent`'s owner (the minimum of instants read on different
@@ -294,20 +294,6 @@ fn armed_owner_cancelled_after_its_deadline_reports_deadline_exceeded() {
     );
 }
 
-/// A timer that never fires by itself (an executor's timer that has not
-/// run yet): only reads observe its deadlines.
-struct Lazy(std::sync::atomic::AtomicU64);
-impl ctxcore::time::Clock for Lazy {
-    fn now(&self) -> ctxcore::Instant {
-        ctxcore::Instant::from_nanos(self.0.load(Ordering::SeqCst))
-    }
-}
-// SAFETY: keeps no entry.
-unsafe impl ctxcore::time::Timer for Lazy {
-    unsafe fn arm(&self, _: ctxcore::time::TimerEntry) {}
-    unsafe fn disarm(&self, _: &ctxcore::time::TimerEntry) {}
-}
-
 /// D5 (not from lazy arming): a read of an `any` node over parents on
 /// different timers consults its `deadline_parent`'s clock only, so it
 /// reports live after another parent's deadline passed on that parent's
@@ -315,7 +301,7 @@ unsafe impl ctxcore::time::Timer for Lazy {
 #[test]
 fn any_over_two_timers_read_is_exact() {
     static A: ManualClock = ManualClock::new();
-    static L: Lazy = Lazy(std::sync::atomic::AtomicU64::new(1_000_000_000_000));
+    static L: Lazy = Lazy::at(1_000_000_000_000);
     let (a, _ha) = Context::with_timer(&A).with_timeout(10 * SEC);
     let (b, _hb) = Context::with_timer(&L).with_timeout(5 * SEC);
     let any = Context::any([&a, &b]);
@@ -335,7 +321,7 @@ fn any_over_two_timers_read_is_exact() {
 #[test]
 fn any_over_two_timers_every_read_fires_the_passed_parent() {
     static A: ManualClock = ManualClock::new();
-    static L: Lazy = Lazy(std::sync::atomic::AtomicU64::new(2_000_000_000_000));
+    static L: Lazy = Lazy::at(2_000_000_000_000);
     for first_is_lazy in [false, true] {
         let (a, _ha) = Context::with_timer(&A).with_timeout(10 * SEC);
         let (b, _hb) = Context::with_timer(&L).with_timeout(5 * SEC);

@@ -35,31 +35,10 @@ use std::task::{Wake, Waker};
 use std::time::Duration;
 
 mod common;
-use common::poll;
+use common::{poll, Lazy};
 
 const SEC: Duration = Duration::from_secs(1);
 const NS: u64 = 1_000_000_000;
-
-/// A timer that never fires by itself: only reads observe its deadlines.
-struct Lazy(AtomicU64);
-impl Lazy {
-    const fn new() -> Self {
-        Lazy(AtomicU64::new(0))
-    }
-    fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs * NS, Ordering::SeqCst);
-    }
-}
-impl ctxcore::time::Clock for Lazy {
-    fn now(&self) -> ctxcore::Instant {
-        ctxcore::Instant::from_nanos(self.0.load(Ordering::SeqCst))
-    }
-}
-// SAFETY: keeps no entry.
-unsafe impl ctxcore::time::Timer for Lazy {
-    unsafe fn arm(&self, _: ctxcore::time::TimerEntry) {}
-    unsafe fn disarm(&self, _: &ctxcore::time::TimerEntry) {}
-}
 
 /// Attack: a child of a `POLLS` `any` node, read before the `any` node
 /// itself. Its own reads walk its deadline chain only (the `any` node's

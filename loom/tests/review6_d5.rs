@@ -19,29 +19,18 @@
 
 use ctxcore::{Context, Error};
 use loom::thread;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-/// A timer that never fires by itself (only reads observe its deadlines).
-/// Plain std atomics: every access is sequential in loom's execution and
-/// the value is reset at the start of each one.
-struct Lazy(AtomicU64);
-impl ctxcore::time::Clock for Lazy {
-    fn now(&self) -> ctxcore::Instant {
-        ctxcore::Instant::from_nanos(self.0.load(Ordering::SeqCst))
-    }
-}
-// SAFETY: keeps no entry.
-unsafe impl ctxcore::time::Timer for Lazy {
-    unsafe fn arm(&self, _: ctxcore::time::TimerEntry) {}
-    unsafe fn disarm(&self, _: &ctxcore::time::TimerEntry) {}
-}
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::Lazy;
 
-static A: Lazy = Lazy(AtomicU64::new(0));
-static B: Lazy = Lazy(AtomicU64::new(0));
+static A: Lazy = Lazy::new();
+static B: Lazy = Lazy::new();
 /// The one-timer model's own clock: the two models may run at once, on two
 /// test threads, and must not share a clock (loom reports the other
 /// model's writes as nondeterminism).
-static C: Lazy = Lazy(AtomicU64::new(0));
+static C: Lazy = Lazy::new();
 const SEC: u64 = 1_000_000_000;
 
 #[test]

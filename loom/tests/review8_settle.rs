@@ -25,18 +25,9 @@ use ctxcore::{Context, Error};
 use loom::thread;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A timer that never fires by itself (only reads observe its deadlines).
-struct Lazy(AtomicU64);
-impl ctxcore::time::Clock for Lazy {
-    fn now(&self) -> ctxcore::Instant {
-        ctxcore::Instant::from_nanos(self.0.load(Ordering::SeqCst))
-    }
-}
-// SAFETY: keeps no entry.
-unsafe impl ctxcore::time::Timer for Lazy {
-    unsafe fn arm(&self, _: ctxcore::time::TimerEntry) {}
-    unsafe fn disarm(&self, _: &ctxcore::time::TimerEntry) {}
-}
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::Lazy;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -48,7 +39,7 @@ fn result(ctx: &Context) -> (Option<Option<String>>, Option<Error>) {
 
 #[test]
 fn all_read_vs_other_reader() {
-    static L: Lazy = Lazy(AtomicU64::new(0));
+    static L: Lazy = Lazy::new();
     static RUNS: AtomicU64 = AtomicU64::new(0);
     loom::model(|| {
         RUNS.fetch_add(1, Ordering::SeqCst);
@@ -78,8 +69,8 @@ fn all_read_vs_other_reader() {
 
 #[test]
 fn polls_any_two_readers() {
-    static A: Lazy = Lazy(AtomicU64::new(0));
-    static B: Lazy = Lazy(AtomicU64::new(0));
+    static A: Lazy = Lazy::new();
+    static B: Lazy = Lazy::new();
     loom::model(|| {
         A.0.store(0, Ordering::SeqCst);
         B.0.store(0, Ordering::SeqCst);

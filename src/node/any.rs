@@ -168,10 +168,11 @@ impl Node {
     /// only observed done (an `all` parent whose parents passed their
     /// deadlines, not flagged yet) leaves the node as it is.
     pub(super) fn settle_observed(&self) {
-        if self.is_done_flag() || self.inherit_source().is_none() {
+        if self.is_done_flag() {
             return;
         }
-        let (err, cause, site) = self.inherited_with_site();
+        let Some(source) = self.inherit_source() else { return };
+        let (err, cause, site) = source.done_with_site();
         // SAFETY: `self` is valid for the call and `owned` is false, so the
         // node is never released in there (as `cancel_observed`).
         unsafe { Self::cancel_raw(self, err, cause, site, false, false, true, false) };

@@ -403,10 +403,14 @@ impl Node {
     /// Error, cause and location from one done source (one scan of an
     /// `any` node's parents: never one parent's cause with another's site).
     pub(super) fn inherited_with_site(&self) -> (Error, Option<Cause>, Option<&'static Location<'static>>) {
-        match self.inherit_source() {
-            Some(p) => (p.err_of_done(), p.done_cause(), p.done_site()),
-            None => (Error::Canceled, None, None),
-        }
+        self.inherit_source()
+            .map_or((Error::Canceled, None, None), Node::done_with_site)
+    }
+
+    /// Error, cause and location of a done node (`DONE` observed with
+    /// Acquire), as a node inheriting from it takes them.
+    pub(super) fn done_with_site(&self) -> (Error, Option<Cause>, Option<&'static Location<'static>>) {
+        (self.err_of_done(), self.done_cause(), self.done_site())
     }
 
     /// Cancels this node with what it inherits from its done source: its

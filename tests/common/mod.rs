@@ -42,3 +42,39 @@ pub fn counting() -> (std::sync::Arc<Count>, std::task::Waker) {
 pub fn poll<F: std::future::Future>(f: Pin<&mut F>, w: &std::task::Waker) -> std::task::Poll<F::Output> {
     f.poll(&mut std::task::Context::from_waker(w))
 }
+
+/// A timer that never fires by itself (an executor's timer that has not run
+/// yet): only reads observe its deadlines. Its clock moves only when a test
+/// moves it. Shared with the loom models (`#[path]`); plain std atomics
+/// there too, reset at the start of each execution.
+pub struct Lazy(pub std::sync::atomic::AtomicU64);
+
+impl Lazy {
+    /// A clock at zero.
+    pub const fn new() -> Self {
+        Self::at(0)
+    }
+
+    /// A clock at `nanos`.
+    pub const fn at(nanos: u64) -> Self {
+        Lazy(std::sync::atomic::AtomicU64::new(nanos))
+    }
+
+    /// Moves the clock `secs` seconds on.
+    pub fn advance(&self, secs: u64) {
+        self.0
+            .fetch_add(secs * 1_000_000_000, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl ctxcore::time::Clock for Lazy {
+    fn now(&self) -> ctxcore::Instant {
+        ctxcore::Instant::from_nanos(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+// SAFETY: keeps no entry: `arm` forgets it, nothing ever claims it.
+unsafe impl ctxcore::time::Timer for Lazy {
+    unsafe fn arm(&self, _: ctxcore::time::TimerEntry) {}
+    unsafe fn disarm(&self, _: &ctxcore::time::TimerEntry) {}
+}
